@@ -1,0 +1,641 @@
+//! llama.cpp's own engine, in process: the reference our engine is measured against.
+//!
+//! This wraps the `llama_*` C API of the llama.cpp build vendored by `llama-cpp-sys-2`
+//! (the same build whose ggml our engine runs on), so that tests can compare tokens and
+//! logits and benchmarks can time both engines in one process on the same machine.
+//!
+//! llama.cpp logs a lot on stderr; this module silences it unless the environment
+//! variable `LLPIPE_LLAMA_LOG` is set to a non-empty value other than `0`.
+//!
+//! ```no_run
+//! use engine::reference::{ContextOptions, ModelOptions, RefContext, RefModel};
+//! let model = RefModel::load("SmolLM2-135M-Instruct.Q4_1.gguf".as_ref(), &ModelOptions::default())?;
+//! let prompt = model.tokenize("The capital of France is", true, false)?;
+//! let mut ctx = RefContext::new(&model, &ContextOptions::default())?;
+//! let out = ctx.greedy(&prompt, 8)?;
+//! assert_eq!(out.len(), 8);
+//! # Ok::<(), engine::reference::Error>(())
+//! ```
+
+use std::ffi::{c_char, c_void, CString};
+use std::path::Path;
+use std::ptr::NonNull;
+use std::sync::Once;
+use std::time::Instant;
+
+use llama_cpp_sys_2 as sys;
+
+// ---- errors ----
+
+/// An error from the llama.cpp reference engine.
+#[derive(Debug, thiserror::Error)]
+#[error("{kind}")]
+pub struct Error {
+    kind: ErrorKind,
+}
+
+impl Error {
+    /// What went wrong.
+    pub fn kind(&self) -> &ErrorKind {
+        &self.kind
+    }
+}
+
+/// The kinds of [`Error`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// llama.cpp could not load the model file.
+    #[error("llama.cpp cannot load model {0}")]
+    Load(String),
+    /// llama.cpp could not create a context for the model.
+    #[error("llama.cpp cannot create a context (n_ctx {0})")]
+    Context(u32),
+    /// The text could not be tokenized (interior NUL or too long).
+    #[error("llama.cpp cannot tokenize text: {0}")]
+    Tokenize(String),
+    /// `llama_decode` returned a non-zero status.
+    #[error("llama.cpp decode failed with status {status} at position {pos}")]
+    Decode {
+        /// The status returned by `llama_decode`.
+        status: i32,
+        /// The position of the first token of the failing batch.
+        pos: i32,
+    },
+    /// The tokens would not fit in the context.
+    #[error("{needed} tokens do not fit in a context of {n_ctx}")]
+    ContextFull {
+        /// Positions needed.
+        needed: usize,
+        /// Context size.
+        n_ctx: u32,
+    },
+    /// Decoding was asked for an empty token list.
+    #[error("cannot decode an empty batch")]
+    EmptyBatch,
+}
+
+impl From<ErrorKind> for Error {
+    fn from(kind: ErrorKind) -> Self {
+        Error { kind }
+    }
+}
+
+/// The result type of this module.
+pub type Result<T> = std::result::Result<T, Error>;
+
+// ---- backend and logging ----
+
+static INIT: Once = Once::new();
+
+unsafe extern "C" fn quiet_log(_level: sys::ggml_log_level, _text: *const c_char, _ud: *mut c_void) {}
+
+/// Initializes the llama.cpp backend once per process and installs the log filter.
+fn init_backend() {
+    INIT.call_once(|| {
+        let verbose = std::env::var("LLPIPE_LLAMA_LOG").is_ok_and(|v| !v.is_empty() && v != "0");
+        // SAFETY: plain global initialisation of llama.cpp, run exactly once; the callback
+        // is a 'static function that ignores its arguments.
+        unsafe {
+            if !verbose {
+                sys::llama_log_set(Some(quiet_log), std::ptr::null_mut());
+            }
+            sys::llama_backend_init();
+        }
+    });
+}
+
+// ---- model ----
+
+/// How to load a model in llama.cpp.
+#[derive(Debug, Clone)]
+pub struct ModelOptions {
+    /// Layers to offload to a GPU (0 on CPU-only builds).
+    pub n_gpu_layers: i32,
+    /// Map the file instead of reading it.
+    pub use_mmap: bool,
+    /// Load only the vocabulary (no weights): fast, enough for tokenizing.
+    pub vocab_only: bool,
+}
+
+impl Default for ModelOptions {
+    fn default() -> Self {
+        ModelOptions { n_gpu_layers: 0, use_mmap: true, vocab_only: false }
+    }
+}
+
+/// A model loaded by llama.cpp, with its vocabulary.
+pub struct RefModel {
+    model: NonNull<sys::llama_model>,
+    vocab: *const sys::llama_vocab,
+}
+
+// SAFETY: llama.cpp models are immutable after loading and documented as shareable
+// between contexts on different threads.
+unsafe impl Send for RefModel {}
+// SAFETY: as above; every method takes &self and only reads the model.
+unsafe impl Sync for RefModel {}
+
+impl RefModel {
+    /// Loads a GGUF file with llama.cpp.
+    pub fn load(path: &Path, opts: &ModelOptions) -> Result<RefModel> {
+        init_backend();
+        let cpath = CString::new(path.as_os_str().as_encoded_bytes())
+            .map_err(|_| ErrorKind::Load(path.display().to_string()))?;
+        // SAFETY: default params are plain data; the path is a valid NUL-terminated string
+        // that outlives the call.
+        let model = unsafe {
+            let mut p = sys::llama_model_default_params();
+            p.n_gpu_layers = opts.n_gpu_layers;
+            p.vocab_only = opts.vocab_only;
+            p.load_mode = if opts.use_mmap { sys::LLAMA_LOAD_MODE_MMAP } else { sys::LLAMA_LOAD_MODE_NONE };
+            sys::llama_model_load_from_file(cpath.as_ptr(), p)
+        };
+        let model = NonNull::new(model).ok_or_else(|| ErrorKind::Load(path.display().to_string()))?;
+        // SAFETY: model is a valid, loaded model.
+        let vocab = unsafe { sys::llama_model_get_vocab(model.as_ptr()) };
+        Ok(RefModel { model, vocab })
+    }
+
+    /// Tokenizes `text` like llama.cpp does: `add_special` adds BOS/EOS as the model's
+    /// metadata asks, `parse_special` turns special-token text (e.g. `<|im_start|>`) into
+    /// the special token.
+    pub fn tokenize(&self, text: &str, add_special: bool, parse_special: bool) -> Result<Vec<i32>> {
+        let len = i32::try_from(text.len()).map_err(|_| ErrorKind::Tokenize("text too long".into()))?;
+        let mut out = vec![0i32; text.len() + 8];
+        for _ in 0..2 {
+            // SAFETY: text is valid for len bytes (llama_tokenize takes an explicit length,
+            // no NUL needed); out is valid for out.len() tokens.
+            let n = unsafe {
+                sys::llama_tokenize(
+                    self.vocab,
+                    text.as_ptr().cast(),
+                    len,
+                    out.as_mut_ptr(),
+                    out.len() as i32,
+                    add_special,
+                    parse_special,
+                )
+            };
+            if n >= 0 {
+                out.truncate(n as usize);
+                return Ok(out);
+            }
+            if n == i32::MIN {
+                return Err(ErrorKind::Tokenize("token count overflow".into()).into());
+            }
+            out.resize((-n) as usize, 0);
+        }
+        Err(ErrorKind::Tokenize("buffer size mismatch".into()).into())
+    }
+
+    /// The bytes of one token as llama.cpp renders it (special tokens rendered too when
+    /// `special`).
+    pub fn token_to_piece(&self, tok: i32, special: bool) -> Vec<u8> {
+        let mut buf = vec![0u8; 64];
+        loop {
+            // SAFETY: buf is valid for buf.len() bytes.
+            let n = unsafe {
+                sys::llama_token_to_piece(self.vocab, tok, buf.as_mut_ptr().cast(), buf.len() as i32, 0, special)
+            };
+            if n >= 0 {
+                buf.truncate(n as usize);
+                return buf;
+            }
+            buf.resize((-n) as usize, 0);
+        }
+    }
+
+    /// Decodes a token sequence into text bytes like llama.cpp does.
+    pub fn detokenize(&self, tokens: &[i32], remove_special: bool, unparse_special: bool) -> Vec<u8> {
+        let mut buf = vec![0u8; tokens.len() * 8 + 16];
+        loop {
+            // SAFETY: tokens and buf are valid for their lengths.
+            let n = unsafe {
+                sys::llama_detokenize(
+                    self.vocab,
+                    tokens.as_ptr(),
+                    tokens.len() as i32,
+                    buf.as_mut_ptr().cast(),
+                    buf.len() as i32,
+                    remove_special,
+                    unparse_special,
+                )
+            };
+            if n >= 0 {
+                buf.truncate(n as usize);
+                return buf;
+            }
+            buf.resize((-n) as usize, 0);
+        }
+    }
+
+    /// Number of tokens in the vocabulary.
+    pub fn n_vocab(&self) -> usize {
+        // SAFETY: vocab is valid for the model's lifetime.
+        unsafe { sys::llama_vocab_n_tokens(self.vocab) as usize }
+    }
+
+    /// The beginning-of-sequence token (-1 if none).
+    pub fn bos(&self) -> i32 {
+        // SAFETY: vocab is valid.
+        unsafe { sys::llama_vocab_bos(self.vocab) }
+    }
+
+    /// The end-of-sequence token (-1 if none).
+    pub fn eos(&self) -> i32 {
+        // SAFETY: vocab is valid.
+        unsafe { sys::llama_vocab_eos(self.vocab) }
+    }
+
+    /// Whether `tok` ends generation (EOS, EOT, `<|im_end|>`…).
+    pub fn is_eog(&self, tok: i32) -> bool {
+        // SAFETY: vocab is valid; llama.cpp checks membership in a set.
+        unsafe { sys::llama_vocab_is_eog(self.vocab, tok) }
+    }
+
+    /// Whether `tok` is a control token.
+    pub fn is_control(&self, tok: i32) -> bool {
+        // SAFETY: vocab is valid.
+        unsafe { sys::llama_vocab_is_control(self.vocab, tok) }
+    }
+
+    /// Whether the model's metadata asks for BOS at the start.
+    pub fn add_bos(&self) -> bool {
+        // SAFETY: vocab is valid.
+        unsafe { sys::llama_vocab_get_add_bos(self.vocab) }
+    }
+
+    /// Whether the model's metadata asks for EOS at the end.
+    pub fn add_eos(&self) -> bool {
+        // SAFETY: vocab is valid.
+        unsafe { sys::llama_vocab_get_add_eos(self.vocab) }
+    }
+
+    /// The token's attribute bit set (`llama_token_attr`).
+    pub fn token_attr(&self, tok: i32) -> u32 {
+        // SAFETY: vocab is valid.
+        unsafe { sys::llama_vocab_get_attr(self.vocab, tok) as u32 }
+    }
+
+    /// Embedding width.
+    pub fn n_embd(&self) -> usize {
+        // SAFETY: model is valid.
+        unsafe { sys::llama_model_n_embd(self.model.as_ptr()) as usize }
+    }
+
+    /// Context length the model was trained with.
+    pub fn n_ctx_train(&self) -> usize {
+        // SAFETY: model is valid.
+        unsafe { sys::llama_model_n_ctx_train(self.model.as_ptr()) as usize }
+    }
+}
+
+impl Drop for RefModel {
+    fn drop(&mut self) {
+        // SAFETY: model came from llama_model_load_from_file and is freed once; contexts
+        // borrow the model, so none outlives it.
+        unsafe { sys::llama_model_free(self.model.as_ptr()) }
+    }
+}
+
+// ---- context ----
+
+/// KV cache element type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KvType {
+    /// 16-bit floats (llama.cpp's default).
+    #[default]
+    F16,
+    /// 8-bit blocks; needs flash attention.
+    Q8_0,
+    /// 4-bit blocks; needs flash attention.
+    Q4_0,
+}
+
+impl KvType {
+    fn ggml(self) -> sys::ggml_type {
+        match self {
+            KvType::F16 => sys::GGML_TYPE_F16,
+            KvType::Q8_0 => sys::GGML_TYPE_Q8_0,
+            KvType::Q4_0 => sys::GGML_TYPE_Q4_0,
+        }
+    }
+}
+
+/// How to create a llama.cpp context.
+#[derive(Debug, Clone)]
+pub struct ContextOptions {
+    /// Context length in tokens.
+    pub n_ctx: u32,
+    /// Logical batch size (tokens per `llama_decode`).
+    pub n_batch: u32,
+    /// Threads for generation and prompt processing.
+    pub n_threads: i32,
+    /// Key cache type.
+    pub type_k: KvType,
+    /// Value cache type.
+    pub type_v: KvType,
+    /// Use flash attention (needed by quantized V cache).
+    pub flash_attn: bool,
+}
+
+impl Default for ContextOptions {
+    fn default() -> Self {
+        ContextOptions {
+            n_ctx: 4096,
+            n_batch: 512,
+            n_threads: default_threads(),
+            type_k: KvType::F16,
+            type_v: KvType::F16,
+            flash_attn: false,
+        }
+    }
+}
+
+/// Number of threads to use by default: the available parallelism.
+pub fn default_threads() -> i32 {
+    std::thread::available_parallelism().map(|n| n.get() as i32).unwrap_or(1)
+}
+
+/// A llama.cpp context (KV cache and compute buffers) over a [`RefModel`].
+pub struct RefContext<'m> {
+    ctx: NonNull<sys::llama_context>,
+    model: &'m RefModel,
+    n_ctx: u32,
+    n_batch: u32,
+    /// Number of positions filled in the KV cache.
+    n_past: i32,
+    /// Number of logits rows available from the last decode.
+    n_outputs: usize,
+}
+
+impl<'m> RefContext<'m> {
+    /// Creates a context.
+    pub fn new(model: &'m RefModel, opts: &ContextOptions) -> Result<RefContext<'m>> {
+        // SAFETY: params are plain data; the model is valid and outlives the context ('m).
+        let ctx = unsafe {
+            let mut p = sys::llama_context_default_params();
+            p.n_ctx = opts.n_ctx;
+            p.n_batch = opts.n_batch;
+            p.n_ubatch = opts.n_batch;
+            p.n_threads = opts.n_threads;
+            p.n_threads_batch = opts.n_threads;
+            p.type_k = opts.type_k.ggml();
+            p.type_v = opts.type_v.ggml();
+            p.flash_attn_type = if opts.flash_attn {
+                sys::LLAMA_FLASH_ATTN_TYPE_ENABLED
+            } else {
+                sys::LLAMA_FLASH_ATTN_TYPE_DISABLED
+            };
+            p.no_perf = false;
+            sys::llama_init_from_model(model.model.as_ptr(), p)
+        };
+        let ctx = NonNull::new(ctx).ok_or(ErrorKind::Context(opts.n_ctx))?;
+        // SAFETY: ctx is valid.
+        let n_ctx = unsafe { sys::llama_n_ctx(ctx.as_ptr()) };
+        Ok(RefContext { ctx, model, n_ctx, n_batch: opts.n_batch.max(1), n_past: 0, n_outputs: 0 })
+    }
+
+    /// The model this context runs.
+    pub fn model(&self) -> &'m RefModel {
+        self.model
+    }
+
+    /// Context length actually allocated.
+    pub fn n_ctx(&self) -> u32 {
+        self.n_ctx
+    }
+
+    /// Positions filled so far.
+    pub fn n_past(&self) -> usize {
+        self.n_past as usize
+    }
+
+    /// Runs `tokens` at positions `pos0..`, in chunks of `n_batch`, keeping the logits of
+    /// the last token (see [`RefContext::logits_last`]).
+    pub fn decode(&mut self, tokens: &[i32], pos0: usize) -> Result<()> {
+        self.decode_impl(tokens, pos0, false)
+    }
+
+    /// Like [`RefContext::decode`] but keeps the logits of every token; all tokens must fit
+    /// in one batch (`n_batch`). Read them with [`RefContext::logits_ith`].
+    pub fn decode_all_logits(&mut self, tokens: &[i32], pos0: usize) -> Result<()> {
+        assert!(
+            tokens.len() <= self.n_batch as usize,
+            "decode_all_logits: {} tokens exceed n_batch {}",
+            tokens.len(),
+            self.n_batch
+        );
+        self.decode_impl(tokens, pos0, true)
+    }
+
+    fn decode_impl(&mut self, tokens: &[i32], pos0: usize, all: bool) -> Result<()> {
+        if tokens.is_empty() {
+            return Err(ErrorKind::EmptyBatch.into());
+        }
+        let needed = pos0 + tokens.len();
+        if needed > self.n_ctx as usize {
+            return Err(ErrorKind::ContextFull { needed, n_ctx: self.n_ctx }.into());
+        }
+        let chunk = self.n_batch as usize;
+        // SAFETY: llama_batch_init allocates arrays for `chunk` tokens with one seq id each;
+        // we write only within those bounds and free it below.
+        let batch = unsafe { sys::llama_batch_init(chunk as i32, 0, 1) };
+        let mut result: Result<()> = Ok(());
+        for (ci, part) in tokens.chunks(chunk).enumerate() {
+            let start = pos0 + ci * chunk;
+            let last_chunk = start + part.len() == needed;
+            // SAFETY: part.len() <= chunk, the capacity of every array in `batch`.
+            let status = unsafe {
+                let mut b = batch;
+                b.n_tokens = part.len() as i32;
+                for (i, &t) in part.iter().enumerate() {
+                    *b.token.add(i) = t;
+                    *b.pos.add(i) = (start + i) as i32;
+                    *b.n_seq_id.add(i) = 1;
+                    **b.seq_id.add(i) = 0;
+                    *b.logits.add(i) = (all || (last_chunk && i + 1 == part.len())) as i8;
+                }
+                sys::llama_decode(self.ctx.as_ptr(), b)
+            };
+            if status != 0 {
+                result = Err(ErrorKind::Decode { status, pos: start as i32 }.into());
+                break;
+            }
+            self.n_outputs = if all { part.len() } else { 1 };
+        }
+        // SAFETY: batch came from llama_batch_init and is freed once.
+        unsafe { sys::llama_batch_free(batch) };
+        result?;
+        self.n_past = needed as i32;
+        Ok(())
+    }
+
+    /// The logits of the last token of the last [`RefContext::decode`], `[n_vocab]`.
+    pub fn logits_last(&self) -> &[f32] {
+        assert!(self.n_outputs > 0, "logits_last: nothing decoded yet");
+        self.logits_ith(self.n_outputs - 1)
+    }
+
+    /// The logits of output row `i` of the last decode, `[n_vocab]`.
+    pub fn logits_ith(&self, i: usize) -> &[f32] {
+        assert!(i < self.n_outputs, "logits_ith: row {i} of {} outputs", self.n_outputs);
+        let n = self.model.n_vocab();
+        // SAFETY: llama.cpp keeps n_vocab floats per output row alive until the next decode,
+        // which needs &mut self, so the borrow cannot outlive them.
+        unsafe {
+            let p = sys::llama_get_logits_ith(self.ctx.as_ptr(), i as i32);
+            assert!(!p.is_null(), "llama_get_logits_ith({i}) returned null");
+            std::slice::from_raw_parts(p, n)
+        }
+    }
+
+    /// Greedy decoding: clears the cache, runs `prompt`, then generates `n` tokens taking the
+    /// arg-max each step (ties go to the lowest id). Stops early only if the context fills.
+    pub fn greedy(&mut self, prompt: &[i32], n: usize) -> Result<Vec<i32>> {
+        self.clear();
+        self.decode(prompt, 0)?;
+        let mut out = Vec::with_capacity(n);
+        let mut pos = prompt.len();
+        for step in 0..n {
+            let tok = argmax(self.logits_last());
+            out.push(tok);
+            if step + 1 == n {
+                break;
+            }
+            self.decode(&[tok], pos)?;
+            pos += 1;
+        }
+        Ok(out)
+    }
+
+    /// Empties the KV cache.
+    pub fn clear(&mut self) {
+        // SAFETY: ctx is valid; the memory handle belongs to it.
+        unsafe {
+            let mem = sys::llama_get_memory(self.ctx.as_ptr());
+            sys::llama_memory_clear(mem, true);
+        }
+        self.n_past = 0;
+        self.n_outputs = 0;
+    }
+
+    /// Prompt processing speed: decodes `n_prompt` tokens in batches on an empty cache and
+    /// returns tokens per second (llama-bench's "pp").
+    pub fn bench_pp(&mut self, n_prompt: usize) -> Result<f64> {
+        let toks = bench_tokens(self.model, n_prompt);
+        self.clear();
+        let t = Instant::now();
+        self.decode(&toks, 0)?;
+        let s = t.elapsed().as_secs_f64();
+        Ok(n_prompt as f64 / s)
+    }
+
+    /// Generation speed: decodes `n_gen` single tokens on an empty cache and returns tokens
+    /// per second (llama-bench's "tg").
+    pub fn bench_tg(&mut self, n_gen: usize) -> Result<f64> {
+        let toks = bench_tokens(self.model, n_gen);
+        self.clear();
+        let t = Instant::now();
+        for (i, &tok) in toks.iter().enumerate() {
+            self.decode(&[tok], i)?;
+        }
+        let s = t.elapsed().as_secs_f64();
+        Ok(n_gen as f64 / s)
+    }
+}
+
+impl Drop for RefContext<'_> {
+    fn drop(&mut self) {
+        // SAFETY: ctx came from llama_init_from_model and is freed once.
+        unsafe { sys::llama_free(self.ctx.as_ptr()) }
+    }
+}
+
+/// Deterministic pseudo-random tokens for benchmarks (like llama-bench, content does not
+/// change the cost of a dense model).
+fn bench_tokens(model: &RefModel, n: usize) -> Vec<i32> {
+    let nv = model.n_vocab() as u64;
+    let mut s: u64 = 0x9E37_79B9_7F4A_7C15;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s % nv) as i32
+        })
+        .collect()
+}
+
+/// Index of the largest value; the first one on ties.
+pub fn argmax(xs: &[f32]) -> i32 {
+    let mut best = 0;
+    for (i, &x) in xs.iter().enumerate() {
+        if x > xs[best] {
+            best = i;
+        }
+    }
+    best as i32
+}
+
+// ---- tests ----
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn model_path(name: &str) -> PathBuf {
+        let dir = std::env::var_os("LLPIPE_MODELS_DIR").map(PathBuf::from).unwrap_or_else(|| {
+            let home = std::env::var_os("HOME").expect("HOME is not set");
+            PathBuf::from(home).join(".cache/llpipe/models")
+        });
+        let p = dir.join(name);
+        assert!(p.exists(), "missing model {} (run scripts/fetch-models.sh)", p.display());
+        p
+    }
+
+    #[test]
+    fn argmax_takes_first_max() {
+        assert_eq!(argmax(&[1.0, 3.0, 3.0, -1.0]), 1);
+        assert_eq!(argmax(&[f32::NEG_INFINITY, -5.0]), 1);
+    }
+
+    #[test]
+    fn smollm2_tokens_and_greedy_match_published_figures() {
+        let m = RefModel::load(&model_path("SmolLM2-135M-Instruct.Q4_1.gguf"), &ModelOptions::default()).unwrap();
+        assert_eq!(m.n_vocab(), 49152);
+        assert!(!m.add_bos());
+        let p = m.tokenize("The capital of France is", true, false).unwrap();
+        assert_eq!(p, [504, 3575, 282, 4649, 314]);
+        let opts = ContextOptions { n_ctx: 256, n_threads: 2, ..Default::default() };
+        let mut ctx = RefContext::new(&m, &opts).unwrap();
+        let out = ctx.greedy(&p, 8).unwrap();
+        assert_eq!(out, [7042, 30, 198, 198, 504, 1797, 1918, 553]);
+        let text = m.detokenize(&out, false, false);
+        assert_eq!(String::from_utf8(text).unwrap(), " Paris.\n\nThe United States");
+        // Same first-step logits whether decoded in one batch or all rows kept.
+        ctx.clear();
+        ctx.decode_all_logits(&p, 0).unwrap();
+        assert_eq!(argmax(ctx.logits_ith(p.len() - 1)), 7042);
+        assert_eq!(ctx.n_past(), 5);
+    }
+
+    #[test]
+    fn gemma3_tokens_match_published_figures_vocab_only() {
+        let opts = ModelOptions { vocab_only: true, ..Default::default() };
+        let m = RefModel::load(&model_path("gemma-3-270m-q4_k_m.gguf"), &opts).unwrap();
+        assert_eq!(m.n_vocab(), 262144);
+        assert_eq!(m.bos(), 2);
+        let p = m.tokenize("The capital of France is", true, false).unwrap();
+        assert_eq!(p, [2, 818, 5279, 529, 7001, 563]);
+        assert!(m.is_eog(m.eos()));
+    }
+
+    #[test]
+    fn load_of_missing_file_is_an_error() {
+        let e = RefModel::load(Path::new("/nonexistent/x.gguf"), &ModelOptions::default()).err().unwrap();
+        assert!(matches!(e.kind(), ErrorKind::Load(_)), "{e}");
+    }
+}

@@ -1,0 +1,724 @@
+//! Safe wrapper over the vendored ggml of `llama-cpp-sys-2`.
+//!
+//! What the engine needs and nothing more: a [`Context`] that holds tensor
+//! metadata and builds graphs (ops are its methods, each a few lines over the
+//! C function), a CPU [`Backend`] with a persistent thread pool, [`Buffer`]s
+//! (one can wrap caller-owned bytes, e.g. a memory-mapped GGUF, so weights are
+//! read in place), and an [`Allocator`] that places a graph's intermediate
+//! tensors in one reusable compute buffer.
+//!
+//! Tensor shapes follow ggml: `ne[0]` is the innermost (contiguous) dimension,
+//! so a matrix of `rows` rows of `cols` numbers is `[cols, rows]`.
+//!
+//! ```
+//! use ggml::{Allocator, Backend, Context, Type};
+//! let backend = Backend::cpu(1).unwrap();
+//! let ctx = Context::new(16);
+//! let a = ctx.tensor(Type::F32, &[2, 2]); // [2, 2]
+//! let x = ctx.tensor(Type::F32, &[2, 1]); // [2, 1]
+//! let y = ctx.mul_mat(a, x); // [2, 1]: a · x
+//! let g = ctx.graph(16);
+//! g.expand(y);
+//! let mut alloc = Allocator::new(&backend);
+//! alloc.alloc(&g).unwrap();
+//! a.set_f32(&[1.0, 2.0, 3.0, 4.0]); // rows (1,2) and (3,4)
+//! x.set_f32(&[1.0, 1.0]);
+//! backend.compute(&g).unwrap();
+//! assert_eq!(y.to_f32(), vec![3.0, 7.0]);
+//! ```
+//!
+//! Handles ([`Tensor`], [`Graph`]) are plain pointers into the [`Context`]
+//! that made them; they stay valid while that context lives, and the engine
+//! keeps every context alive longer than the handles it hands out.
+#![deny(missing_docs)]
+
+use std::ffi::{c_int, c_void, CStr};
+use std::fmt;
+use std::ptr::NonNull;
+use std::sync::Arc;
+
+use llama_cpp_sys_2 as sys;
+
+// ---- errors ----
+
+/// An error from ggml: allocation or computation failed.
+#[derive(Debug)]
+pub struct Error {
+    /// What went wrong.
+    pub kind: ErrorKind,
+}
+
+/// The kinds of [`Error`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// A backend could not be started (name of the backend).
+    Backend(String),
+    /// A buffer of this many bytes could not be allocated.
+    Alloc(usize),
+    /// Graph computation returned a non-zero ggml status.
+    Compute(i32),
+    /// Bytes given for a buffer are not aligned to 32 bytes.
+    Misaligned,
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            ErrorKind::Backend(n) => write!(f, "cannot start ggml backend {n}"),
+            ErrorKind::Alloc(n) => write!(f, "cannot allocate a ggml buffer of {n} bytes"),
+            ErrorKind::Compute(s) => write!(f, "ggml graph computation failed with status {s}"),
+            ErrorKind::Misaligned => write!(f, "buffer bytes are not 32-byte aligned"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+fn err<T>(kind: ErrorKind) -> Result<T, Error> {
+    Err(Error { kind })
+}
+
+// ---- types ----
+
+/// A ggml element type (`ggml_type`), e.g. [`Type::F16`] or [`Type::Q4_1`].
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Type(pub u32);
+
+impl Type {
+    /// 32-bit float.
+    pub const F32: Type = Type(sys::GGML_TYPE_F32);
+    /// 16-bit float.
+    pub const F16: Type = Type(sys::GGML_TYPE_F16);
+    /// 4-bit blocks of 32 with a scale.
+    pub const Q4_0: Type = Type(sys::GGML_TYPE_Q4_0);
+    /// 4-bit blocks of 32 with a scale and a minimum.
+    pub const Q4_1: Type = Type(sys::GGML_TYPE_Q4_1);
+    /// 8-bit blocks of 32 with a scale.
+    pub const Q8_0: Type = Type(sys::GGML_TYPE_Q8_0);
+    /// 32-bit signed integer.
+    pub const I32: Type = Type(sys::GGML_TYPE_I32);
+    /// 64-bit signed integer.
+    pub const I64: Type = Type(sys::GGML_TYPE_I64);
+
+    /// Whether ggml knows this type (ids from a file may be anything).
+    pub fn is_known(self) -> bool {
+        self.0 < sys::GGML_TYPE_COUNT && self.block_size() > 0 && self.type_size() > 0
+    }
+    /// Elements per block (1 for plain types, 0 for ids ggml does not know).
+    pub fn block_size(self) -> usize {
+        if self.0 >= sys::GGML_TYPE_COUNT {
+            return 0;
+        }
+        // SAFETY: the id is below GGML_TYPE_COUNT; ggml returns 0 for removed types.
+        (unsafe { sys::ggml_blck_size(self.0) }) as usize
+    }
+    /// Bytes per block (0 for ids ggml does not know).
+    pub fn type_size(self) -> usize {
+        if self.0 >= sys::GGML_TYPE_COUNT {
+            return 0;
+        }
+        // SAFETY: as above.
+        unsafe { sys::ggml_type_size(self.0) }
+    }
+    /// ggml's name for the type (`"q4_1"`), or `type=NN` when unknown.
+    pub fn name(self) -> String {
+        if !self.is_known() {
+            return format!("type={}", self.0);
+        }
+        // SAFETY: known type; ggml returns a static C string.
+        unsafe { CStr::from_ptr(sys::ggml_type_name(self.0)) }.to_string_lossy().into_owned()
+    }
+}
+
+impl fmt::Debug for Type {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.name())
+    }
+}
+
+/// RoPE layout: which elements of a head rotate together.
+///
+/// Getting this wrong does not fail: it silently produces fluent-looking
+/// garbage. Llama GGUFs store Q/K permuted for [`RopeMode::Normal`] (adjacent
+/// pairs); Qwen/Gemma/Phi use [`RopeMode::Neox`] (element i with i + n/2).
+/// Upstream: llama.cpp `llama_model_rope_type`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RopeMode {
+    /// Rotate pairs (2i, 2i+1) — GGML_ROPE_TYPE_NORMAL (0).
+    Normal,
+    /// Rotate pairs (i, i + n_dims/2) — GGML_ROPE_TYPE_NEOX (2).
+    Neox,
+}
+
+/// RoPE frequency parameters (see ggml `ggml_rope_ext`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Rope {
+    /// Number of rotated dimensions of each head (≤ head_dim).
+    pub n_dims: i32,
+    /// Pair layout.
+    pub mode: RopeMode,
+    /// Training context length (YaRN), `n_ctx_orig`.
+    pub n_ctx_orig: i32,
+    /// θ base, e.g. 10000 or 100000.
+    pub freq_base: f32,
+    /// 1 / linear scaling factor.
+    pub freq_scale: f32,
+    /// YaRN extrapolation mix (0 when not YaRN).
+    pub ext_factor: f32,
+    /// Magnitude scale.
+    pub attn_factor: f32,
+    /// YaRN β fast.
+    pub beta_fast: f32,
+    /// YaRN β slow.
+    pub beta_slow: f32,
+}
+
+impl Rope {
+    /// Plain RoPE with the given dims, layout and base, no scaling.
+    pub fn new(n_dims: i32, mode: RopeMode, freq_base: f32) -> Rope {
+        Rope {
+            n_dims,
+            mode,
+            n_ctx_orig: 0,
+            freq_base,
+            freq_scale: 1.0,
+            ext_factor: 0.0,
+            attn_factor: 1.0,
+            beta_fast: 32.0,
+            beta_slow: 1.0,
+        }
+    }
+}
+
+// ---- tensors ----
+
+/// A handle to a tensor of a [`Context`] (see the crate doc on validity).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Tensor(NonNull<sys::ggml_tensor>);
+
+// SAFETY: a tensor handle is a pointer to metadata; ggml has no thread-local
+// state tied to it, and the engine never builds one graph from two threads.
+unsafe impl Send for Tensor {}
+
+impl Tensor {
+    fn raw(self) -> *mut sys::ggml_tensor {
+        self.0.as_ptr()
+    }
+    fn meta(&self) -> &sys::ggml_tensor {
+        // SAFETY: handle validity (crate doc).
+        unsafe { self.0.as_ref() }
+    }
+    /// Shape, `ne[0]` first.
+    pub fn ne(&self) -> [i64; 4] {
+        self.meta().ne
+    }
+    /// Strides in bytes, `nb[0]` first.
+    pub fn nb(&self) -> [usize; 4] {
+        self.meta().nb
+    }
+    /// Element type.
+    pub fn ty(&self) -> Type {
+        Type(self.meta().type_)
+    }
+    /// Number of elements.
+    pub fn n_elements(&self) -> usize {
+        self.ne().iter().product::<i64>() as usize
+    }
+    /// Bytes the tensor's data occupies.
+    pub fn n_bytes(&self) -> usize {
+        // SAFETY: handle validity.
+        unsafe { sys::ggml_nbytes(self.raw()) }
+    }
+    /// Names the tensor (shown in ggml debug output); names over 63 bytes are cut.
+    pub fn set_name(self, name: &str) -> Tensor {
+        let c = std::ffi::CString::new(name.replace('\0', "")).unwrap_or_default();
+        // SAFETY: ggml copies at most 63 bytes plus NUL.
+        unsafe { sys::ggml_set_name(self.raw(), c.as_ptr()) };
+        self
+    }
+    /// Marks the tensor as a graph input (its memory is not reused before it is read).
+    pub fn set_input(self) -> Tensor {
+        // SAFETY: handle validity.
+        unsafe { sys::ggml_set_input(self.raw()) };
+        self
+    }
+    /// Marks the tensor as a graph output (its memory is kept after compute).
+    pub fn set_output(self) -> Tensor {
+        // SAFETY: handle validity.
+        unsafe { sys::ggml_set_output(self.raw()) };
+        self
+    }
+    /// Whether the tensor has memory (a buffer) yet.
+    pub fn is_allocated(&self) -> bool {
+        !self.meta().buffer.is_null() || !self.meta().data.is_null()
+    }
+    fn write(&self, bytes: &[u8]) {
+        assert!(self.is_allocated(), "tensor written before it was allocated");
+        assert_eq!(bytes.len(), self.n_bytes(), "tensor of {:?} {:?} written with {} bytes", self.ty(), self.ne(), bytes.len());
+        // SAFETY: sizes checked; the backend copies into its buffer.
+        unsafe { sys::ggml_backend_tensor_set(self.raw(), bytes.as_ptr().cast(), 0, bytes.len()) };
+    }
+    /// Writes raw bytes (length must equal [`Tensor::n_bytes`]).
+    pub fn set_bytes(&self, bytes: &[u8]) {
+        self.write(bytes)
+    }
+    /// Writes f32 values (an F32 tensor, exactly its element count).
+    pub fn set_f32(&self, v: &[f32]) {
+        assert_eq!(self.ty(), Type::F32, "set_f32 on a {:?} tensor", self.ty());
+        // SAFETY: f32 has no padding; reinterpreting as bytes is sound.
+        self.write(unsafe { std::slice::from_raw_parts(v.as_ptr().cast(), std::mem::size_of_val(v)) })
+    }
+    /// Writes i32 values (an I32 tensor).
+    pub fn set_i32(&self, v: &[i32]) {
+        assert_eq!(self.ty(), Type::I32, "set_i32 on a {:?} tensor", self.ty());
+        // SAFETY: as above.
+        self.write(unsafe { std::slice::from_raw_parts(v.as_ptr().cast(), std::mem::size_of_val(v)) })
+    }
+    /// Writes i64 values (an I64 tensor).
+    pub fn set_i64(&self, v: &[i64]) {
+        assert_eq!(self.ty(), Type::I64, "set_i64 on a {:?} tensor", self.ty());
+        // SAFETY: as above.
+        self.write(unsafe { std::slice::from_raw_parts(v.as_ptr().cast(), std::mem::size_of_val(v)) })
+    }
+    /// Writes f32 values converted to f16 (an F16 tensor).
+    pub fn set_f32_as_f16(&self, v: &[f32]) {
+        assert_eq!(self.ty(), Type::F16, "set_f32_as_f16 on a {:?} tensor", self.ty());
+        let mut h = vec![0u16; v.len()];
+        // SAFETY: both slices have v.len() elements; ggml_fp16_t is u16.
+        unsafe { sys::ggml_fp32_to_fp16_row(v.as_ptr(), h.as_mut_ptr().cast(), v.len() as i64) };
+        // SAFETY: u16 has no padding.
+        self.write(unsafe { std::slice::from_raw_parts(h.as_ptr().cast(), h.len() * 2) })
+    }
+    /// Reads `dst.len()` f32 values starting at element `offset` (an F32 tensor).
+    pub fn read_f32_at(&self, offset: usize, dst: &mut [f32]) {
+        assert_eq!(self.ty(), Type::F32, "read_f32_at on a {:?} tensor", self.ty());
+        assert!(offset + dst.len() <= self.n_elements(), "read of {}+{} from {:?}", offset, dst.len(), self.ne());
+        // SAFETY: range checked against the tensor's size.
+        unsafe { sys::ggml_backend_tensor_get(self.raw(), dst.as_mut_ptr().cast(), offset * 4, dst.len() * 4) };
+    }
+    /// Reads the whole F32 tensor.
+    pub fn to_f32(&self) -> Vec<f32> {
+        let mut v = vec![0.0; self.n_elements()];
+        self.read_f32_at(0, &mut v);
+        v
+    }
+}
+
+impl fmt::Debug for Tensor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Tensor({:?} {:?})", self.ty(), self.ne())
+    }
+}
+
+// ---- context ----
+
+/// Tensor metadata and graph storage (no tensor data: buffers hold that).
+pub struct Context {
+    raw: NonNull<sys::ggml_context>,
+}
+
+// SAFETY: owned exclusively; ggml contexts have no thread affinity.
+unsafe impl Send for Context {}
+
+impl Drop for Context {
+    fn drop(&mut self) {
+        // SAFETY: we own it.
+        unsafe { sys::ggml_free(self.raw.as_ptr()) }
+    }
+}
+
+impl Context {
+    /// A context with room for `max_tensors` tensors and one graph of as many nodes.
+    pub fn new(max_tensors: usize) -> Context {
+        // SAFETY: pure size computations.
+        let mem = unsafe { max_tensors * sys::ggml_tensor_overhead() + sys::ggml_graph_overhead_custom(max_tensors, false) };
+        let params = sys::ggml_init_params { mem_size: mem + 1024, mem_buffer: std::ptr::null_mut(), no_alloc: true };
+        // SAFETY: valid params; ggml allocates the metadata arena.
+        let raw = unsafe { sys::ggml_init(params) };
+        Context { raw: NonNull::new(raw).expect("ggml_init returned null (out of memory)") }
+    }
+    fn ptr(&self) -> *mut sys::ggml_context {
+        self.raw.as_ptr()
+    }
+    fn wrap(&self, t: *mut sys::ggml_tensor) -> Tensor {
+        Tensor(NonNull::new(t).expect("ggml op returned null (context full)"))
+    }
+    /// A new tensor of `ty` and shape `ne` (1 to 4 dims), without data.
+    pub fn tensor(&self, ty: Type, ne: &[i64]) -> Tensor {
+        assert!((1..=4).contains(&ne.len()) && ne.iter().all(|&n| n >= 0), "bad shape {ne:?}");
+        // SAFETY: shape checked; ggml copies ne.
+        self.wrap(unsafe { sys::ggml_new_tensor(self.ptr(), ty.0, ne.len() as c_int, ne.as_ptr()) })
+    }
+    /// A new empty graph with room for `size` nodes.
+    pub fn graph(&self, size: usize) -> Graph {
+        // SAFETY: the context was sized for it by `new`.
+        let g = unsafe { sys::ggml_new_graph_custom(self.ptr(), size, false) };
+        Graph { raw: NonNull::new(g).expect("ggml_new_graph_custom returned null") }
+    }
+    /// Allocates every tensor of this context in one new buffer of `backend`, zeroed.
+    pub fn alloc_tensors(&self, backend: &Backend) -> Result<Buffer, Error> {
+        // SAFETY: live context and backend.
+        let b = unsafe { sys::ggml_backend_alloc_ctx_tensors(self.ptr(), backend.raw) };
+        let raw = NonNull::new(b).ok_or(Error { kind: ErrorKind::Alloc(0) })?;
+        // SAFETY: fresh buffer.
+        unsafe { sys::ggml_backend_buffer_clear(raw.as_ptr(), 0) };
+        Ok(Buffer { raw, _owner: None })
+    }
+}
+
+// ---- ops ----
+
+/// Graph-building ops. Each returns a new tensor node; shape mismatches are
+/// bugs and abort inside ggml with both shapes printed, so callers assert
+/// shapes they derive from files before building.
+impl Context {
+    /// Rows `idx` of `a`: `a [n, rows]`, `idx [k] i32` → `[n, k]` f32.
+    pub fn get_rows(&self, a: Tensor, idx: Tensor) -> Tensor {
+        // SAFETY (all ops): live handles in live contexts; ggml validates shapes.
+        self.wrap(unsafe { sys::ggml_get_rows(self.ptr(), a.raw(), idx.raw()) })
+    }
+    /// `a · bᵀ` in ggml's convention: `a [k, m]`, `b [k, n]` → `[m, n]`.
+    pub fn mul_mat(&self, a: Tensor, b: Tensor) -> Tensor {
+        self.wrap(unsafe { sys::ggml_mul_mat(self.ptr(), a.raw(), b.raw()) })
+    }
+    /// Element-wise `a + b` (`b` broadcast over `a`).
+    pub fn add(&self, a: Tensor, b: Tensor) -> Tensor {
+        self.wrap(unsafe { sys::ggml_add(self.ptr(), a.raw(), b.raw()) })
+    }
+    /// Element-wise `a * b` (`b` broadcast over `a`).
+    pub fn mul(&self, a: Tensor, b: Tensor) -> Tensor {
+        self.wrap(unsafe { sys::ggml_mul(self.ptr(), a.raw(), b.raw()) })
+    }
+    /// `a * s`.
+    pub fn scale(&self, a: Tensor, s: f32) -> Tensor {
+        self.wrap(unsafe { sys::ggml_scale(self.ptr(), a.raw(), s) })
+    }
+    /// RMS normalisation over `ne[0]`: `x / sqrt(mean(x²) + eps)` (no weight).
+    pub fn rms_norm(&self, a: Tensor, eps: f32) -> Tensor {
+        self.wrap(unsafe { sys::ggml_rms_norm(self.ptr(), a.raw(), eps) })
+    }
+    /// `silu(x) = x · σ(x)`.
+    pub fn silu(&self, a: Tensor) -> Tensor {
+        self.wrap(unsafe { sys::ggml_silu(self.ptr(), a.raw()) })
+    }
+    /// SwiGLU, fused: `silu(gate) * up` (same shapes).
+    pub fn swiglu(&self, gate: Tensor, up: Tensor) -> Tensor {
+        self.wrap(unsafe { sys::ggml_swiglu_split(self.ptr(), gate.raw(), up.raw()) })
+    }
+    /// Softmax over `ne[0]` of `a * scale + mask` (mask `[ne0, ≥ne1]`, f16 or f32).
+    pub fn soft_max_ext(&self, a: Tensor, mask: Option<Tensor>, scale: f32) -> Tensor {
+        let m = mask.map_or(std::ptr::null_mut(), |m| m.raw());
+        self.wrap(unsafe { sys::ggml_soft_max_ext(self.ptr(), a.raw(), m, scale, 0.0) })
+    }
+    /// Rotary position embedding of `a [head_dim, n_heads, n_tokens]` at `pos [n_tokens] i32`,
+    /// with optional per-frequency factors `[n_dims/2]`.
+    pub fn rope(&self, a: Tensor, pos: Tensor, factors: Option<Tensor>, r: &Rope) -> Tensor {
+        let f = factors.map_or(std::ptr::null_mut(), |f| f.raw());
+        let mode = match r.mode {
+            RopeMode::Normal => 0,
+            RopeMode::Neox => 2,
+        };
+        let (c, p) = (self.ptr(), pos.raw());
+        self.wrap(unsafe {
+            sys::ggml_rope_ext(c, a.raw(), p, f, r.n_dims, mode, r.n_ctx_orig, r.freq_base, r.freq_scale, r.ext_factor, r.attn_factor, r.beta_fast, r.beta_slow)
+        })
+    }
+    /// Writes rows of `src [n, k]` into `dst [n, rows]` at row indices `idx [k] i64`,
+    /// converting to `dst`'s type; returns the updated `dst` view.
+    pub fn set_rows(&self, dst: Tensor, src: Tensor, idx: Tensor) -> Tensor {
+        self.wrap(unsafe { sys::ggml_set_rows(self.ptr(), dst.raw(), src.raw(), idx.raw()) })
+    }
+    /// Converts `a` to type `ty`.
+    pub fn cast(&self, a: Tensor, ty: Type) -> Tensor {
+        self.wrap(unsafe { sys::ggml_cast(self.ptr(), a.raw(), ty.0) })
+    }
+    /// A contiguous copy of `a` (after a permute or transpose).
+    pub fn cont(&self, a: Tensor) -> Tensor {
+        self.wrap(unsafe { sys::ggml_cont(self.ptr(), a.raw()) })
+    }
+    /// Same data seen as `[ne0, ne1]` (`a` contiguous).
+    pub fn reshape_2d(&self, a: Tensor, ne0: i64, ne1: i64) -> Tensor {
+        self.wrap(unsafe { sys::ggml_reshape_2d(self.ptr(), a.raw(), ne0, ne1) })
+    }
+    /// Same data seen as `[ne0, ne1, ne2]` (`a` contiguous).
+    pub fn reshape_3d(&self, a: Tensor, ne0: i64, ne1: i64, ne2: i64) -> Tensor {
+        self.wrap(unsafe { sys::ggml_reshape_3d(self.ptr(), a.raw(), ne0, ne1, ne2) })
+    }
+    /// A 3-d view of `a` with strides `nb1`, `nb2` (bytes), starting `offset` bytes in.
+    pub fn view_3d(&self, a: Tensor, ne: [i64; 3], nb1: usize, nb2: usize, offset: usize) -> Tensor {
+        self.wrap(unsafe { sys::ggml_view_3d(self.ptr(), a.raw(), ne[0], ne[1], ne[2], nb1, nb2, offset) })
+    }
+    /// A 2-d view of `a` with row stride `nb1` (bytes), starting `offset` bytes in.
+    pub fn view_2d(&self, a: Tensor, ne: [i64; 2], nb1: usize, offset: usize) -> Tensor {
+        self.wrap(unsafe { sys::ggml_view_2d(self.ptr(), a.raw(), ne[0], ne[1], nb1, offset) })
+    }
+    /// Axis `i` of `a` goes to position `axes[i]`.
+    pub fn permute(&self, a: Tensor, axes: [i32; 4]) -> Tensor {
+        self.wrap(unsafe { sys::ggml_permute(self.ptr(), a.raw(), axes[0], axes[1], axes[2], axes[3]) })
+    }
+    /// Swaps `ne[0]` and `ne[1]` (a view).
+    pub fn transpose(&self, a: Tensor) -> Tensor {
+        self.wrap(unsafe { sys::ggml_transpose(self.ptr(), a.raw()) })
+    }
+
+    /// Multi-head attention with a mask, for one sequence.
+    ///
+    /// Shapes: `q [head_dim, n_tokens, n_head]`, `k [head_dim, n_kv, n_head_kv]`,
+    /// `v [head_dim, n_kv, n_head_kv]`, `mask [n_kv, n_tokens] f16` (0 or -inf),
+    /// `n_head % n_head_kv == 0` (grouped-query attention: head h reads kv head
+    /// h / (n_head / n_head_kv)). Returns `[head_dim * n_head, n_tokens]`.
+    ///
+    /// With `flash` this is one fused `ggml_flash_attn_ext` node (f32
+    /// accumulation; K/V may be f16, q8_0 or q4_0). Without, the unfused
+    /// equivalent (K/V must be f16/f32):
+    ///
+    /// ```text
+    /// kq  = mul_mat(k, q)                       // [n_kv, n_tokens, n_head]
+    /// kq  = soft_max_ext(kq, mask, scale)       // softmax(kq·scale + mask)
+    /// vt  = cont(permute(v, [1,0,2,3]))         // [n_kv, head_dim, n_head_kv]
+    /// out = mul_mat(vt, kq)                     // [head_dim, n_tokens, n_head]
+    /// out = cont(permute(out, [0,2,1,3]))       // [head_dim, n_head, n_tokens]
+    /// ```
+    pub fn scaled_dot_product_attention(&self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scale: f32, flash: bool) -> Tensor {
+        let (d, t, h) = (q.ne()[0], q.ne()[1], q.ne()[2]);
+        assert!(k.ne()[0] == d && h % k.ne()[2] == 0 && v.ne()[1] == k.ne()[1], "attention q {:?} k {:?} v {:?}", q.ne(), k.ne(), v.ne());
+        if flash {
+            let out = self.wrap(unsafe { sys::ggml_flash_attn_ext(self.ptr(), q.raw(), k.raw(), v.raw(), mask.raw(), scale, 0.0, 0.0) });
+            // SAFETY: out is a flash-attention node.
+            unsafe { sys::ggml_prec_set_acc(out.raw(), sys::GGML_PREC_F32) };
+            return self.reshape_2d(out, v.ne()[0] * h, t);
+        }
+        let kq = self.mul_mat(k, q);
+        // SAFETY: kq is a mul_mat node.
+        unsafe { sys::ggml_prec_set_acc(kq.raw(), sys::GGML_PREC_F32) };
+        let kq = self.soft_max_ext(kq, Some(mask), scale);
+        let vt = self.cont(self.permute(v, [1, 0, 2, 3]));
+        let out = self.cont(self.permute(self.mul_mat(vt, kq), [0, 2, 1, 3]));
+        self.reshape_2d(out, v.ne()[0] * h, t)
+    }
+}
+
+// ---- graphs ----
+
+/// A computation graph in a [`Context`].
+pub struct Graph {
+    raw: NonNull<sys::ggml_cgraph>,
+}
+
+impl Graph {
+    /// Adds `t` and everything it depends on.
+    pub fn expand(&self, t: Tensor) {
+        // SAFETY: live graph and tensor.
+        unsafe { sys::ggml_build_forward_expand(self.raw.as_ptr(), t.raw()) }
+    }
+    /// Number of compute nodes.
+    pub fn n_nodes(&self) -> usize {
+        // SAFETY: live graph.
+        unsafe { sys::ggml_graph_n_nodes(self.raw.as_ptr()) as usize }
+    }
+}
+
+// ---- backend ----
+
+/// A compute backend: the CPU, with a thread pool kept for its lifetime.
+pub struct Backend {
+    raw: sys::ggml_backend_t,
+    pool: *mut sys::ggml_threadpool,
+}
+
+// SAFETY: owned exclusively; used from one thread at a time (&mut not needed by ggml).
+unsafe impl Send for Backend {}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        // SAFETY: we own both; the backend goes first, it references the pool.
+        unsafe {
+            sys::ggml_backend_free(self.raw);
+            if !self.pool.is_null() {
+                sys::ggml_threadpool_free(self.pool);
+            }
+        }
+    }
+}
+
+impl Backend {
+    /// The CPU backend with `n_threads` worker threads in a persistent pool
+    /// (no threads are created per graph).
+    pub fn cpu(n_threads: usize) -> Result<Backend, Error> {
+        let n = n_threads.clamp(1, 512) as c_int;
+        // SAFETY: plain constructors; null checked.
+        unsafe {
+            let raw = sys::ggml_backend_cpu_init();
+            if raw.is_null() {
+                return err(ErrorKind::Backend("CPU".into()));
+            }
+            sys::ggml_backend_cpu_set_n_threads(raw, n);
+            let mut params = sys::ggml_threadpool_params_default(n);
+            let pool = sys::ggml_threadpool_new(&mut params);
+            if !pool.is_null() {
+                sys::ggml_backend_cpu_set_threadpool(raw, pool);
+            }
+            Ok(Backend { raw, pool })
+        }
+    }
+    /// Computes every node of `g` (all its tensors must be allocated).
+    pub fn compute(&self, g: &Graph) -> Result<(), Error> {
+        // SAFETY: live backend and graph.
+        let s = unsafe { sys::ggml_backend_graph_compute(self.raw, g.raw.as_ptr()) };
+        if s != 0 {
+            return err(ErrorKind::Compute(s));
+        }
+        Ok(())
+    }
+}
+
+// ---- buffers ----
+
+/// Backend memory holding tensor data. It may borrow caller-owned bytes
+/// (kept alive by an `Arc` inside the buffer).
+pub struct Buffer {
+    raw: NonNull<sys::ggml_backend_buffer>,
+    _owner: Option<Arc<dyn AsRef<[u8]> + Send + Sync>>,
+}
+
+// SAFETY: owned exclusively.
+unsafe impl Send for Buffer {}
+
+impl Drop for Buffer {
+    fn drop(&mut self) {
+        // SAFETY: we own the buffer; ggml does not free borrowed host memory.
+        unsafe { sys::ggml_backend_buffer_free(self.raw.as_ptr()) }
+    }
+}
+
+impl Buffer {
+    /// A CPU buffer over `bytes` without copying (e.g. a memory-mapped file);
+    /// ggml only reads tensors placed in it. The bytes must be 32-byte aligned.
+    pub fn from_host_bytes(bytes: Arc<dyn AsRef<[u8]> + Send + Sync>) -> Result<Buffer, Error> {
+        let s: &[u8] = (*bytes).as_ref();
+        if (s.as_ptr() as usize) % 32 != 0 {
+            return err(ErrorKind::Misaligned);
+        }
+        // SAFETY: the Arc keeps the bytes alive as long as the buffer; ggml
+        // never writes to weight tensors.
+        let b = unsafe { sys::ggml_backend_cpu_buffer_from_ptr(s.as_ptr() as *mut c_void, s.len()) };
+        let raw = NonNull::new(b).ok_or(Error { kind: ErrorKind::Alloc(s.len()) })?;
+        Ok(Buffer { raw, _owner: Some(bytes) })
+    }
+    /// Size in bytes.
+    pub fn size(&self) -> usize {
+        // SAFETY: live buffer.
+        unsafe { sys::ggml_backend_buffer_get_size(self.raw.as_ptr()) }
+    }
+    /// Places `t` at byte `offset` of this buffer (no copy). Panics when it
+    /// does not fit: callers check ranges when they read the file.
+    pub fn place(&self, t: Tensor, offset: usize) {
+        let end = offset.checked_add(t.n_bytes());
+        assert!(end.is_some_and(|e| e <= self.size()), "tensor {:?} at {offset} outside buffer of {}", t, self.size());
+        // SAFETY: range checked; base is valid for `size` bytes.
+        unsafe {
+            let base = sys::ggml_backend_buffer_get_base(self.raw.as_ptr()) as *mut u8;
+            sys::ggml_backend_tensor_alloc(self.raw.as_ptr(), t.raw(), base.add(offset).cast());
+        }
+    }
+}
+
+/// 64-byte aligned owned bytes (for reading a file into memory with `--no-mmap`).
+pub struct AlignedBytes {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: plain owned memory.
+unsafe impl Send for AlignedBytes {}
+// SAFETY: immutable after construction.
+unsafe impl Sync for AlignedBytes {}
+
+impl AlignedBytes {
+    /// Reads all of `r` (exactly `len` bytes) into a new aligned allocation.
+    pub fn read_exact(mut r: impl std::io::Read, len: usize) -> std::io::Result<AlignedBytes> {
+        let layout = std::alloc::Layout::from_size_align(len.max(1), 64).map_err(std::io::Error::other)?;
+        // SAFETY: non-zero size layout.
+        let ptr = NonNull::new(unsafe { std::alloc::alloc_zeroed(layout) }).ok_or_else(|| std::io::Error::other(format!("cannot allocate {len} bytes")))?;
+        let me = AlignedBytes { ptr, len };
+        // SAFETY: we own `len` initialised (zeroed) bytes.
+        r.read_exact(unsafe { std::slice::from_raw_parts_mut(ptr.as_ptr(), len) })?;
+        Ok(me)
+    }
+}
+
+impl AsRef<[u8]> for AlignedBytes {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: `len` initialised bytes.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for AlignedBytes {
+    fn drop(&mut self) {
+        let layout = std::alloc::Layout::from_size_align(self.len.max(1), 64).expect("layout was valid at allocation");
+        // SAFETY: allocated with this layout.
+        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), layout) }
+    }
+}
+
+// ---- graph allocator ----
+
+/// Places a graph's intermediate tensors in one compute buffer that is
+/// reserved once for the largest graph and reused for every later graph.
+pub struct Allocator {
+    raw: NonNull<sys::ggml_gallocr>,
+}
+
+// SAFETY: owned exclusively.
+unsafe impl Send for Allocator {}
+
+impl Drop for Allocator {
+    fn drop(&mut self) {
+        // SAFETY: we own it.
+        unsafe { sys::ggml_gallocr_free(self.raw.as_ptr()) }
+    }
+}
+
+impl Allocator {
+    /// An allocator for `backend`'s default buffer type.
+    pub fn new(backend: &Backend) -> Allocator {
+        // SAFETY: live backend.
+        let raw = unsafe { sys::ggml_gallocr_new(sys::ggml_backend_get_default_buffer_type(backend.raw)) };
+        Allocator { raw: NonNull::new(raw).expect("ggml_gallocr_new returned null") }
+    }
+    /// Sizes the compute buffer for `g` (call with the worst-case graph).
+    pub fn reserve(&mut self, g: &Graph) -> Result<(), Error> {
+        // SAFETY: live allocator and graph.
+        if unsafe { sys::ggml_gallocr_reserve(self.raw.as_ptr(), g.raw.as_ptr()) } {
+            Ok(())
+        } else {
+            err(ErrorKind::Alloc(0))
+        }
+    }
+    /// Allocates `g`'s tensors that have no memory yet.
+    pub fn alloc(&mut self, g: &Graph) -> Result<(), Error> {
+        // SAFETY: live allocator and graph.
+        if unsafe { sys::ggml_gallocr_alloc_graph(self.raw.as_ptr(), g.raw.as_ptr()) } {
+            Ok(())
+        } else {
+            err(ErrorKind::Alloc(0))
+        }
+    }
+    /// Bytes of the compute buffer.
+    pub fn buffer_size(&self) -> usize {
+        // SAFETY: live allocator.
+        unsafe { sys::ggml_gallocr_get_buffer_size(self.raw.as_ptr(), 0) }
+    }
+}
+
+/// Silences ggml's log output (it logs to stderr by default).
+pub fn quiet_logs() {
+    unsafe extern "C" fn drop_log(_level: sys::ggml_log_level, _text: *const std::ffi::c_char, _user: *mut c_void) {}
+    // SAFETY: a valid callback that ignores everything.
+    unsafe { sys::ggml_log_set(Some(drop_log), std::ptr::null_mut()) }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,447 @@
+//! Authentication: `WWW-Authenticate` parsing (RFC 7235), credentials from
+//! the environment or `~/.docker/config.json`, and the rule deciding where
+//! credentials may go.
+
+use std::path::{Path, PathBuf};
+
+use base64::Engine as _;
+use url::Url;
+
+use crate::Error;
+
+/// One challenge of a `WWW-Authenticate` header: a scheme and its auth-params.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Challenge {
+    /// The auth scheme, lowercased (`bearer`, `basic`).
+    pub scheme: String,
+    /// Parameters in order, names lowercased, values unquoted.
+    pub params: Vec<(String, String)>,
+}
+
+impl Challenge {
+    /// The value of a parameter (case-insensitive name).
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.params.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+fn is_token68(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~+/".contains(&b)
+}
+
+/// Parses a `WWW-Authenticate` header value into its challenges.
+///
+/// Quoted strings are honoured (a `,` or `realm=` inside a quoted value is
+/// data), duplicate parameters in one challenge, unterminated quotes, empty
+/// values for `realm` and stray bytes are errors. Never panics.
+pub fn parse_www_authenticate(header: &str) -> Result<Vec<Challenge>, Error> {
+    let bad = |why: &str| Error::Auth(format!("malformed WWW-Authenticate header {:?}: {why}", trunc(header)));
+    let s = header.as_bytes();
+    let mut i = 0;
+    let mut out: Vec<Challenge> = Vec::new();
+    let skip_ws = |i: &mut usize| {
+        while *i < s.len() && (s[*i] == b' ' || s[*i] == b'\t') {
+            *i += 1;
+        }
+    };
+    let token = |i: &mut usize| -> Option<String> {
+        let start = *i;
+        while *i < s.len() && is_tchar(s[*i]) {
+            *i += 1;
+        }
+        (start < *i).then(|| String::from_utf8_lossy(&s[start..*i]).into_owned())
+    };
+    loop {
+        // skip empty list elements
+        loop {
+            skip_ws(&mut i);
+            if i < s.len() && s[i] == b',' {
+                i += 1;
+            } else {
+                break;
+            }
+        }
+        if i >= s.len() {
+            break;
+        }
+        let scheme = token(&mut i).ok_or_else(|| bad("expected an auth scheme"))?;
+        let mut ch = Challenge { scheme: scheme.to_ascii_lowercase(), params: Vec::new() };
+        let had_space = i < s.len() && (s[i] == b' ' || s[i] == b'\t');
+        skip_ws(&mut i);
+        if had_space && i < s.len() && s[i] != b',' {
+            // token68 or an auth-param list
+            let save = i;
+            let t = token(&mut i);
+            let mut j = i;
+            skip_ws(&mut j);
+            let is_param = t.is_some() && j < s.len() && s[j] == b'=' && {
+                // `token=` followed by `=` or end is token68 padding, not a param
+                let mut k = j;
+                while k < s.len() && s[k] == b'=' {
+                    k += 1;
+                }
+                k == j + 1
+            };
+            if !is_param {
+                i = save;
+                let start = i;
+                while i < s.len() && is_token68(s[i]) {
+                    i += 1;
+                }
+                while i < s.len() && s[i] == b'=' {
+                    i += 1;
+                }
+                if start == i {
+                    return Err(bad("expected token68 or parameters after the scheme"));
+                }
+                ch.params.push(("token68".into(), String::from_utf8_lossy(&s[start..i]).into_owned()));
+                skip_ws(&mut i);
+            } else {
+                i = save;
+                loop {
+                    let name = token(&mut i).ok_or_else(|| bad("expected a parameter name"))?.to_ascii_lowercase();
+                    skip_ws(&mut i);
+                    if i >= s.len() || s[i] != b'=' {
+                        return Err(bad(&format!("parameter {name} has no '='")));
+                    }
+                    i += 1;
+                    skip_ws(&mut i);
+                    let value = if i < s.len() && s[i] == b'"' {
+                        i += 1;
+                        let mut v = Vec::new();
+                        loop {
+                            match s.get(i) {
+                                None => return Err(bad("unterminated quoted string")),
+                                Some(b'"') => {
+                                    i += 1;
+                                    break;
+                                }
+                                Some(b'\\') => {
+                                    let c = *s.get(i + 1).ok_or_else(|| bad("unterminated quoted string"))?;
+                                    v.push(c);
+                                    i += 2;
+                                }
+                                Some(&c) if c < 0x20 && c != b'\t' || c == 0x7f => {
+                                    return Err(bad("control character in quoted string"))
+                                }
+                                Some(&c) => {
+                                    v.push(c);
+                                    i += 1;
+                                }
+                            }
+                        }
+                        String::from_utf8(v).map_err(|_| bad("quoted string is not UTF-8"))?
+                    } else {
+                        token(&mut i).ok_or_else(|| bad(&format!("parameter {name} has no value")))?
+                    };
+                    if ch.params.iter().any(|(k, _)| *k == name) {
+                        return Err(bad(&format!("duplicate parameter {name}")));
+                    }
+                    ch.params.push((name, value));
+                    skip_ws(&mut i);
+                    if i >= s.len() {
+                        break;
+                    }
+                    if s[i] != b',' {
+                        return Err(bad("expected ',' between parameters"));
+                    }
+                    // After a ',', either another param of this challenge or a new challenge.
+                    let mut j = i + 1;
+                    while j < s.len() && (s[j] == b' ' || s[j] == b'\t' || s[j] == b',') {
+                        j += 1;
+                    }
+                    let mut k = j;
+                    while k < s.len() && is_tchar(s[k]) {
+                        k += 1;
+                    }
+                    let mut m = k;
+                    while m < s.len() && (s[m] == b' ' || s[m] == b'\t') {
+                        m += 1;
+                    }
+                    if k > j && m < s.len() && s[m] == b'=' {
+                        i = j;
+                        continue;
+                    }
+                    break;
+                }
+            }
+        }
+        out.push(ch);
+        skip_ws(&mut i);
+        if i < s.len() && s[i] != b',' {
+            return Err(bad("unexpected character"));
+        }
+    }
+    if out.is_empty() {
+        return Err(bad("no challenge"));
+    }
+    for c in &out {
+        if c.scheme == "bearer" {
+            match c.param("realm") {
+                Some(r) if !r.is_empty() => {}
+                _ => return Err(bad("bearer challenge without a realm")),
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn trunc(s: &str) -> String {
+    s.chars().take(200).collect()
+}
+
+/// A user name and password (or identity token) for one registry.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// User name.
+    pub username: String,
+    /// Password or token.
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Credentials {{ username: {:?}, password: <hidden> }}", self.username)
+    }
+}
+
+impl Credentials {
+    /// `Basic <base64(user:password)>`.
+    pub fn basic_header(&self) -> String {
+        let raw = format!("{}:{}", self.username, self.password);
+        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(raw))
+    }
+
+    /// Credentials for `host` (`host[:port]` as in the model name):
+    /// `$LLPIPE_REGISTRY_USERNAME`/`$LLPIPE_REGISTRY_PASSWORD` when both are
+    /// set, else the `auths` entry of `docker_config` (default
+    /// `$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`).
+    /// Credential helpers (`credsStore`) are not supported.
+    pub fn lookup(host: &str, docker_config: Option<&Path>) -> Result<Option<Credentials>, Error> {
+        if let (Ok(u), Ok(p)) = (std::env::var("LLPIPE_REGISTRY_USERNAME"), std::env::var("LLPIPE_REGISTRY_PASSWORD")) {
+            if !u.is_empty() {
+                return Ok(Some(Credentials { username: u, password: p }));
+            }
+        }
+        let path = match docker_config {
+            Some(p) => p.to_path_buf(),
+            None => match default_docker_config() {
+                Some(p) => p,
+                None => return Ok(None),
+            },
+        };
+        from_docker_config(&path, host)
+    }
+}
+
+fn default_docker_config() -> Option<PathBuf> {
+    if let Some(d) = std::env::var_os("DOCKER_CONFIG").filter(|d| !d.is_empty()) {
+        return Some(PathBuf::from(d).join("config.json"));
+    }
+    std::env::var_os("HOME").filter(|h| !h.is_empty()).map(|h| PathBuf::from(h).join(".docker").join("config.json"))
+}
+
+/// Reads the `auths` entry for `host` from a docker `config.json`.
+/// A missing file is no credentials; an unreadable or malformed one is an error.
+pub fn from_docker_config(path: &Path, host: &str) -> Result<Option<Credentials>, Error> {
+    use std::io::Read;
+    let bad = |why: String| Error::Auth(format!("docker config {}: {why}", path.display()));
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(bad(e.to_string())),
+    };
+    let mut bytes = Vec::new();
+    file.take(1 << 20).read_to_end(&mut bytes).map_err(|e| bad(e.to_string()))?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
+    let Some(auths) = v.get("auths").and_then(|a| a.as_object()) else {
+        return Ok(None);
+    };
+    // Docker Hub is stored under its legacy index URL.
+    let mut keys = vec![host.to_string(), format!("https://{host}"), format!("http://{host}")];
+    if matches!(host, "docker.io" | "registry-1.docker.io" | "index.docker.io") {
+        keys.push("https://index.docker.io/v1/".into());
+    }
+    for (k, entry) in auths {
+        let k_host = k.trim_end_matches('/');
+        if !keys.iter().any(|want| want == k || want == k_host) {
+            continue;
+        }
+        if let Some(tok) = entry.get("identitytoken").and_then(|t| t.as_str()).filter(|t| !t.is_empty()) {
+            return Ok(Some(Credentials { username: "<token>".into(), password: tok.into() }));
+        }
+        if let (Some(u), Some(p)) = (entry.get("username").and_then(|x| x.as_str()), entry.get("password").and_then(|x| x.as_str())) {
+            return Ok(Some(Credentials { username: u.into(), password: p.into() }));
+        }
+        if let Some(a) = entry.get("auth").and_then(|a| a.as_str()).filter(|a| !a.is_empty()) {
+            let raw = base64::engine::general_purpose::STANDARD.decode(a).map_err(|_| bad(format!("auth for {k} is not base64")))?;
+            let raw = String::from_utf8(raw).map_err(|_| bad(format!("auth for {k} is not UTF-8")))?;
+            let (u, p) = raw.split_once(':').ok_or_else(|| bad(format!("auth for {k} has no ':'")))?;
+            return Ok(Some(Credentials { username: u.into(), password: p.into() }));
+        }
+    }
+    Ok(None)
+}
+
+/// `scheme://host:port` of a URL, with the port made explicit.
+pub(crate) fn origin(u: &Url) -> String {
+    format!("{}://{}:{}", u.scheme(), u.host_str().unwrap_or(""), u.port_or_known_default().unwrap_or(0))
+}
+
+/// Token realms known to belong to a registry on another origin.
+fn allowed_realm_origins(registry: &Url) -> &'static [&'static str] {
+    match registry.host_str().unwrap_or("") {
+        "registry.ollama.ai" => &["https://ollama.com:443"],
+        "hf.co" => &["https://huggingface.co:443"],
+        "registry-1.docker.io" | "docker.io" | "index.docker.io" => &["https://auth.docker.io:443"],
+        _ => &[],
+    }
+}
+
+/// Checks that a token realm may receive a request on behalf of `registry`:
+/// same origin (scheme, host and port) or an allowlisted one, and https
+/// unless `insecure`. See CVE-2025-51471.
+pub(crate) fn check_realm(realm: &str, registry: &Url, insecure: bool) -> Result<Url, Error> {
+    let u = Url::parse(realm).map_err(|e| Error::Auth(format!("token realm {:?} is not a URL: {e}", trunc(realm))))?;
+    if u.scheme() != "https" && !(insecure && u.scheme() == "http") {
+        return Err(Error::Auth(format!("refusing token realm {u}: not https (use --insecure for a local registry)")));
+    }
+    let o = origin(&u);
+    if o != origin(registry) && !allowed_realm_origins(registry).contains(&o.as_str()) {
+        return Err(Error::Auth(format!(
+            "refusing token realm {u}: not on the registry's origin {} (CVE-2025-51471)",
+            origin(registry)
+        )));
+    }
+    Ok(u)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one(h: &str) -> Challenge {
+        let v = parse_www_authenticate(h).unwrap();
+        assert_eq!(v.len(), 1, "{v:?}");
+        v.into_iter().next().unwrap()
+    }
+
+    #[test]
+    fn parses_registry_challenges() {
+        let c = one(r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:ai/smollm2:pull""#);
+        assert_eq!(c.scheme, "bearer");
+        assert_eq!(c.param("realm"), Some("https://auth.docker.io/token"));
+        assert_eq!(c.param("service"), Some("registry.docker.io"));
+        assert_eq!(c.param("scope"), Some("repository:ai/smollm2:pull"));
+        let c = one(r#"Basic realm="Registry Realm""#);
+        assert_eq!((c.scheme.as_str(), c.param("realm")), ("basic", Some("Registry Realm")));
+        let c = one(r#"bearer  REALM = "x" , error="insufficient_scope""#);
+        assert_eq!(c.param("realm"), Some("x"));
+        assert_eq!(c.param("error"), Some("insufficient_scope"));
+        let c = one(r#"Bearer realm="a\"b\\c""#);
+        assert_eq!(c.param("realm"), Some(r#"a"b\c"#));
+        let c = one("Negotiate abc+/==");
+        assert_eq!(c.param("token68"), Some("abc+/=="));
+        let v = parse_www_authenticate(r#"Basic realm="r", Bearer realm="https://x/t", scope="s""#).unwrap();
+        assert_eq!(v.len(), 2);
+        assert_eq!(v[1].param("scope"), Some("s"));
+        let c = one("Bearer realm=tok");
+        assert_eq!(c.param("realm"), Some("tok"));
+    }
+
+    /// HOSTILE row 10: the realm inside a quoted value is data, not a parameter.
+    #[test]
+    fn quoted_realm_is_not_a_param() {
+        let c = one(r#"Bearer service="x,realm=Xhttps://evil.example/t",realm="https://reg.example/token""#);
+        assert_eq!(c.param("realm"), Some("https://reg.example/token"));
+        assert_eq!(c.param("service"), Some("x,realm=Xhttps://evil.example/t"));
+    }
+
+    #[test]
+    fn malformed_headers_are_errors_not_panics() {
+        for h in [
+            "",
+            "Bearer realm=",
+            r#"Bearer realm="""#,
+            r#"Bearer realm="unterminated"#,
+            r#"Bearer realm="a\"#,
+            r#"Bearer realm="a",realm="b""#,
+            r#"Bearer realm="a" junk"#,
+            "Bearer realm",
+            "Bearer =x",
+            "=",
+            ",,,",
+            "Bearer \"x\"",
+            "Bearer realm=\"a\u{1}\"",
+            "Bearer",
+            "Bearer service=\"s\"",
+        ] {
+            assert!(parse_www_authenticate(h).is_err(), "{h:?} accepted: {:?}", parse_www_authenticate(h));
+        }
+        // every prefix and some mutations of a valid header: no panic
+        let good = r#"Bearer realm="https://r/t",service="s\"x",scope="repository:a/b:pull""#;
+        for i in 0..=good.len() {
+            let _ = parse_www_authenticate(&good[..i]);
+            let mut m = good.as_bytes().to_vec();
+            if i < m.len() {
+                m[i] = b'"';
+                let _ = parse_www_authenticate(&String::from_utf8_lossy(&m));
+                m[i] = b',';
+                let _ = parse_www_authenticate(&String::from_utf8_lossy(&m));
+            }
+        }
+    }
+
+    /// Port of ollama's TestGetAuthorizationTokenRejectsCrossDomain, with
+    /// scheme and port differences (HOSTILE row 9).
+    #[test]
+    fn realm_must_share_the_registry_origin() {
+        let reg = Url::parse("https://reg.example").unwrap();
+        assert!(check_realm("https://reg.example/token", &reg, false).is_ok());
+        assert!(check_realm("https://reg.example:443/token", &reg, false).is_ok());
+        for bad in [
+            "https://attacker.example/token",
+            "http://reg.example/token",
+            "https://reg.example:8443/token",
+            "https://reg.example.attacker.example/token",
+            "ftp://reg.example/token",
+            "not a url",
+        ] {
+            assert!(check_realm(bad, &reg, false).is_err(), "{bad}");
+            assert!(check_realm(bad, &reg, true).is_err(), "{bad} with insecure");
+        }
+        let local = Url::parse("http://127.0.0.1:5000").unwrap();
+        assert!(check_realm("http://127.0.0.1:5000/token", &local, false).is_err());
+        assert!(check_realm("http://127.0.0.1:5000/token", &local, true).is_ok());
+        assert!(check_realm("http://127.0.0.1:5001/token", &local, true).is_err());
+        let hub = Url::parse("https://registry-1.docker.io").unwrap();
+        assert!(check_realm("https://auth.docker.io/token", &hub, false).is_ok());
+        let ollama = Url::parse("https://registry.ollama.ai").unwrap();
+        assert!(check_realm("https://ollama.com/token", &ollama, false).is_ok());
+        assert!(check_realm("http://ollama.com/token", &ollama, false).is_err());
+    }
+
+    #[test]
+    fn docker_config_lookup() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("config.json");
+        let auth = base64::engine::general_purpose::STANDARD.encode("alice:s3cret:x");
+        std::fs::write(
+            &p,
+            format!(r#"{{"auths":{{"127.0.0.1:5000":{{"auth":"{auth}"}},"https://index.docker.io/v1/":{{"auth":"{auth}"}},"bad:1":{{"auth":"!!"}}}}}}"#),
+        )
+        .unwrap();
+        let c = from_docker_config(&p, "127.0.0.1:5000").unwrap().unwrap();
+        assert_eq!((c.username.as_str(), c.password.as_str()), ("alice", "s3cret:x"));
+        assert!(from_docker_config(&p, "docker.io").unwrap().is_some());
+        assert!(from_docker_config(&p, "other:1").unwrap().is_none());
+        assert!(from_docker_config(&p, "bad:1").is_err());
+        assert!(from_docker_config(&dir.path().join("none.json"), "x").unwrap().is_none());
+        assert!(!format!("{c:?}").contains("s3cret"));
+        assert_eq!(c.basic_header(), format!("Basic {auth}"));
+    }
+}

@@ -1,0 +1,303 @@
+//! One registry session: base URL, credentials, the current Authorization,
+//! redirects followed by hand so credentials never leave the origin.
+
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::sync::Mutex;
+
+use url::Url;
+
+use crate::auth::{check_realm, origin, parse_www_authenticate, Credentials};
+use crate::{Error, RemoteOptions, Result};
+
+/// Largest token response read.
+pub(crate) const MAX_TOKEN: u64 = 64 << 10;
+/// Largest error body read.
+pub(crate) const MAX_ERROR_BODY: u64 = 8 << 10;
+const MAX_REDIRECTS: usize = 10;
+
+/// A request body that can be sent again (after a 401).
+pub(crate) enum Body<'a> {
+    None,
+    Bytes(&'a [u8]),
+    File { file: &'a File, offset: u64, len: u64 },
+}
+
+pub(crate) struct Session {
+    agent: ureq::Agent,
+    /// `scheme://host[:port]`, no path.
+    pub base: Url,
+    pub insecure: bool,
+    creds: Option<Credentials>,
+    authz: Mutex<Option<String>>,
+    /// The scope asked for when a challenge names none.
+    pub scope: String,
+}
+
+/// The API base for a registry host as it appears in model names.
+pub(crate) fn base_for_host(host: &str, insecure: bool) -> Result<Url> {
+    let api_host = match host {
+        "docker.io" | "index.docker.io" => "registry-1.docker.io",
+        h => h,
+    };
+    let scheme = if insecure { "http" } else { "https" };
+    Url::parse(&format!("{scheme}://{api_host}/")).map_err(|e| Error::Auth(format!("registry host {host:?}: {e}")))
+}
+
+impl Session {
+    pub fn new(base: Url, opts: &RemoteOptions, scope: String) -> Result<Session> {
+        if base.scheme() == "http" && !opts.insecure && opts.base_url.is_none() {
+            return Err(Error::Auth(format!("refusing plain http registry {base} without --insecure")));
+        }
+        if !matches!(base.scheme(), "http" | "https") {
+            return Err(Error::Auth(format!("unsupported registry URL {base}")));
+        }
+        let insecure = opts.insecure || base.scheme() == "http";
+        let creds = match &opts.credentials {
+            Some(c) => Some(c.clone()),
+            None => {
+                let host = match base.port() {
+                    Some(p) => format!("{}:{p}", base.host_str().unwrap_or("")),
+                    None => base.host_str().unwrap_or("").to_string(),
+                };
+                Credentials::lookup(&host, opts.docker_config.as_deref())?
+            }
+        };
+        let agent = ureq::AgentBuilder::new()
+            .redirects(0)
+            .timeout_connect(opts.connect_timeout)
+            .timeout_read(opts.stall_timeout)
+            .timeout_write(opts.stall_timeout)
+            .user_agent(concat!("llpipe/", env!("CARGO_PKG_VERSION")))
+            .build();
+        Ok(Session { agent, base, insecure, creds, authz: Mutex::new(None), scope })
+    }
+
+    /// The registry for messages: the base URL without the trailing slash.
+    pub fn name(&self) -> String {
+        self.base.as_str().trim_end_matches('/').to_string()
+    }
+
+    pub fn url(&self, path: &str) -> Result<Url> {
+        self.base.join(path).map_err(|e| Error::Protocol { what: path.into(), why: e.to_string() })
+    }
+
+    /// Sends a request, following redirects (GET/HEAD only) and answering
+    /// one 401 challenge. Returns any status; callers decide.
+    pub fn request(&self, method: &str, url: Url, headers: &[(&str, String)], body: &Body, what: &str) -> Result<ureq::Response> {
+        let mut auth_rounds = 0;
+        loop {
+            let mut cur = url.clone();
+            let mut creds_ok = true;
+            let mut hops = 0;
+            let resp = loop {
+                if origin(&cur) != origin(&self.base) {
+                    // once off the origin, never send credentials again in this chain
+                    creds_ok = false;
+                }
+                let mut req = self.agent.request_url(method, &cur);
+                for (k, v) in headers {
+                    req = req.set(k, v);
+                }
+                if creds_ok {
+                    if let Some(a) = self.authz.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+                        req = req.set("Authorization", &a);
+                    }
+                }
+                let r = self.send(req, body, &cur, what)?;
+                if matches!(r.status(), 301 | 302 | 303 | 307 | 308) && matches!(method, "GET" | "HEAD") {
+                    hops += 1;
+                    if hops > MAX_REDIRECTS {
+                        return Err(Error::Protocol { what: what.into(), why: format!("more than {MAX_REDIRECTS} redirects") });
+                    }
+                    let loc = r
+                        .header("location")
+                        .ok_or_else(|| Error::Protocol { what: what.into(), why: format!("{} without Location", r.status()) })?;
+                    let next = cur
+                        .join(loc)
+                        .map_err(|e| Error::Protocol { what: what.into(), why: format!("bad redirect Location: {e}") })?;
+                    if next.scheme() != "https" && !(self.insecure && next.scheme() == "http") {
+                        return Err(Error::Protocol { what: what.into(), why: format!("refusing redirect to non-https {next}") });
+                    }
+                    cur = next;
+                    continue;
+                }
+                break r;
+            };
+            if resp.status() == 401 && creds_ok && auth_rounds < 2 {
+                auth_rounds += 1;
+                let challenges: Vec<String> = resp.all("www-authenticate").iter().map(|s| s.to_string()).collect();
+                if challenges.is_empty() {
+                    return Ok(resp);
+                }
+                let old = self.authz.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                let new = self.authorize(&challenges.join(", "), what)?;
+                if new.is_none() || new == old {
+                    return Ok(resp);
+                }
+                *self.authz.lock().unwrap_or_else(|p| p.into_inner()) = new;
+                continue;
+            }
+            return Ok(resp);
+        }
+    }
+
+    fn send(&self, req: ureq::Request, body: &Body, url: &Url, what: &str) -> Result<ureq::Response> {
+        let r = match body {
+            Body::None => req.call(),
+            Body::Bytes(b) => req.send_bytes(b),
+            Body::File { file, offset, len } => {
+                let reader = RangeReader { file, pos: *offset, end: offset.saturating_add(*len) };
+                req.set("Content-Length", &len.to_string()).send(reader)
+            }
+        };
+        match r {
+            Ok(r) => Ok(r),
+            Err(ureq::Error::Status(_, r)) => Ok(r),
+            Err(ureq::Error::Transport(t)) => Err(self.transport_error(&t, url, what)),
+        }
+    }
+
+    fn transport_error(&self, t: &ureq::Transport, url: &Url, what: &str) -> Error {
+        let registry = format!("{}://{}", url.scheme(), url.host_str().unwrap_or("")) + &url.port().map(|p| format!(":{p}")).unwrap_or_default();
+        let detail = t.to_string();
+        let lower = detail.to_ascii_lowercase();
+        match t.kind() {
+            ureq::ErrorKind::Dns => Error::Dns { registry, what: what.into(), detail },
+            _ if lower.contains("certificate") || lower.contains("tls") || lower.contains("handshake") => {
+                Error::Tls { registry, what: what.into(), detail }
+            }
+            _ => Error::Net { registry, what: what.into(), detail },
+        }
+    }
+
+    /// Works out the Authorization for a challenge; `None` when we have
+    /// nothing to offer (no credentials for Basic).
+    fn authorize(&self, header: &str, what: &str) -> Result<Option<String>> {
+        let challenges = parse_www_authenticate(header)?;
+        if let Some(b) = challenges.iter().find(|c| c.scheme == "bearer") {
+            let realm = check_realm(b.param("realm").unwrap_or(""), &self.base, self.insecure)?;
+            let mut u = realm.clone();
+            {
+                let mut q = u.query_pairs_mut();
+                if let Some(s) = b.param("service") {
+                    q.append_pair("service", s);
+                }
+                q.append_pair("scope", b.param("scope").unwrap_or(&self.scope));
+            }
+            let mut req = self.agent.request_url("GET", &u);
+            if let Some(c) = &self.creds {
+                req = req.set("Authorization", &c.basic_header());
+            }
+            let what_tok = format!("{what}: token from {realm}");
+            let resp = self.send(req, &Body::None, &u, &what_tok)?;
+            match resp.status() {
+                200 => {}
+                401 | 403 => return Err(Error::Unauthorized { registry: realm.to_string(), what: what.into() }),
+                s => return Err(Error::Auth(format!("{what_tok}: answered {s}"))),
+            }
+            let bytes = read_capped(resp, MAX_TOKEN, &what_tok)?;
+            let v: serde_json::Value =
+                serde_json::from_slice(&bytes).map_err(|e| Error::Auth(format!("{what_tok}: bad token JSON: {e}")))?;
+            let tok = v
+                .get("token")
+                .and_then(|t| t.as_str())
+                .filter(|t| !t.is_empty())
+                .or_else(|| v.get("access_token").and_then(|t| t.as_str()).filter(|t| !t.is_empty()))
+                .ok_or_else(|| Error::Auth(format!("{what_tok}: no token in the answer")))?;
+            if tok.bytes().any(|c| c < 0x21 || c == 0x7f) {
+                return Err(Error::Auth(format!("{what_tok}: token has invalid characters")));
+            }
+            return Ok(Some(format!("Bearer {tok}")));
+        }
+        if challenges.iter().any(|c| c.scheme == "basic") {
+            return Ok(self.creds.as_ref().map(|c| c.basic_header()));
+        }
+        Err(Error::Auth(format!("{what}: unsupported auth scheme in {header:?}")))
+    }
+
+    /// Turns a non-success status into an error naming `what`.
+    pub fn status_error(&self, resp: ureq::Response, what: &str) -> Error {
+        let registry = self.name();
+        let what = what.to_string();
+        match resp.status() {
+            401 => Error::Unauthorized { registry, what },
+            403 => Error::Forbidden { registry, what },
+            404 => Error::NotFound { registry, what },
+            412 => Error::NeedsNewerClient { registry, what },
+            status => {
+                let detail = error_detail(resp);
+                Error::Status { registry, what, status, detail }
+            }
+        }
+    }
+}
+
+/// `: CODE message` from a registry JSON error body, read only when it
+/// declares a small Content-Length (a lying length must not make us wait).
+fn error_detail(resp: ureq::Response) -> String {
+    let small = resp.header("content-length").and_then(|l| l.parse::<u64>().ok()).is_some_and(|l| l <= MAX_ERROR_BODY);
+    if !small {
+        return String::new();
+    }
+    let mut buf = Vec::new();
+    if resp.into_reader().take(MAX_ERROR_BODY).read_to_end(&mut buf).is_err() {
+        return String::new();
+    }
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(&buf) else {
+        return String::new();
+    };
+    let Some(e) = v.get("errors").and_then(|e| e.get(0)) else {
+        return String::new();
+    };
+    let code = e.get("code").and_then(|c| c.as_str()).unwrap_or("");
+    let msg = e.get("message").and_then(|c| c.as_str()).unwrap_or("");
+    let s: String = format!(": {code} {msg}").chars().filter(|c| !c.is_control()).take(200).collect();
+    s.trim_end().to_string()
+}
+
+/// Reads a body of at most `cap` bytes; more is an error. A compressed body
+/// is refused (we never decompress).
+pub(crate) fn read_capped(resp: ureq::Response, cap: u64, what: &str) -> Result<Vec<u8>> {
+    if let Some(enc) = resp.header("content-encoding").filter(|e| !e.eq_ignore_ascii_case("identity")) {
+        return Err(Error::Protocol { what: what.into(), why: format!("refusing a body with Content-Encoding {enc}") });
+    }
+    if let Some(len) = resp.header("content-length").and_then(|l| l.parse::<u64>().ok()) {
+        if len > cap {
+            return Err(Error::Protocol { what: what.into(), why: format!("body of {len} bytes, more than the limit of {cap}") });
+        }
+    }
+    let mut buf = Vec::new();
+    resp.into_reader()
+        .take(cap + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| Error::Net { registry: String::new(), what: what.into(), detail: e.to_string() })?;
+    if buf.len() as u64 > cap {
+        return Err(Error::Protocol { what: what.into(), why: format!("body larger than the limit of {cap} bytes") });
+    }
+    Ok(buf)
+}
+
+/// Reads `file[pos..end]` with positioned reads (no shared file offset).
+struct RangeReader<'a> {
+    file: &'a File,
+    pos: u64,
+    end: u64,
+}
+
+impl Read for RangeReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let left = self.end.saturating_sub(self.pos);
+        let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        if n == 0 {
+            return Ok(0);
+        }
+        let k = self.file.read_at(&mut buf[..n], self.pos)?;
+        if k == 0 {
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "file shorter than the blob size"));
+        }
+        self.pos += k as u64;
+        Ok(k)
+    }
+}

@@ -1,0 +1,528 @@
+//! One blob into the store: parallel ranged parts written into
+//! `blobs/sha256-<hex>-partial`, hashed in order while they land, renamed
+//! to `blobs/sha256-<hex>` only when size and digest match.
+//!
+//! ## The partial file
+//!
+//! `sha256-<hex>-partial` holds the blob's `size` bytes at their offsets,
+//! followed by a trailer: `LLPPART1`, size, part size, part count (u64 LE)
+//! and one u64 per part: how many bytes of that part are written. A worker
+//! writes data first and the counter after, so after kill -9 the counters
+//! never claim more than was written; a restart resumes each part from its
+//! counter and re-hashes what is there. The trailer is cut off before the
+//! rename. An exclusive `flock` on the partial file makes concurrent
+//! fetchers of the same blob wait for one download.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Read};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Condvar, Mutex};
+use std::time::Duration;
+
+use indicatif::ProgressBar;
+use protocol::{Digest, Hasher};
+use store::Store;
+
+use crate::client::{Body, Session};
+use crate::{io_err, Error, FetchOptions, Result};
+
+/// Suffix of the file a blob is downloaded into (`sha256-<hex>-partial`);
+/// such a file is never mistaken for a blob.
+pub const PARTIAL_SUFFIX: &str = "-partial";
+const MAGIC: &[u8; 8] = b"LLPPART1";
+const HEADER: u64 = 32;
+const CHUNK: usize = 256 << 10;
+const HASH_CHUNK: usize = 4 << 20;
+
+/// What one blob download did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Outcome {
+    /// Bytes received over the network in this run.
+    pub fetched: u64,
+    /// Bytes found in a partial file from an earlier run and kept.
+    pub resumed: u64,
+    /// The blob was already present (or another process fetched it).
+    pub already: bool,
+}
+
+pub(crate) struct BlobJob<'a> {
+    pub session: &'a Session,
+    pub repo: &'a str,
+    pub digest: &'a Digest,
+    pub size: u64,
+    pub what: String,
+}
+
+fn partial_path(store: &Store, d: &Digest) -> PathBuf {
+    store.blobs_dir().join(format!("{}{PARTIAL_SUFFIX}", d.blob_file_name()))
+}
+
+/// Whether a regular file of the right size is under the blob's name.
+fn complete(store: &Store, d: &Digest, size: u64) -> Result<bool> {
+    if !store.has_blob(d)? {
+        return Ok(false);
+    }
+    let p = store.blob_path(d);
+    Ok(fs::symlink_metadata(&p).map_err(io_err(&p))?.len() == size)
+}
+
+/// The part size for a blob: total/16 clamped to 100 MB–1 GB (as Ollama), or the override.
+fn part_size_for(size: u64, want: Option<u64>) -> u64 {
+    want.unwrap_or_else(|| (size / 16).clamp(100_000_000, 1_000_000_000)).max(1)
+}
+
+pub(crate) fn download(job: &BlobJob, store: &Store, opts: &FetchOptions, pb: Option<&ProgressBar>) -> Result<Outcome> {
+    if complete(store, job.digest, job.size)? {
+        return Ok(Outcome { already: true, ..Outcome::default() });
+    }
+    let blobs = store.blobs_dir();
+    ensure_dir(&blobs)?;
+    if job.size == 0 {
+        if *job.digest != Digest::of_bytes(b"") {
+            return Err(Error::DigestMismatch { expected: job.digest.clone(), got: Digest::of_bytes(b"") });
+        }
+        store::atomic_write(&store.blob_path(job.digest), b"")?;
+        return Ok(Outcome::default());
+    }
+    let partial = partial_path(store, job.digest);
+    let Some(file) = lock_partial(&partial, store, job, opts.verbose)? else {
+        return Ok(Outcome { already: true, ..Outcome::default() });
+    };
+    // From here on we hold the lock; dropping `file` releases it.
+    let (part_size, done) = match load_state(&file, job.size) {
+        Some(s) => s,
+        None => fresh_state(&file, &partial, job.size, part_size_for(job.size, opts.part_size))?,
+    };
+    let resumed: u64 = done.iter().sum();
+    check_free_space(&blobs, job.size - resumed.min(job.size))?;
+    if opts.verbose && resumed > 0 {
+        eprintln!("fetch-blob: {}: resuming, {resumed} of {} bytes already here", job.digest, job.size);
+    }
+    if let Some(pb) = pb {
+        pb.set_position(resumed);
+    }
+    let shared = Shared {
+        job,
+        file: &file,
+        part_size,
+        done: done.into_iter().map(AtomicU64::new).collect(),
+        failed: AtomicBool::new(false),
+        error: Mutex::new(None),
+        wake: (Mutex::new(()), Condvar::new()),
+        fetched: AtomicU64::new(0),
+        next: AtomicUsize::new(0),
+        opts,
+        pb,
+    };
+    let pending: Vec<usize> = (0..shared.done.len()).filter(|&i| shared.done[i].load(Ordering::Relaxed) < shared.part_len(i)).collect();
+    let workers = opts.parallel.clamp(1, 64).min(pending.len().max(1));
+    let got = std::thread::scope(|s| {
+        let hasher = s.spawn(|| shared.hash());
+        for _ in 0..workers {
+            s.spawn(|| shared.work(&pending));
+        }
+        hasher.join().unwrap_or(None)
+    });
+    let fetched = shared.fetched.load(Ordering::Relaxed);
+    if let Some(e) = shared.error.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        return Err(e);
+    }
+    let got = got.ok_or_else(|| Error::Protocol { what: job.what.clone(), why: "download stopped".into() })?;
+    if got != *job.digest {
+        let _ = fs::remove_file(&partial);
+        return Err(Error::DigestMismatch { expected: job.digest.clone(), got });
+    }
+    file.set_len(job.size).map_err(io_err(&partial))?;
+    if opts.fsync {
+        file.sync_data().map_err(io_err(&partial))?;
+    }
+    let final_path = store.blob_path(job.digest);
+    if let Ok(m) = fs::symlink_metadata(&final_path) {
+        if !m.is_file() {
+            return Err(Error::Store(store::Error::Unsafe { path: final_path, why: "not a regular file".into() }));
+        }
+    }
+    fs::rename(&partial, &final_path).map_err(io_err(&final_path))?;
+    if opts.fsync {
+        if let Ok(d) = File::open(&blobs) {
+            let _ = d.sync_all();
+        }
+    }
+    drop(file);
+    Ok(Outcome { fetched, resumed, already: false })
+}
+
+fn ensure_dir(dir: &Path) -> Result<()> {
+    match fs::symlink_metadata(dir) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(Error::Store(store::Error::Unsafe { path: dir.to_path_buf(), why: "not a directory".into() })),
+        Err(_) => fs::create_dir_all(dir).map_err(io_err(dir)),
+    }
+}
+
+/// Opens and locks the partial file. `None`: the blob became present while we waited.
+fn lock_partial(path: &Path, store: &Store, job: &BlobJob, verbose: bool) -> Result<Option<File>> {
+    loop {
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .mode(0o644)
+            .open(path)
+            .map_err(io_err(path))?;
+        let meta = f.metadata().map_err(io_err(path))?;
+        if !meta.is_file() {
+            return Err(Error::Store(store::Error::Unsafe { path: path.to_path_buf(), why: "not a regular file".into() }));
+        }
+        // SAFETY: flock on a file descriptor we own; no memory is involved.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() != ErrorKind::WouldBlock {
+                return Err(io_err(path)(e));
+            }
+            if verbose {
+                eprintln!("fetch-blob: {}: another process is downloading it, waiting", job.digest);
+            }
+            loop {
+                // SAFETY: as above.
+                if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } == 0 {
+                    break;
+                }
+                let e = std::io::Error::last_os_error();
+                if e.kind() != ErrorKind::Interrupted {
+                    return Err(io_err(path)(e));
+                }
+            }
+        }
+        // The holder before us may have renamed the file away: lock the one at `path`.
+        match fs::symlink_metadata(path) {
+            Ok(m) if m.ino() == meta.ino() && m.dev() == meta.dev() => {}
+            _ => continue,
+        }
+        if complete(store, job.digest, job.size)? {
+            let _ = fs::remove_file(path);
+            return Ok(None);
+        }
+        return Ok(Some(f));
+    }
+}
+
+fn parts(size: u64, part_size: u64) -> u64 {
+    size.div_ceil(part_size)
+}
+
+/// Reads the trailer; `None` when absent or inconsistent (start over).
+fn load_state(f: &File, size: u64) -> Option<(u64, Vec<u64>)> {
+    let len = f.metadata().ok()?.len();
+    let mut h = [0u8; HEADER as usize];
+    f.read_exact_at(&mut h, size).ok()?;
+    let word = |i: usize| u64::from_le_bytes(h[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
+    if &h[..8] != MAGIC || word(1) != size {
+        return None;
+    }
+    let (ps, n) = (word(2), word(3));
+    if ps == 0 || n != parts(size, ps) || n > 1 << 20 || len != size.checked_add(HEADER + 8 * n)? {
+        return None;
+    }
+    let mut raw = vec![0u8; usize::try_from(8 * n).ok()?];
+    f.read_exact_at(&mut raw, size + HEADER).ok()?;
+    let done: Vec<u64> = raw.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8]))).collect();
+    for (i, &d) in done.iter().enumerate() {
+        let start = i as u64 * ps;
+        if d > ps.min(size - start) {
+            return None;
+        }
+    }
+    Some((ps, done))
+}
+
+fn fresh_state(f: &File, path: &Path, size: u64, part_size: u64) -> Result<(u64, Vec<u64>)> {
+    let n = parts(size, part_size);
+    f.set_len(0).map_err(io_err(path))?;
+    f.set_len(size + HEADER + 8 * n).map_err(io_err(path))?;
+    let mut h = Vec::with_capacity(HEADER as usize);
+    h.extend_from_slice(MAGIC);
+    for w in [size, part_size, n] {
+        h.extend_from_slice(&w.to_le_bytes());
+    }
+    f.write_all_at(&h, size).map_err(io_err(path))?;
+    Ok((part_size, vec![0; usize::try_from(n).unwrap_or(0)]))
+}
+
+fn check_free_space(dir: &Path, need: u64) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return Ok(());
+    };
+    // SAFETY: statvfs writes into a zeroed struct we own; the path is NUL-terminated.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Ok(());
+    }
+    let free = u64::from(st.f_bavail).saturating_mul(st.f_frsize);
+    if free < need {
+        return Err(Error::Io {
+            path: dir.to_path_buf(),
+            source: std::io::Error::other(format!("{need} bytes needed, {free} free")),
+        });
+    }
+    Ok(())
+}
+
+struct Shared<'a> {
+    job: &'a BlobJob<'a>,
+    file: &'a File,
+    part_size: u64,
+    done: Vec<AtomicU64>,
+    failed: AtomicBool,
+    error: Mutex<Option<Error>>,
+    wake: (Mutex<()>, Condvar),
+    fetched: AtomicU64,
+    next: AtomicUsize,
+    opts: &'a FetchOptions,
+    pb: Option<&'a ProgressBar>,
+}
+
+impl Shared<'_> {
+    fn part_len(&self, i: usize) -> u64 {
+        let start = i as u64 * self.part_size;
+        self.part_size.min(self.job.size - start)
+    }
+
+    fn fail(&self, e: Error) {
+        let mut slot = self.error.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            *slot = Some(e);
+        }
+        self.failed.store(true, Ordering::SeqCst);
+        self.wake.1.notify_all();
+    }
+
+    fn notify(&self) {
+        let _g = self.wake.0.lock().unwrap_or_else(|p| p.into_inner());
+        self.wake.1.notify_all();
+    }
+
+    /// Hashes the blob in order, following the workers; `None` if stopped.
+    fn hash(&self) -> Option<Digest> {
+        let mut h = Hasher::new();
+        let mut buf = vec![0u8; HASH_CHUNK];
+        let mut pos = 0u64;
+        while pos < self.job.size {
+            if self.failed.load(Ordering::SeqCst) {
+                return None;
+            }
+            let i = usize::try_from(pos / self.part_size).unwrap_or(usize::MAX);
+            let start = i as u64 * self.part_size;
+            let avail = start + self.done.get(i).map_or(0, |d| d.load(Ordering::Acquire));
+            if pos < avail {
+                let n = usize::try_from(avail - pos).unwrap_or(HASH_CHUNK).min(HASH_CHUNK);
+                if let Err(e) = self.file.read_exact_at(&mut buf[..n], pos) {
+                    self.fail(Error::Io { path: PathBuf::from(format!("{}{PARTIAL_SUFFIX}", self.job.digest.blob_file_name())), source: e });
+                    return None;
+                }
+                h.update(&buf[..n]);
+                pos += n as u64;
+            } else {
+                let g = self.wake.0.lock().unwrap_or_else(|p| p.into_inner());
+                let _ = self.wake.1.wait_timeout(g, Duration::from_millis(20));
+            }
+        }
+        Some(h.finish())
+    }
+
+    fn work(&self, pending: &[usize]) {
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            if self.failed.load(Ordering::SeqCst) {
+                return;
+            }
+            let k = self.next.fetch_add(1, Ordering::SeqCst);
+            let Some(&i) = pending.get(k) else { return };
+            if let Err(e) = self.run_part(i, &mut buf) {
+                self.fail(e);
+                return;
+            }
+        }
+    }
+
+    fn run_part(&self, i: usize, buf: &mut [u8]) -> Result<()> {
+        let len = self.part_len(i);
+        let mut fails = 0u32;
+        loop {
+            let before = self.done[i].load(Ordering::Acquire);
+            if before >= len {
+                return Ok(());
+            }
+            if self.failed.load(Ordering::SeqCst) {
+                return Ok(());
+            }
+            match self.fetch_range(i, before, len, buf) {
+                Ok(()) => {}
+                Err(e) if e.is_retryable() => {
+                    if self.done[i].load(Ordering::Acquire) > before {
+                        fails = 0;
+                    }
+                    fails += 1;
+                    if fails > self.opts.retries {
+                        return Err(e);
+                    }
+                    if self.opts.verbose {
+                        eprintln!("fetch-blob: {}: part {i}: {e}; retry {fails} of {}", self.job.digest, self.opts.retries);
+                    }
+                    let wait = self.opts.backoff.saturating_mul(1 << (fails - 1).min(10)).min(Duration::from_secs(60));
+                    let until = std::time::Instant::now() + wait;
+                    while std::time::Instant::now() < until {
+                        if self.failed.load(Ordering::SeqCst) {
+                            return Ok(());
+                        }
+                        std::thread::sleep(Duration::from_millis(10).min(wait));
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// One GET of the rest of part `i`, from `done` bytes into it.
+    fn fetch_range(&self, i: usize, done: u64, len: u64, buf: &mut [u8]) -> Result<()> {
+        let job = self.job;
+        let what = &job.what;
+        let proto = |why: String| Error::Protocol { what: what.clone(), why };
+        let start = i as u64 * self.part_size;
+        let (from, to) = (start + done, start + len - 1);
+        let whole = from == 0 && to + 1 == job.size;
+        let mut headers = Vec::new();
+        if !whole {
+            headers.push(("Range", format!("bytes={from}-{to}")));
+        }
+        let url = job.session.url(&format!("v2/{}/blobs/{}", job.repo, job.digest))?;
+        let resp = job.session.request("GET", url, &headers, &Body::None, what)?;
+        let want = to - from + 1;
+        match resp.status() {
+            200 if whole => {}
+            200 => return Err(proto(format!("registry ignored the Range request for bytes {from}-{to} (answered 200)"))),
+            206 => {
+                let cr = resp.header("content-range").unwrap_or("");
+                let ok = parse_content_range(cr).is_some_and(|(a, b, t)| a == from && b == to && t.is_none_or(|t| t == job.size));
+                if !ok {
+                    return Err(proto(format!("Content-Range {cr:?} does not match the requested bytes {from}-{to}/{}", job.size)));
+                }
+            }
+            416 => {
+                // Do not read the body: its Content-Length may lie (docker-registry does).
+                return Err(proto(format!(
+                    "registry answered 416 for bytes {from}-{to}: it holds fewer than the {} bytes the manifest declares",
+                    job.size
+                )));
+            }
+            _ => return Err(job.session.status_error(resp, what)),
+        }
+        if let Some(cl) = resp.header("content-length") {
+            let cl: u64 = cl.trim().parse().map_err(|_| proto(format!("bad Content-Length {cl:?}")))?;
+            if cl != want {
+                return Err(proto(format!("registry sends {cl} bytes where {want} were asked for (size {} declared)", job.size)));
+            }
+        }
+        let chunked_or_close = resp.header("content-length").is_none();
+        let mut body = resp.into_reader();
+        let mut pos = from;
+        let slot = self.job.size + HEADER + 8 * i as u64;
+        let net = |detail: String| Error::Net { registry: job.session.name(), what: what.clone(), detail };
+        while pos <= to {
+            if self.failed.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            let n = buf.len().min(usize::try_from(to + 1 - pos).unwrap_or(usize::MAX));
+            let k = match body.read(&mut buf[..n]) {
+                Ok(0) => return Err(net(format!("connection closed after {} of {want} bytes", pos - from))),
+                Ok(k) => k,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => return Err(net(format!("{e} after {} of {want} bytes", pos - from))),
+            };
+            let p = partial_name(job);
+            self.file.write_all_at(&buf[..k], pos).map_err(io_err(&p))?;
+            pos += k as u64;
+            let d = self.done[i].fetch_add(k as u64, Ordering::AcqRel) + k as u64;
+            self.file.write_all_at(&d.to_le_bytes(), slot).map_err(io_err(&p))?;
+            self.fetched.fetch_add(k as u64, Ordering::Relaxed);
+            if let Some(pb) = self.pb {
+                pb.inc(k as u64);
+            }
+            self.notify();
+        }
+        if chunked_or_close {
+            // No declared length: one more byte means the registry sends more than declared.
+            let mut extra = [0u8; 1];
+            if let Ok(k) = body.read(&mut extra) {
+                if k > 0 {
+                    return Err(proto(format!("registry sends more than the {} bytes declared", job.size)));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn partial_name(job: &BlobJob) -> PathBuf {
+    PathBuf::from(format!("{}{PARTIAL_SUFFIX}", job.digest.blob_file_name()))
+}
+
+/// `bytes a-b/t` → (a, b, Some(t)); `t` may be `*`.
+fn parse_content_range(s: &str) -> Option<(u64, u64, Option<u64>)> {
+    let rest = s.trim().strip_prefix("bytes ")?;
+    let (range, total) = rest.split_once('/')?;
+    let (a, b) = range.split_once('-')?;
+    let (a, b): (u64, u64) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
+    if b < a {
+        return None;
+    }
+    let t = match total.trim() {
+        "*" => None,
+        t => Some(t.parse().ok()?),
+    };
+    Some((a, b, t))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_range() {
+        assert_eq!(parse_content_range("bytes 0-9/10"), Some((0, 9, Some(10))));
+        assert_eq!(parse_content_range("bytes 5-9/*"), Some((5, 9, None)));
+        for bad in ["", "bytes 9-5/10", "bytes 0-9", "items 0-9/10", "bytes -1-9/10", "bytes 0-9/x"] {
+            assert_eq!(parse_content_range(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn part_sizes() {
+        assert_eq!(part_size_for(1 << 30, None), 100_000_000);
+        assert_eq!(part_size_for(100 << 30, None), 1_000_000_000);
+        assert_eq!(part_size_for(10, Some(4)), 4);
+        assert_eq!(parts(10, 4), 3);
+    }
+
+    #[test]
+    fn trailer_round_trip_and_garbage() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x");
+        let f = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&p).unwrap();
+        assert!(load_state(&f, 10).is_none());
+        let (ps, done) = fresh_state(&f, &p, 10, 4).unwrap();
+        assert_eq!((ps, done), (4, vec![0, 0, 0]));
+        f.write_all_at(&3u64.to_le_bytes(), 10 + HEADER + 8).unwrap();
+        assert_eq!(load_state(&f, 10), Some((4, vec![0, 3, 0])));
+        assert!(load_state(&f, 11).is_none());
+        // a counter larger than its part is garbage
+        f.write_all_at(&5u64.to_le_bytes(), 10 + HEADER).unwrap();
+        assert!(load_state(&f, 10).is_none());
+    }
+}

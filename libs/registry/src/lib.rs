@@ -1,0 +1,245 @@
+//! Pull and push over the OCI distribution protocol.
+//!
+//! Three verbs, one entry point each:
+//!
+//! * [`resolve_remote`]: a model name → its pipeline document, with the
+//!   manifest fetched from the registry (exact bytes in `manifest_text`).
+//! * [`fetch_blob`]: makes every blob of a document present in the store
+//!   (parallel ranged parts, resume after kill -9, digest checked before the
+//!   blob gets its name), then writes the manifest into the store.
+//! * [`push`]: uploads a model's blobs, then its manifest.
+//!
+//! Sources: Ollama's registry (blobs answer 307 to a CDN), any OCI registry
+//! serving blobs with 200, Docker Hub (`docker.io/ai/<model>`, anonymous
+//! Bearer tokens from `auth.docker.io`) and `hf.co/<user>/<repo>:<quant>`.
+//! A model name may start with `http://` or `https://` ([`parse_name`]);
+//! `http` is only used with `--insecure` or such a prefix.
+//!
+//! ## Document fields added here (in `extra`)
+//!
+//! `resolve_remote` adds to the `model` document:
+//!
+//! ```text
+//! "registry": {"url": "http://127.0.0.1:5000", "insecure": true}
+//! ```
+//!
+//! the base URL the manifest came from. `fetch-blob` fetches blobs from it
+//! (else from `https://<parts.host>`). Credentials are looked up for the host
+//! of that URL and are never sent anywhere else.
+//!
+//! ## Security rules (see shared/HOSTILE.md rows 1–18)
+//!
+//! * every digest is validated before any file or network operation; blob
+//!   paths come only from [`protocol::Digest`];
+//! * response bodies are capped (manifest 4 MiB, token 64 KiB, error 8 KiB)
+//!   and never decompressed;
+//! * `Authorization` goes only to the registry's own origin (scheme, host,
+//!   port); a redirect to another origin drops it for the rest of the chain;
+//!   token realms must be same-origin or allowlisted, and https unless insecure;
+//! * the descriptor size is authoritative: one byte more is an error;
+//! * a blob is hashed while it downloads into `blobs/sha256-<hex>-partial`
+//!   and renamed to `blobs/sha256-<hex>` only when the digest matches.
+//!
+//! ```no_run
+//! use registry::{fetch_blob, resolve_remote, FetchOptions, RemoteOptions};
+//! let (name, base) = registry::parse_name("http://127.0.0.1:5000/library/smollm2:135m")?;
+//! let opts = RemoteOptions { base_url: base, ..RemoteOptions::default() };
+//! let mut doc = resolve_remote(&name, &opts)?;
+//! let store = store::Store::from_env()?;
+//! fetch_blob(&mut doc, &store, &FetchOptions::default())?;
+//! assert!(doc.blobs().all(|b| b.present));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+#![deny(missing_docs)]
+
+mod auth;
+mod client;
+mod download;
+mod fetch;
+mod push;
+mod resolve;
+
+use std::io;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use auth::{from_docker_config, parse_www_authenticate, Challenge, Credentials};
+pub use download::PARTIAL_SUFFIX;
+pub use fetch::{fetch_blob, FetchOptions, FetchReport};
+pub use push::{push, PushOptions, PushReport};
+pub use resolve::{parse_name, resolve_remote, MAX_MANIFEST};
+
+/// Errors of registry operations. Messages name the model and registry.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// 401: no or wrong credentials.
+    #[error("{what}: registry {registry} answered 401 unauthorized (set LLPIPE_REGISTRY_USERNAME/LLPIPE_REGISTRY_PASSWORD or log in with docker login)")]
+    Unauthorized {
+        /// Registry base URL.
+        registry: String,
+        /// What was asked for (model, blob).
+        what: String,
+    },
+    /// 403: credentials accepted but not allowed.
+    #[error("{what}: registry {registry} answered 403 forbidden")]
+    Forbidden {
+        /// Registry base URL.
+        registry: String,
+        /// What was asked for.
+        what: String,
+    },
+    /// 404: no such model, tag or blob.
+    #[error("{what}: not found on registry {registry}")]
+    NotFound {
+        /// Registry base URL.
+        registry: String,
+        /// What was asked for.
+        what: String,
+    },
+    /// 412: the registry says this model needs a newer client.
+    #[error("{what}: registry {registry} says this model needs a newer client (412 precondition failed)")]
+    NeedsNewerClient {
+        /// Registry base URL.
+        registry: String,
+        /// What was asked for.
+        what: String,
+    },
+    /// Any other unexpected HTTP status.
+    #[error("{what}: registry {registry} answered {status}{detail}")]
+    Status {
+        /// Registry base URL.
+        registry: String,
+        /// What was asked for.
+        what: String,
+        /// The HTTP status.
+        status: u16,
+        /// Error codes from the body, `: CODE message`, or empty.
+        detail: String,
+    },
+    /// The registry host name did not resolve.
+    #[error("{what}: cannot resolve registry host {registry}: {detail}")]
+    Dns {
+        /// Registry base URL.
+        registry: String,
+        /// What was asked for.
+        what: String,
+        /// The resolver's message.
+        detail: String,
+    },
+    /// TLS handshake or certificate failure.
+    #[error("{what}: TLS failure talking to registry {registry}: {detail}")]
+    Tls {
+        /// Registry base URL.
+        registry: String,
+        /// What was asked for.
+        what: String,
+        /// The TLS library's message.
+        detail: String,
+    },
+    /// Connection refused, reset, timed out or stalled (retryable).
+    #[error("{what}: network error talking to {registry}: {detail}")]
+    Net {
+        /// Registry base URL (or the redirect target).
+        registry: String,
+        /// What was asked for.
+        what: String,
+        /// What happened.
+        detail: String,
+    },
+    /// Authentication could not be carried out (bad challenge, refused realm, token failure).
+    #[error("{0}")]
+    Auth(String),
+    /// A response that breaks the protocol (bad Content-Range, too many bytes, 416…).
+    #[error("{what}: {why}")]
+    Protocol {
+        /// What was asked for.
+        what: String,
+        /// What is wrong.
+        why: String,
+    },
+    /// A manifest refused before anything was written.
+    #[error("invalid manifest for {what}: {why}")]
+    BadManifest {
+        /// The model.
+        what: String,
+        /// What is wrong.
+        why: String,
+    },
+    /// Downloaded bytes whose digest is not the expected one; nothing was stored.
+    #[error("blob {expected}: digest mismatch, got {got} (nothing stored)")]
+    DigestMismatch {
+        /// The digest the manifest names.
+        expected: protocol::Digest,
+        /// The digest of the bytes received.
+        got: protocol::Digest,
+    },
+    /// A local file-system error.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
+    /// An error from the store.
+    #[error(transparent)]
+    Store(#[from] store::Error),
+    /// A bad name or digest.
+    #[error(transparent)]
+    Name(#[from] protocol::Error),
+}
+
+impl Error {
+    /// Whether trying again may help (network trouble, 5xx, 429, 408).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Net { .. } => true,
+            Error::Status { status, .. } => *status >= 500 || *status == 429 || *status == 408,
+            _ => false,
+        }
+    }
+}
+
+/// Shorthand.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+pub(crate) fn io_err(path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> Error {
+    let path = path.into();
+    move |source| Error::Io { path, source }
+}
+
+/// How to reach a registry; shared by the three verbs.
+#[derive(Clone, Debug)]
+pub struct RemoteOptions {
+    /// Base URL (`http://127.0.0.1:5000`) overriding `https://<host>` from the
+    /// name. [`parse_name`] returns one when the name had a scheme.
+    pub base_url: Option<String>,
+    /// Allow plain http (and http token realms) for this registry.
+    pub insecure: bool,
+    /// Credentials; `None` looks them up ([`Credentials::lookup`]).
+    pub credentials: Option<Credentials>,
+    /// A docker `config.json` to read credentials from instead of the default.
+    pub docker_config: Option<PathBuf>,
+    /// The store whose blobs decide the `present` flags; `None` is
+    /// [`store::Store::from_env`].
+    pub store: Option<store::Store>,
+    /// Connect timeout.
+    pub connect_timeout: Duration,
+    /// A read that gets no byte for this long is a stall (then retried).
+    pub stall_timeout: Duration,
+}
+
+impl Default for RemoteOptions {
+    fn default() -> Self {
+        RemoteOptions {
+            base_url: None,
+            insecure: false,
+            credentials: None,
+            docker_config: None,
+            store: None,
+            connect_timeout: Duration::from_secs(30),
+            stall_timeout: Duration::from_secs(30),
+        }
+    }
+}

@@ -1,0 +1,264 @@
+//! `verify`: re-hash blobs and name what is corrupt; `verify --all` audits the
+//! whole store (corrupt, missing, orphan, leftover, unsafe entries).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use serde::Serialize;
+
+use crate::fsutil::{self, EntryKind};
+use crate::manifest::{Manifest, MAX_MANIFEST};
+use crate::{Digest, Name, Result, Store};
+
+/// Options of [`verify()`] and [`verify_all()`].
+#[derive(Clone, Debug, Default)]
+pub struct VerifyOptions {
+    /// Hashing threads; 0 means one per available core.
+    pub threads: usize,
+}
+
+/// One blob to check.
+#[derive(Clone, Debug)]
+pub struct BlobCheck {
+    /// What its content must hash to.
+    pub digest: Digest,
+    /// Where it is.
+    pub path: PathBuf,
+    /// The size the manifest declares, if known.
+    pub size: Option<u64>,
+}
+
+/// What kind of problem a [`Finding`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum FindingKind {
+    /// Content does not hash to the blob's digest (or has the wrong size).
+    Corrupt,
+    /// A blob a manifest needs is not there.
+    Missing,
+    /// A blob no manifest references.
+    Orphan,
+    /// A temporary or partial file left by an interrupted write or download.
+    Leftover,
+    /// A symlink or special file inside the store.
+    Unsafe,
+    /// A manifest that cannot be parsed, or a path that is not a valid name.
+    BadManifest,
+    /// The blob could not be read.
+    Unreadable,
+}
+
+/// One problem, with everything needed to act on it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct Finding {
+    /// The kind of problem.
+    pub kind: FindingKind,
+    /// The file concerned.
+    pub path: PathBuf,
+    /// The blob's expected digest, when it is a blob.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub digest: Option<Digest>,
+    /// Models that reference it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<String>,
+    /// One line of detail.
+    pub detail: String,
+}
+
+impl std::fmt::Display for Finding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = serde_json::to_value(self.kind).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+        write!(f, "{kind}: ")?;
+        match &self.digest {
+            Some(d) => write!(f, "blob {d}")?,
+            None => write!(f, "{}", self.path.display())?,
+        }
+        if !self.models.is_empty() {
+            write!(f, " (model {})", self.models.join(", "))?;
+        }
+        write!(f, ": {}", self.detail)
+    }
+}
+
+/// Result of [`verify_all()`].
+#[derive(Clone, Debug, Default)]
+pub struct VerifyReport {
+    /// Every problem found, sorted.
+    pub findings: Vec<Finding>,
+    /// Blobs hashed.
+    pub blobs_checked: usize,
+    /// Bytes hashed.
+    pub bytes_hashed: u64,
+}
+
+/// Re-hashes each blob, in parallel across blobs (largest first). Returns,
+/// in input order, `None` for a good blob or the problem found. A blob that
+/// is listed twice is hashed once.
+pub fn verify(checks: &[BlobCheck], opts: &VerifyOptions) -> Vec<Option<Finding>> {
+    let mut unique: Vec<usize> = Vec::new();
+    let mut seen = BTreeMap::new();
+    let mut alias = vec![0usize; checks.len()];
+    for (i, c) in checks.iter().enumerate() {
+        let key = (c.path.clone(), c.digest.clone());
+        alias[i] = *seen.entry(key).or_insert_with(|| {
+            unique.push(i);
+            i
+        });
+    }
+    let sizes: Vec<u64> = unique
+        .iter()
+        .map(|&i| std::fs::symlink_metadata(&checks[i].path).map(|m| m.len()).unwrap_or(0))
+        .collect();
+    let mut order: Vec<usize> = (0..unique.len()).collect();
+    order.sort_by_key(|&k| std::cmp::Reverse(sizes[k]));
+
+    let threads = match opts.threads {
+        0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        n => n,
+    }
+    .min(unique.len().max(1));
+    let results: Mutex<BTreeMap<usize, Option<Finding>>> = Mutex::new(BTreeMap::new());
+    let next = AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| loop {
+                let k = next.fetch_add(1, Ordering::Relaxed);
+                let Some(&slot) = order.get(k) else { break };
+                let i = unique[slot];
+                let finding = check_one(&checks[i]);
+                results.lock().expect("no panics while holding the lock").insert(i, finding);
+            });
+        }
+    });
+    let results = results.into_inner().expect("no panics while holding the lock");
+    alias.iter().map(|a| results.get(a).cloned().flatten()).collect()
+}
+
+fn check_one(c: &BlobCheck) -> Option<Finding> {
+    let finding = |kind, detail: String| {
+        Some(Finding { kind, path: c.path.clone(), digest: Some(c.digest.clone()), models: vec![], detail })
+    };
+    let file = match fsutil::open_regular(&c.path) {
+        Ok(f) => f,
+        Err(crate::Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            return finding(FindingKind::Missing, "not in the store".into())
+        }
+        Err(e @ crate::Error::Unsafe { .. }) => return finding(FindingKind::Unsafe, e.to_string()),
+        Err(e) => return finding(FindingKind::Unreadable, e.to_string()),
+    };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    if let Some(size) = c.size {
+        if len != size {
+            return finding(FindingKind::Corrupt, format!("size is {len} bytes, manifest says {size}"));
+        }
+    }
+    match hash_file(file) {
+        Ok(d) if d == c.digest => None,
+        Ok(d) => finding(FindingKind::Corrupt, format!("content hashes to {d}")),
+        Err(e) => finding(FindingKind::Unreadable, e.to_string()),
+    }
+}
+
+/// sha256 of an open file, read in large sequential chunks (SHA-NI when the CPU has it).
+pub(crate) fn hash_file(mut file: std::fs::File) -> std::io::Result<Digest> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: advisory call on a valid, open descriptor.
+    unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_SEQUENTIAL) };
+    let mut h = protocol::Hasher::new();
+    let mut buf = vec![0u8; 4 << 20];
+    loop {
+        match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => h.update(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(h.finish())
+}
+
+/// Audits the whole store: every blob re-hashed against its name; manifests
+/// that do not parse or point at missing blobs; orphan blobs; leftover
+/// temporary or partial files; symlinks and special files.
+pub fn verify_all(store: &Store, opts: &VerifyOptions) -> Result<VerifyReport> {
+    let mut findings = Vec::new();
+    let mut refs: BTreeMap<Digest, BTreeSet<String>> = BTreeMap::new();
+    let stray = |kind, path: &Path, detail: &str| Finding {
+        kind,
+        path: path.to_path_buf(),
+        digest: None,
+        models: vec![],
+        detail: detail.to_string(),
+    };
+
+    for (parts, path, kind) in fsutil::walk_depth(&store.manifests_dir(), 4)? {
+        let leftover = parts.last().is_some_and(|p| p.starts_with('.') && p.contains(".tmp-"));
+        match kind {
+            EntryKind::Symlink => findings.push(stray(FindingKind::Unsafe, &path, "symlink in manifests/")),
+            EntryKind::Stray => findings.push(stray(FindingKind::Unsafe, &path, "not a manifest (wrong depth or not a regular file)")),
+            EntryKind::File if leftover => findings.push(stray(FindingKind::Leftover, &path, "temporary file of an interrupted write")),
+            EntryKind::File => {
+                let text = format!("{}/{}/{}:{}", parts[0], parts[1], parts[2], parts[3]);
+                let Ok(name) = Name::parse(&text) else {
+                    findings.push(stray(FindingKind::BadManifest, &path, "path is not a valid model name"));
+                    continue;
+                };
+                let parsed = fsutil::read_small_file(&path, MAX_MANIFEST).and_then(|b| Manifest::parse(&b, &name.short()));
+                match parsed {
+                    Ok(m) => {
+                        for d in m.blobs() {
+                            refs.entry(d.digest.clone()).or_default().insert(name.short());
+                        }
+                    }
+                    Err(e) => findings.push(stray(FindingKind::BadManifest, &path, &e.to_string())),
+                }
+            }
+        }
+    }
+
+    let mut checks = Vec::new();
+    let mut on_disk = BTreeSet::new();
+    for (parts, path, kind) in fsutil::walk_depth(&store.blobs_dir(), 1)? {
+        match (kind, Digest::from_blob_file_name(&parts[0])) {
+            (EntryKind::File, Ok(digest)) => {
+                on_disk.insert(digest.clone());
+                checks.push(BlobCheck { digest, path, size: None });
+            }
+            (EntryKind::File, Err(_)) => {
+                findings.push(stray(FindingKind::Leftover, &path, "temporary or partial file, not a blob"))
+            }
+            (EntryKind::Symlink, _) => findings.push(stray(FindingKind::Unsafe, &path, "symlink in blobs/")),
+            (EntryKind::Stray, _) => findings.push(stray(FindingKind::Unsafe, &path, "not a regular file")),
+        }
+    }
+    let bytes_hashed = checks.iter().filter_map(|c| std::fs::metadata(&c.path).ok()).map(|m| m.len()).sum();
+    for (c, f) in checks.iter().zip(verify(&checks, opts)) {
+        let models: Vec<String> = refs.get(&c.digest).map(|s| s.iter().cloned().collect()).unwrap_or_default();
+        if let Some(mut f) = f {
+            f.models = models.clone();
+            findings.push(f);
+        }
+        if models.is_empty() {
+            let mut f = stray(FindingKind::Orphan, &c.path, "no manifest references it");
+            f.digest = Some(c.digest.clone());
+            findings.push(f);
+        }
+    }
+    for (digest, models) in &refs {
+        if !on_disk.contains(digest) {
+            findings.push(Finding {
+                kind: FindingKind::Missing,
+                path: store.blob_path(digest),
+                digest: Some(digest.clone()),
+                models: models.iter().cloned().collect(),
+                detail: "referenced by a manifest but not in the store".into(),
+            });
+        }
+    }
+    findings.sort();
+    Ok(VerifyReport { findings, blobs_checked: checks.len(), bytes_hashed })
+}

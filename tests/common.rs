@@ -1,0 +1,1 @@
+//! Helpers for the cross-tool tests in this folder.
