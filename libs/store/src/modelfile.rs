@@ -120,7 +120,12 @@ impl Modelfile {
                 Some(Kind::Int) => Value::from(v.trim().parse::<i64>().map_err(|_| bad())?),
                 Some(Kind::Float) => {
                     let f = v.trim().parse::<f64>().map_err(|_| bad())?;
-                    serde_json::Number::from_f64(f).map(Value::Number).ok_or_else(bad)?
+                    if f.fract() == 0.0 && f.abs() < 1e15 {
+                        // Go's encoder writes integral floats without ".0"
+                        Value::from(f as i64)
+                    } else {
+                        serde_json::Number::from_f64(f).map(Value::Number).ok_or_else(bad)?
+                    }
                 }
                 Some(Kind::Bool) => Value::from(v.trim().parse::<bool>().map_err(|_| bad())?),
                 Some(Kind::Strings) => {
