@@ -89,7 +89,11 @@ pub fn bin_dir() -> PathBuf {
 /// not been built (`cargo build --workspace --bins` first, as scripts/test.sh does).
 pub fn bin(name: &str) -> PathBuf {
     let p = bin_dir().join(name);
-    assert!(p.exists(), "{} is not built: run `cargo build --workspace --bins` first (scripts/test.sh does)", p.display());
+    assert!(
+        p.exists(),
+        "{} is not built: run `cargo build --workspace --bins` first (scripts/test.sh does)",
+        p.display()
+    );
     p
 }
 
@@ -108,7 +112,9 @@ impl Default for TestStore {
 impl TestStore {
     /// A new empty store in a temp folder.
     pub fn new() -> TestStore {
-        TestStore { dir: tempfile::tempdir().expect("temp dir") }
+        TestStore {
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
     }
 
     /// The store root (`$OLLAMA_MODELS`).
@@ -119,7 +125,11 @@ impl TestStore {
     /// Runs a binary (by path or workspace name) with `OLLAMA_MODELS` set to this store.
     pub fn run(&self, exe: impl AsRef<Path>, args: &[&str], stdin: &[u8]) -> Output {
         let exe = exe.as_ref();
-        let exe = if exe.components().count() == 1 { bin(&exe.to_string_lossy()) } else { exe.to_path_buf() };
+        let exe = if exe.components().count() == 1 {
+            bin(&exe.to_string_lossy())
+        } else {
+            exe.to_path_buf()
+        };
         let mut child = Command::new(&exe)
             .args(args)
             .env("OLLAMA_MODELS", self.root())
@@ -144,13 +154,20 @@ impl TestStore {
         let mut out = Vec::new();
         let mut stack = vec![self.root().to_path_buf()];
         while let Some(d) = stack.pop() {
-            let Ok(rd) = std::fs::read_dir(&d) else { continue };
+            let Ok(rd) = std::fs::read_dir(&d) else {
+                continue;
+            };
             for e in rd.flatten() {
                 let p = e.path();
                 if p.is_dir() && !p.is_symlink() {
                     stack.push(p);
                 } else {
-                    out.push(p.strip_prefix(self.root()).unwrap().to_string_lossy().into_owned());
+                    out.push(
+                        p.strip_prefix(self.root())
+                            .unwrap()
+                            .to_string_lossy()
+                            .into_owned(),
+                    );
                 }
             }
         }
@@ -237,6 +254,10 @@ pub fn models_dir() -> PathBuf {
 /// Path of a real model file; panics clearly when scripts/fetch-models.sh has not run.
 pub fn real_model(file: &str) -> PathBuf {
     let p = models_dir().join(file);
-    assert!(p.exists(), "{} missing: run scripts/fetch-models.sh", p.display());
+    assert!(
+        p.exists(),
+        "{} missing: run scripts/fetch-models.sh",
+        p.display()
+    );
     p
 }

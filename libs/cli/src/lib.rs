@@ -34,7 +34,11 @@ pub enum Outcome {
 pub fn main(body: impl FnOnce() -> anyhow::Result<Outcome>) -> ExitCode {
     let tool = std::env::args()
         .next()
-        .and_then(|a| std::path::Path::new(&a).file_name().map(|f| f.to_string_lossy().into_owned()))
+        .and_then(|a| {
+            std::path::Path::new(&a)
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+        })
         .unwrap_or_else(|| "tool".into());
     match body() {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,

@@ -32,7 +32,10 @@ impl Digest {
 
     /// Wraps a raw 32-byte sha256 value.
     pub fn from_sha256(raw: [u8; 32]) -> Digest {
-        Digest { algo: Algorithm::Sha256, hex: hex::encode(raw) }
+        Digest {
+            algo: Algorithm::Sha256,
+            hex: hex::encode(raw),
+        }
     }
 
     /// The algorithm.
@@ -70,10 +73,17 @@ impl FromStr for Digest {
     fn from_str(s: &str) -> Result<Digest, Error> {
         let bad = || Error::BadDigest(s.chars().take(100).collect());
         let hex = s.strip_prefix("sha256:").ok_or_else(bad)?;
-        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        if hex.len() != 64
+            || !hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
             return Err(bad());
         }
-        Ok(Digest { algo: Algorithm::Sha256, hex: hex.to_string() })
+        Ok(Digest {
+            algo: Algorithm::Sha256,
+            hex: hex.to_string(),
+        })
     }
 }
 

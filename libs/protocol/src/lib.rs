@@ -201,6 +201,9 @@ impl ModelDoc {
 
 /// One line of the stream.
 #[derive(Clone, Debug, PartialEq)]
+// A stream carries a handful of lines; boxing the document would only make
+// every match on it noisier.
+#[allow(clippy::large_enum_variant)]
 pub enum Line {
     /// A `"model"` document.
     Model(ModelDoc),
@@ -219,8 +222,12 @@ impl Line {
         };
         match obj.get("type").and_then(Value::as_str) {
             Some("model") => {
-                let data = obj.get("data").cloned().ok_or_else(|| bad("model line without data".into()))?;
-                let doc = serde_json::from_value(data).map_err(|e| bad(format!("model data: {e}")))?;
+                let data = obj
+                    .get("data")
+                    .cloned()
+                    .ok_or_else(|| bad("model line without data".into()))?;
+                let doc =
+                    serde_json::from_value(data).map_err(|e| bad(format!("model data: {e}")))?;
                 Ok(Line::Model(doc))
             }
             Some(_) => Ok(Line::Other(value)),
@@ -242,7 +249,10 @@ impl Line {
             Line::Model(doc) => {
                 let mut obj = Map::new();
                 obj.insert("type".into(), Value::from("model"));
-                obj.insert("data".into(), serde_json::to_value(doc).expect("ModelDoc serializes"));
+                obj.insert(
+                    "data".into(),
+                    serde_json::to_value(doc).expect("ModelDoc serializes"),
+                );
                 Value::Object(obj).to_string()
             }
             Line::Other(v) => v.to_string(),
@@ -363,7 +373,9 @@ mod tests {
         assert!(err.to_string().contains("line 2"), "{err}");
         assert!(Line::parse("[1]").is_err());
         assert!(Line::parse("{\"data\":1}").is_err());
-        let bad_digest = Line::Model(doc()).to_json().replace("sha256:", "sha256:../");
+        let bad_digest = Line::Model(doc())
+            .to_json()
+            .replace("sha256:", "sha256:../");
         assert!(Line::parse(&bad_digest).is_err());
     }
 }

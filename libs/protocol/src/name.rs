@@ -37,7 +37,10 @@ impl Name {
     /// Parses a name and fills in the defaults (`registry.ollama.ai`,
     /// `library`, `latest`). This is the one place those defaults live.
     pub fn parse(s: &str) -> Result<Name, Error> {
-        let bad = |why: &str| Error::BadName { name: s.chars().take(400).collect(), why: why.to_string() };
+        let bad = |why: &str| Error::BadName {
+            name: s.chars().take(400).collect(),
+            why: why.to_string(),
+        };
         if s.is_empty() {
             return Err(bad("empty name"));
         }
@@ -45,7 +48,9 @@ impl Name {
             return Err(bad("a scheme is not part of a model name"));
         }
         if s.contains('@') {
-            return Err(bad("digest references (@sha256:...) are not supported here"));
+            return Err(bad(
+                "digest references (@sha256:...) are not supported here",
+            ));
         }
         // The tag is after the last ':' that follows the last '/'; a ':'
         // before the last '/' belongs to host:port.
@@ -64,16 +69,35 @@ impl Name {
         let host = host.unwrap_or(Name::DEFAULT_HOST);
         let namespace = namespace.unwrap_or(Name::DEFAULT_NAMESPACE);
         let tag = tag.unwrap_or(Name::DEFAULT_TAG);
-        check_part(host, "host", 350, |c| c.is_ascii_alphanumeric() || "_-.:".contains(c)).map_err(|w| bad(&w))?;
-        check_part(namespace, "namespace", 80, |c| c.is_ascii_alphanumeric() || "_-".contains(c)).map_err(|w| bad(&w))?;
-        check_part(model, "model", 80, |c| c.is_ascii_alphanumeric() || "_-.".contains(c)).map_err(|w| bad(&w))?;
-        check_part(tag, "tag", 80, |c| c.is_ascii_alphanumeric() || "_-.".contains(c)).map_err(|w| bad(&w))?;
-        Ok(Name { host: host.into(), namespace: namespace.into(), model: model.into(), tag: tag.into() })
+        check_part(host, "host", 350, |c| {
+            c.is_ascii_alphanumeric() || "_-.:".contains(c)
+        })
+        .map_err(|w| bad(&w))?;
+        check_part(namespace, "namespace", 80, |c| {
+            c.is_ascii_alphanumeric() || "_-".contains(c)
+        })
+        .map_err(|w| bad(&w))?;
+        check_part(model, "model", 80, |c| {
+            c.is_ascii_alphanumeric() || "_-.".contains(c)
+        })
+        .map_err(|w| bad(&w))?;
+        check_part(tag, "tag", 80, |c| {
+            c.is_ascii_alphanumeric() || "_-.".contains(c)
+        })
+        .map_err(|w| bad(&w))?;
+        Ok(Name {
+            host: host.into(),
+            namespace: namespace.into(),
+            model: model.into(),
+            tag: tag.into(),
+        })
     }
 
     /// The manifest's path relative to `manifests/`: `host/namespace/model/tag`.
     pub fn manifest_rel_path(&self) -> std::path::PathBuf {
-        [&self.host, &self.namespace, &self.model, &self.tag].iter().collect()
+        [&self.host, &self.namespace, &self.model, &self.tag]
+            .iter()
+            .collect()
     }
 
     /// The repository as a registry knows it: `namespace/model`.
@@ -107,11 +131,16 @@ fn check_part(part: &str, what: &str, max: usize, ok: impl Fn(char) -> bool) -> 
         return Err(format!("empty {what}"));
     }
     if part.len() > max {
-        return Err(format!("{what} is {} characters, at most {max} allowed", part.len()));
+        return Err(format!(
+            "{what} is {} characters, at most {max} allowed",
+            part.len()
+        ));
     }
     let first = part.chars().next().unwrap_or('.');
     if !(first.is_ascii_alphanumeric() || first == '_') {
-        return Err(format!("{what} {part:?} must start with a letter, digit or '_'"));
+        return Err(format!(
+            "{what} {part:?} must start with a letter, digit or '_'"
+        ));
     }
     if let Some(c) = part.chars().find(|&c| !ok(c)) {
         return Err(format!("{what} {part:?} contains {c:?}"));
@@ -128,7 +157,11 @@ impl FromStr for Name {
 
 impl fmt::Display for Name {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}/{}:{}", self.host, self.namespace, self.model, self.tag)
+        write!(
+            f,
+            "{}/{}/{}:{}",
+            self.host, self.namespace, self.model, self.tag
+        )
     }
 }
 
@@ -137,20 +170,42 @@ mod tests {
     use super::*;
 
     fn n(h: &str, ns: &str, m: &str, t: &str) -> Name {
-        Name { host: h.into(), namespace: ns.into(), model: m.into(), tag: t.into() }
+        Name {
+            host: h.into(),
+            namespace: ns.into(),
+            model: m.into(),
+            tag: t.into(),
+        }
     }
 
     #[test]
     fn defaults() {
-        assert_eq!(Name::parse("smollm2").unwrap(), n("registry.ollama.ai", "library", "smollm2", "latest"));
-        assert_eq!(Name::parse("smollm2:135m").unwrap(), n("registry.ollama.ai", "library", "smollm2", "135m"));
-        assert_eq!(Name::parse("me/m:q4").unwrap(), n("registry.ollama.ai", "me", "m", "q4"));
+        assert_eq!(
+            Name::parse("smollm2").unwrap(),
+            n("registry.ollama.ai", "library", "smollm2", "latest")
+        );
+        assert_eq!(
+            Name::parse("smollm2:135m").unwrap(),
+            n("registry.ollama.ai", "library", "smollm2", "135m")
+        );
+        assert_eq!(
+            Name::parse("me/m:q4").unwrap(),
+            n("registry.ollama.ai", "me", "m", "q4")
+        );
         assert_eq!(
             Name::parse("127.0.0.1:5000/library/smollm2:135m").unwrap(),
             n("127.0.0.1:5000", "library", "smollm2", "135m")
         );
-        assert_eq!(Name::parse("localhost:5000/a/b").unwrap(), n("localhost:5000", "a", "b", "latest"));
-        assert_eq!(Name::parse("hf.co/bartowski/SmolLM2-135M-GGUF:Q4_K_M").unwrap().host, "hf.co");
+        assert_eq!(
+            Name::parse("localhost:5000/a/b").unwrap(),
+            n("localhost:5000", "a", "b", "latest")
+        );
+        assert_eq!(
+            Name::parse("hf.co/bartowski/SmolLM2-135M-GGUF:Q4_K_M")
+                .unwrap()
+                .host,
+            "hf.co"
+        );
     }
 
     #[test]
@@ -161,7 +216,10 @@ mod tests {
             assert_eq!(Name::parse(&name.short()).unwrap(), name);
             assert_eq!(Name::parse(&name.to_string()).unwrap(), name);
         }
-        assert_eq!(Name::parse("x").unwrap().manifest_rel_path(), std::path::Path::new("registry.ollama.ai/library/x/latest"));
+        assert_eq!(
+            Name::parse("x").unwrap().manifest_rel_path(),
+            std::path::Path::new("registry.ollama.ai/library/x/latest")
+        );
     }
 
     #[test]
@@ -191,13 +249,19 @@ mod tests {
             "-m",
             "ns.dot/m",
         ] {
-            assert!(Name::parse(bad).is_err(), "{bad:?} accepted as {:?}", Name::parse(bad));
+            assert!(
+                Name::parse(bad).is_err(),
+                "{bad:?} accepted as {:?}",
+                Name::parse(bad)
+            );
         }
         assert!(Name::parse(&"a".repeat(80)).is_ok());
     }
 
     #[test]
     fn fold() {
-        assert!(Name::parse("SmolLM2:135M").unwrap().eq_fold(&Name::parse("smollm2:135m").unwrap()));
+        assert!(Name::parse("SmolLM2:135M")
+            .unwrap()
+            .eq_fold(&Name::parse("smollm2:135m").unwrap()));
     }
 }

@@ -22,8 +22,16 @@ pub struct CreateOptions {
 /// messages), a config blob filled from the GGUF header, and the manifest
 /// last. Blobs already present are not written again. A GGUF that does not
 /// parse is refused before anything is written.
-pub fn create(store: &Store, name: &Name, modelfile: &Modelfile, opts: &CreateOptions) -> Result<ModelDoc> {
-    let from = modelfile.from().ok_or_else(|| Error::Modelfile { line: 1, why: "no FROM instruction".into() })?;
+pub fn create(
+    store: &Store,
+    name: &Name,
+    modelfile: &Modelfile,
+    opts: &CreateOptions,
+) -> Result<ModelDoc> {
+    let from = modelfile.from().ok_or_else(|| Error::Modelfile {
+        line: 1,
+        why: "no FROM instruction".into(),
+    })?;
     let resolve_path = |p: &str| -> PathBuf {
         let p = Path::new(p);
         match &opts.base_dir {
@@ -35,7 +43,12 @@ pub fn create(store: &Store, name: &Name, modelfile: &Modelfile, opts: &CreateOp
     let (mut layers, mut config) = if from_path.is_file() {
         let info = GgufInfo::read(&from_path)?;
         let digest = import_file(store, &from_path)?;
-        let layer = Descriptor { media_type: media::MODEL.into(), digest, size: info.size, extra: Map::new() };
+        let layer = Descriptor {
+            media_type: media::MODEL.into(),
+            digest,
+            size: info.size,
+            extra: Map::new(),
+        };
         (vec![layer], info.config())
     } else if looks_like_path(from) {
         return Err(Error::Other(format!("FROM {from}: no such GGUF file")));
@@ -44,36 +57,72 @@ pub fn create(store: &Store, name: &Name, modelfile: &Modelfile, opts: &CreateOp
         let (stored, _, bytes) = store.read_manifest(&base)?;
         let m = Manifest::parse(&bytes, &stored.short())?;
         let cfg_bytes = fsutil::read_small_file(&store.blob_path(&m.config.digest), 1 << 20)?;
-        let cfg: ConfigV2 = serde_json::from_slice(&cfg_bytes)
-            .map_err(|e| Error::BadManifest { path: format!("config of {}", stored.short()), why: e.to_string() })?;
+        let cfg: ConfigV2 = serde_json::from_slice(&cfg_bytes).map_err(|e| Error::BadManifest {
+            path: format!("config of {}", stored.short()),
+            why: e.to_string(),
+        })?;
         (m.layers, cfg)
     };
 
-    let set = |layers: &mut Vec<Descriptor>, media_type: &str, text: &str, replace: bool| -> Result<()> {
-        let digest = store.write_blob(text.as_bytes())?;
-        if replace {
-            layers.retain(|l| l.media_type != media_type);
-        }
-        layers.push(Descriptor { media_type: media_type.into(), digest, size: text.len() as u64, extra: Map::new() });
-        Ok(())
-    };
+    let set =
+        |layers: &mut Vec<Descriptor>, media_type: &str, text: &str, replace: bool| -> Result<()> {
+            let digest = store.write_blob(text.as_bytes())?;
+            if replace {
+                layers.retain(|l| l.media_type != media_type);
+            }
+            layers.push(Descriptor {
+                media_type: media_type.into(),
+                digest,
+                size: text.len() as u64,
+                extra: Map::new(),
+            });
+            Ok(())
+        };
     for cmd in &modelfile.commands {
         if let Command::Adapter(p) = cmd {
             let path = resolve_path(p);
             GgufInfo::read(&path)?;
             let digest = import_file(store, &path)?;
             let size = std::fs::metadata(&path).map_err(io_err(&path))?.len();
-            layers.push(Descriptor { media_type: media::ADAPTER.into(), digest, size, extra: Map::new() });
+            layers.push(Descriptor {
+                media_type: media::ADAPTER.into(),
+                digest,
+                size,
+                extra: Map::new(),
+            });
         }
     }
-    let last_text = |f: fn(&Command) -> Option<&String>| modelfile.commands.iter().rev().find_map(f);
-    if let Some(t) = last_text(|c| if let Command::Template(t) = c { Some(t) } else { None }) {
+    let last_text =
+        |f: fn(&Command) -> Option<&String>| modelfile.commands.iter().rev().find_map(f);
+    if let Some(t) = last_text(|c| {
+        if let Command::Template(t) = c {
+            Some(t)
+        } else {
+            None
+        }
+    }) {
         set(&mut layers, media::TEMPLATE, t, true)?;
     }
-    if let Some(t) = last_text(|c| if let Command::System(t) = c { Some(t) } else { None }) {
+    if let Some(t) = last_text(|c| {
+        if let Command::System(t) = c {
+            Some(t)
+        } else {
+            None
+        }
+    }) {
         set(&mut layers, media::SYSTEM, t, true)?;
     }
-    let licenses: Vec<&String> = modelfile.commands.iter().filter_map(|c| if let Command::License(t) = c { Some(t) } else { None }).collect();
+    let licenses: Vec<&String> = modelfile
+        .commands
+        .iter()
+        .filter_map(|c| {
+            if let Command::License(t) = c {
+                Some(t)
+            } else {
+                None
+            }
+        })
+        .collect();
     if !licenses.is_empty() {
         layers.retain(|l| l.media_type != media::LICENSE);
         for t in licenses {
@@ -87,7 +136,10 @@ pub fn create(store: &Store, name: &Name, modelfile: &Modelfile, opts: &CreateOp
         set(&mut layers, media::MESSAGES, &m, true)?;
     }
 
-    config.rootfs = Some(RootFs { kind: "layers".into(), diff_ids: layers.iter().map(|l| l.digest.clone()).collect() });
+    config.rootfs = Some(RootFs {
+        kind: "layers".into(),
+        diff_ids: layers.iter().map(|l| l.digest.clone()).collect(),
+    });
     let config_bytes = serde_json::to_vec(&config).expect("config serializes");
     let config_digest = store.write_blob(&config_bytes)?;
     let manifest = Manifest {
@@ -108,7 +160,8 @@ pub fn create(store: &Store, name: &Name, modelfile: &Modelfile, opts: &CreateOp
 }
 
 fn looks_like_path(s: &str) -> bool {
-    s.contains('/') && (s.starts_with('.') || s.starts_with('/') || s.starts_with('~')) || s.ends_with(".gguf")
+    s.contains('/') && (s.starts_with('.') || s.starts_with('/') || s.starts_with('~'))
+        || s.ends_with(".gguf")
 }
 
 /// What create takes from a GGUF header.
@@ -121,16 +174,30 @@ struct GgufInfo {
 
 impl GgufInfo {
     fn read(path: &Path) -> Result<GgufInfo> {
-        let err = |why: String| Error::Gguf { path: path.to_path_buf(), why };
+        let err = |why: String| Error::Gguf {
+            path: path.to_path_buf(),
+            why,
+        };
         let file = fsutil::open_regular(path)?;
         let size = file.metadata().map_err(io_err(path))?.len();
         // SAFETY: read-only private mapping; a file truncated under us can
         // fault, which is the same contract every mmap-based loader accepts.
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io_err(path))?;
         let gg = gguf::parse(&map).map_err(|e| err(e.to_string()))?;
-        let arch = gg.architecture().ok_or_else(|| err("no general.architecture".into()))?.to_string();
-        let file_type = gg.file_type().map(|f| f.name().to_string()).unwrap_or_default();
-        Ok(GgufInfo { size, arch, params: gg.parameter_count(), file_type })
+        let arch = gg
+            .architecture()
+            .ok_or_else(|| err("no general.architecture".into()))?
+            .to_string();
+        let file_type = gg
+            .file_type()
+            .map(|f| f.name().to_string())
+            .unwrap_or_default();
+        Ok(GgufInfo {
+            size,
+            arch,
+            params: gg.parameter_count(),
+            file_type,
+        })
     }
 
     fn config(&self) -> ConfigV2 {

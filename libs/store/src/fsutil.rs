@@ -29,9 +29,15 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
 pub(crate) fn temp_path_for(path: &Path) -> PathBuf {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
-    let file = path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+    let file = path
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let n = N.fetch_add(1, Ordering::Relaxed);
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
     path.with_file_name(format!(".{file}.tmp-{}-{n}-{nanos}", std::process::id()))
 }
 
@@ -70,7 +76,10 @@ pub(crate) fn unsafe_entry(path: &Path, meta: &fs::Metadata) -> Error {
     } else {
         "not a regular file"
     };
-    Error::Unsafe { path: path.to_path_buf(), why: why.into() }
+    Error::Unsafe {
+        path: path.to_path_buf(),
+        why: why.into(),
+    }
 }
 
 /// Whether `path` is a regular file; a symlink or special file there is an error.
@@ -92,7 +101,10 @@ pub(crate) fn open_regular(path: &Path) -> Result<File> {
         .open(path)
         .map_err(|e| {
             if e.raw_os_error() == Some(libc::ELOOP) {
-                Error::Unsafe { path: path.to_path_buf(), why: "a symlink".into() }
+                Error::Unsafe {
+                    path: path.to_path_buf(),
+                    why: "a symlink".into(),
+                }
             } else {
                 io_err(path)(e)
             }
@@ -109,12 +121,20 @@ pub(crate) fn read_small_file(path: &Path, max: u64) -> Result<Vec<u8>> {
     let f = open_regular(path)?;
     let len = f.metadata().map_err(io_err(path))?.len();
     if len > max {
-        return Err(Error::Other(format!("{}: {len} bytes, more than the {max} allowed", path.display())));
+        return Err(Error::Other(format!(
+            "{}: {len} bytes, more than the {max} allowed",
+            path.display()
+        )));
     }
     let mut out = Vec::with_capacity(len as usize);
-    f.take(max + 1).read_to_end(&mut out).map_err(io_err(path))?;
+    f.take(max + 1)
+        .read_to_end(&mut out)
+        .map_err(io_err(path))?;
     if out.len() as u64 > max {
-        return Err(Error::Other(format!("{}: more than the {max} bytes allowed", path.display())));
+        return Err(Error::Other(format!(
+            "{}: more than the {max} bytes allowed",
+            path.display()
+        )));
     }
     Ok(out)
 }
@@ -123,7 +143,13 @@ pub(crate) fn read_small_file(path: &Path, max: u64) -> Result<Vec<u8>> {
 /// symlink or a non-directory anywhere from `root` down.
 pub(crate) fn create_dirs_safely(root: &Path, dir: &Path) -> Result<()> {
     fs::create_dir_all(root).map_err(io_err(root))?;
-    let rel = dir.strip_prefix(root).map_err(|_| Error::Other(format!("{} is outside the store {}", dir.display(), root.display())))?;
+    let rel = dir.strip_prefix(root).map_err(|_| {
+        Error::Other(format!(
+            "{} is outside the store {}",
+            dir.display(),
+            root.display()
+        ))
+    })?;
     let mut cur = root.to_path_buf();
     for comp in rel.components() {
         cur.push(comp);
@@ -176,13 +202,21 @@ pub(crate) enum EntryKind {
 
 /// Walks `root` down to `depth` levels without following symlinks; returns
 /// every non-directory entry with its path parts. A missing root is empty.
-pub(crate) fn walk_depth(root: &Path, depth: usize) -> Result<Vec<(Vec<String>, PathBuf, EntryKind)>> {
+pub(crate) fn walk_depth(
+    root: &Path,
+    depth: usize,
+) -> Result<Vec<(Vec<String>, PathBuf, EntryKind)>> {
     let mut out = Vec::new();
     walk(root, depth, &mut Vec::new(), &mut out)?;
     Ok(out)
 }
 
-fn walk(dir: &Path, left: usize, parts: &mut Vec<String>, out: &mut Vec<(Vec<String>, PathBuf, EntryKind)>) -> Result<()> {
+fn walk(
+    dir: &Path,
+    left: usize,
+    parts: &mut Vec<String>,
+    out: &mut Vec<(Vec<String>, PathBuf, EntryKind)>,
+) -> Result<()> {
     let rd = match fs::read_dir(dir) {
         Ok(rd) => rd,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && parts.is_empty() => return Ok(()),
@@ -225,11 +259,18 @@ mod tests {
         fs::write(&target, b"keep").unwrap();
         let link = dir.path().join("link");
         std::os::unix::fs::symlink(&target, &link).unwrap();
-        assert!(matches!(regular_file_exists(&link), Err(Error::Unsafe { .. })));
+        assert!(matches!(
+            regular_file_exists(&link),
+            Err(Error::Unsafe { .. })
+        ));
         assert!(matches!(open_regular(&link), Err(Error::Unsafe { .. })));
         assert!(atomic_write(&link, b"x").is_err());
         assert_eq!(fs::read(&target).unwrap(), b"keep");
-        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 3, "no temp file left");
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            3,
+            "no temp file left"
+        );
     }
 
     #[test]

@@ -44,7 +44,9 @@ pub use manifest::{ConfigV2, Descriptor, Manifest, RootFs};
 pub use modelfile::{Command as ModelfileCommand, Modelfile};
 pub use protocol::{Digest, Name};
 pub use resolve::{resolve, ResolveOptions};
-pub use verify::{verify, verify_all, BlobCheck, Finding, FindingKind, VerifyOptions, VerifyReport};
+pub use verify::{
+    verify, verify_all, BlobCheck, Finding, FindingKind, VerifyOptions, VerifyReport,
+};
 
 /// The store's one error type.
 #[derive(Debug, thiserror::Error)]
@@ -110,7 +112,10 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 pub(crate) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> Error + '_ {
-    move |source| Error::Io { path: path.to_path_buf(), source }
+    move |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// A store root.
@@ -171,7 +176,10 @@ impl Store {
     pub fn write_manifest(&self, name: &Name, bytes: &[u8]) -> Result<Digest> {
         Manifest::parse(bytes, &name.short())?;
         let path = self.manifest_path(name);
-        fsutil::create_dirs_safely(&self.root, path.parent().expect("manifest path has a parent"))?;
+        fsutil::create_dirs_safely(
+            &self.root,
+            path.parent().expect("manifest path has a parent"),
+        )?;
         atomic_write(&path, bytes)?;
         Ok(Digest::of_bytes(bytes))
     }
@@ -217,9 +225,10 @@ impl Store {
 
     /// Reads a model's manifest bytes (refusing symlinks), with the name as stored.
     pub fn read_manifest(&self, name: &Name) -> Result<(Name, PathBuf, Vec<u8>)> {
-        let (stored, path) = self
-            .find_manifest(name)?
-            .ok_or_else(|| Error::NotFound { name: name.short(), root: self.root.clone() })?;
+        let (stored, path) = self.find_manifest(name)?.ok_or_else(|| Error::NotFound {
+            name: name.short(),
+            root: self.root.clone(),
+        })?;
         let bytes = fsutil::read_small_file(&path, manifest::MAX_MANIFEST)?;
         Ok((stored, path, bytes))
     }

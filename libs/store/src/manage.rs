@@ -26,10 +26,21 @@ pub fn list(store: &Store) -> Result<Vec<ListEntry>> {
     for (name, path) in store.manifests()? {
         let bytes = fsutil::read_small_file(&path, MAX_MANIFEST)?;
         let manifest = Manifest::parse(&bytes, &name.short())?;
-        let modified = std::fs::symlink_metadata(&path).and_then(|m| m.modified()).map_err(crate::io_err(&path))?;
-        out.push(ListEntry { digest: Digest::of_bytes(&bytes), size: manifest.total_size(), modified, name });
+        let modified = std::fs::symlink_metadata(&path)
+            .and_then(|m| m.modified())
+            .map_err(crate::io_err(&path))?;
+        out.push(ListEntry {
+            digest: Digest::of_bytes(&bytes),
+            size: manifest.total_size(),
+            modified,
+            name,
+        });
     }
-    out.sort_by(|a, b| b.modified.cmp(&a.modified).then_with(|| a.name.cmp(&b.name)));
+    out.sort_by(|a, b| {
+        b.modified
+            .cmp(&a.modified)
+            .then_with(|| a.name.cmp(&b.name))
+    });
     Ok(out)
 }
 
@@ -61,7 +72,8 @@ pub fn remove(store: &Store, name: &Name) -> Result<RemoveReport> {
 
     let mut still_used = BTreeSet::new();
     for (other, other_path) in store.manifests()? {
-        let m = fsutil::read_small_file(&other_path, MAX_MANIFEST).and_then(|b| Manifest::parse(&b, &other.short()));
+        let m = fsutil::read_small_file(&other_path, MAX_MANIFEST)
+            .and_then(|b| Manifest::parse(&b, &other.short()));
         match m {
             Ok(m) => still_used.extend(m.blobs().map(|d| d.digest.clone())),
             Err(e) => {
@@ -83,7 +95,10 @@ pub fn remove(store: &Store, name: &Name) -> Result<RemoveReport> {
         std::fs::remove_file(&p).map_err(crate::io_err(&p))?;
         pruned.push(digest);
     }
-    Ok(RemoveReport { name: stored, pruned })
+    Ok(RemoveReport {
+        name: stored,
+        pruned,
+    })
 }
 
 /// Copies (tags) a model: the same manifest bytes under another name.

@@ -47,13 +47,22 @@ impl Manifest {
     /// Every digest is validated, sizes must be non-negative integers, the
     /// schema version 2 and the media type, when given, a known one.
     pub fn parse(bytes: &[u8], what: &str) -> Result<Manifest> {
-        let bad = |why: String| Error::BadManifest { path: what.to_string(), why };
+        let bad = |why: String| Error::BadManifest {
+            path: what.to_string(),
+            why,
+        };
         if bytes.len() as u64 > MAX_MANIFEST {
-            return Err(bad(format!("{} bytes, more than {MAX_MANIFEST}", bytes.len())));
+            return Err(bad(format!(
+                "{} bytes, more than {MAX_MANIFEST}",
+                bytes.len()
+            )));
         }
         let m: Manifest = serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
         if m.schema_version != 2 {
-            return Err(bad(format!("schemaVersion {} (only 2 is supported)", m.schema_version)));
+            return Err(bad(format!(
+                "schemaVersion {} (only 2 is supported)",
+                m.schema_version
+            )));
         }
         if let Some(mt) = &m.media_type {
             if mt != media::DOCKER_MANIFEST && mt != media::OCI_MANIFEST {
@@ -140,7 +149,10 @@ mod tests {
     fn parses_oci_with_artifact_type() {
         let oci = r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","artifactType":"application/vnd.docker.ai.model.config.v0.1+json","config":{"mediaType":"application/vnd.docker.ai.model.config.v0.1+json","digest":"sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855","size":2},"layers":[{"mediaType":"application/vnd.docker.ai.gguf.v3","digest":"sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855","size":5,"annotations":{"a":"b"}}]}"#;
         let m = Manifest::parse(oci.as_bytes(), "t").unwrap();
-        assert_eq!(m.extra["artifactType"], "application/vnd.docker.ai.model.config.v0.1+json");
+        assert_eq!(
+            m.extra["artifactType"],
+            "application/vnd.docker.ai.model.config.v0.1+json"
+        );
         assert_eq!(m.total_size(), 7);
     }
 
@@ -157,6 +169,9 @@ mod tests {
             assert!(Manifest::parse(bad.as_bytes(), "t").is_err(), "{bad}");
         }
         let big = vec![b' '; (MAX_MANIFEST + 1) as usize];
-        assert!(Manifest::parse(&big, "t").unwrap_err().to_string().contains("more than"));
+        assert!(Manifest::parse(&big, "t")
+            .unwrap_err()
+            .to_string()
+            .contains("more than"));
     }
 }

@@ -36,7 +36,9 @@ pub struct Modelfile {
 impl Modelfile {
     /// A Modelfile with just `FROM <from>`.
     pub fn from_source(from: &str) -> Modelfile {
-        Modelfile { commands: vec![Command::From(from.to_string())] }
+        Modelfile {
+            commands: vec![Command::From(from.to_string())],
+        }
     }
 
     /// Parses Modelfile text.
@@ -65,28 +67,44 @@ impl Modelfile {
                 }
             }
             let start_line = line;
-            let err = |why: String| Error::Modelfile { line: start_line, why };
-            let word_end = trimmed.find(|c: char| c.is_whitespace()).unwrap_or(trimmed.len());
+            let err = |why: String| Error::Modelfile {
+                line: start_line,
+                why,
+            };
+            let word_end = trimmed
+                .find(|c: char| c.is_whitespace())
+                .unwrap_or(trimmed.len());
             let word = trimmed[..word_end].to_ascii_uppercase();
             let (arg, after) = read_arg(&trimmed[word_end..]).map_err(err)?;
             line += trimmed[..trimmed.len() - after.len()].matches('\n').count();
             rest = after;
-            let arg_err = |why: &str| Error::Modelfile { line: start_line, why: why.to_string() };
+            let arg_err = |why: &str| Error::Modelfile {
+                line: start_line,
+                why: why.to_string(),
+            };
             let cmd = match word.as_str() {
-                "FROM" => Command::From(non_empty(arg, "FROM needs a model name or a GGUF path").map_err(arg_err)?),
-                "ADAPTER" => Command::Adapter(non_empty(arg, "ADAPTER needs a GGUF path").map_err(arg_err)?),
+                "FROM" => Command::From(
+                    non_empty(arg, "FROM needs a model name or a GGUF path").map_err(arg_err)?,
+                ),
+                "ADAPTER" => {
+                    Command::Adapter(non_empty(arg, "ADAPTER needs a GGUF path").map_err(arg_err)?)
+                }
                 "TEMPLATE" => Command::Template(arg),
                 "SYSTEM" => Command::System(arg),
                 "LICENSE" => Command::License(arg),
                 "PARAMETER" => {
-                    let (k, v) = split_first_word(&arg).ok_or_else(|| arg_err("PARAMETER needs a name and a value"))?;
+                    let (k, v) = split_first_word(&arg)
+                        .ok_or_else(|| arg_err("PARAMETER needs a name and a value"))?;
                     Command::Parameter(k.to_ascii_lowercase(), unquote(v))
                 }
                 "MESSAGE" => {
-                    let (role, content) = split_first_word(&arg).ok_or_else(|| arg_err("MESSAGE needs a role and content"))?;
+                    let (role, content) = split_first_word(&arg)
+                        .ok_or_else(|| arg_err("MESSAGE needs a role and content"))?;
                     let role = role.to_ascii_lowercase();
                     if !["system", "user", "assistant", "tool"].contains(&role.as_str()) {
-                        return Err(arg_err(&format!("MESSAGE role {role:?} is not system, user, assistant or tool")));
+                        return Err(arg_err(&format!(
+                            "MESSAGE role {role:?} is not system, user, assistant or tool"
+                        )));
                     }
                     Command::Message(role, unquote(content))
                 }
@@ -95,7 +113,10 @@ impl Modelfile {
             commands.push(cmd);
         }
         if !commands.iter().any(|c| matches!(c, Command::From(_))) {
-            return Err(Error::Modelfile { line: 1, why: "no FROM instruction".into() });
+            return Err(Error::Modelfile {
+                line: 1,
+                why: "no FROM instruction".into(),
+            });
         }
         Ok(Modelfile { commands })
     }
@@ -114,8 +135,13 @@ impl Modelfile {
     pub fn params_json(&self) -> Result<Option<String>> {
         let mut map: BTreeMap<String, Value> = BTreeMap::new();
         for c in &self.commands {
-            let Command::Parameter(k, v) = c else { continue };
-            let bad = || Error::Modelfile { line: 0, why: format!("PARAMETER {k}: invalid value {v:?}") };
+            let Command::Parameter(k, v) = c else {
+                continue;
+            };
+            let bad = || Error::Modelfile {
+                line: 0,
+                why: format!("PARAMETER {k}: invalid value {v:?}"),
+            };
             let value = match param_kind(k) {
                 Some(Kind::Int) => Value::from(v.trim().parse::<i64>().map_err(|_| bad())?),
                 Some(Kind::Float) => {
@@ -124,16 +150,26 @@ impl Modelfile {
                         // Go's encoder writes integral floats without ".0"
                         Value::from(f as i64)
                     } else {
-                        serde_json::Number::from_f64(f).map(Value::Number).ok_or_else(bad)?
+                        serde_json::Number::from_f64(f)
+                            .map(Value::Number)
+                            .ok_or_else(bad)?
                     }
                 }
                 Some(Kind::Bool) => Value::from(v.trim().parse::<bool>().map_err(|_| bad())?),
                 Some(Kind::Strings) => {
                     let entry = map.entry(k.clone()).or_insert_with(|| Value::Array(vec![]));
-                    entry.as_array_mut().expect("stop is an array").push(Value::from(v.as_str()));
+                    entry
+                        .as_array_mut()
+                        .expect("stop is an array")
+                        .push(Value::from(v.as_str()));
                     continue;
                 }
-                None => return Err(Error::Modelfile { line: 0, why: format!("unknown parameter {k:?}") }),
+                None => {
+                    return Err(Error::Modelfile {
+                        line: 0,
+                        why: format!("unknown parameter {k:?}"),
+                    })
+                }
             };
             map.insert(k.clone(), value);
         }
@@ -166,11 +202,10 @@ enum Kind {
 
 fn param_kind(name: &str) -> Option<Kind> {
     Some(match name {
-        "num_ctx" | "num_batch" | "num_gpu" | "main_gpu" | "num_thread" | "num_keep" | "seed" | "num_predict" | "top_k"
-        | "repeat_last_n" => Kind::Int,
-        "top_p" | "min_p" | "typical_p" | "temperature" | "repeat_penalty" | "presence_penalty" | "frequency_penalty" => {
-            Kind::Float
-        }
+        "num_ctx" | "num_batch" | "num_gpu" | "main_gpu" | "num_thread" | "num_keep" | "seed"
+        | "num_predict" | "top_k" | "repeat_last_n" => Kind::Int,
+        "top_p" | "min_p" | "typical_p" | "temperature" | "repeat_penalty" | "presence_penalty"
+        | "frequency_penalty" => Kind::Float,
         "use_mmap" | "numa" | "penalize_newline" => Kind::Bool,
         "stop" => Kind::Strings,
         _ => return None,
@@ -232,7 +267,12 @@ mod tests {
         let text = "# comment\nFROM ./model.gguf\nTEMPLATE \"\"\"{{ if .System }}<|im_start|>system\n{{ .System }}<|im_end|>\n{{ end }}\"\"\"\nsystem You are helpful.\nPARAMETER temperature 0.2\nPARAMETER stop \"<|im_end|>\"\nPARAMETER stop <|im_start|>\nPARAMETER num_ctx 2048\nLICENSE \"\"\"Apache\nLicense\"\"\"\nMESSAGE user Hi there\nMESSAGE assistant \"Hello!\"\n";
         let m = Modelfile::parse(text).unwrap();
         assert_eq!(m.from(), Some("./model.gguf"));
-        assert_eq!(m.commands[1], Command::Template("{{ if .System }}<|im_start|>system\n{{ .System }}<|im_end|>\n{{ end }}".into()));
+        assert_eq!(
+            m.commands[1],
+            Command::Template(
+                "{{ if .System }}<|im_start|>system\n{{ .System }}<|im_end|>\n{{ end }}".into()
+            )
+        );
         assert_eq!(m.commands[2], Command::System("You are helpful.".into()));
         assert_eq!(m.commands[7], Command::License("Apache\nLicense".into()));
         assert_eq!(
@@ -248,12 +288,25 @@ mod tests {
     #[test]
     fn errors_name_the_line() {
         let e = Modelfile::parse("FROM x\n\nBOGUS y\n").unwrap_err();
-        assert_eq!(e.to_string(), "Modelfile line 3: unknown instruction \"BOGUS\"");
-        assert!(Modelfile::parse("SYSTEM hi\n").unwrap_err().to_string().contains("no FROM"));
-        assert!(Modelfile::parse("FROM x\nTEMPLATE \"\"\"open").unwrap_err().to_string().contains("line 2"));
+        assert_eq!(
+            e.to_string(),
+            "Modelfile line 3: unknown instruction \"BOGUS\""
+        );
+        assert!(Modelfile::parse("SYSTEM hi\n")
+            .unwrap_err()
+            .to_string()
+            .contains("no FROM"));
+        assert!(Modelfile::parse("FROM x\nTEMPLATE \"\"\"open")
+            .unwrap_err()
+            .to_string()
+            .contains("line 2"));
         assert!(Modelfile::parse("FROM x\nMESSAGE robot hi").is_err());
         let m = Modelfile::parse("FROM x\nPARAMETER temprature 1").unwrap();
-        assert!(m.params_json().unwrap_err().to_string().contains("unknown parameter"));
+        assert!(m
+            .params_json()
+            .unwrap_err()
+            .to_string()
+            .contains("unknown parameter"));
         let m = Modelfile::parse("FROM x\nPARAMETER top_k many").unwrap();
         assert!(m.params_json().is_err());
     }

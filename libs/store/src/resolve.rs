@@ -34,8 +34,11 @@ impl Store {
     /// blob's store path and presence, small present text layers inlined.
     pub fn model_doc(&self, name: &Name, manifest_bytes: &[u8]) -> Result<ModelDoc> {
         let manifest = Manifest::parse(manifest_bytes, &name.short())?;
-        let value: Value = serde_json::from_slice(manifest_bytes)
-            .map_err(|e| Error::BadManifest { path: name.short(), why: e.to_string() })?;
+        let value: Value =
+            serde_json::from_slice(manifest_bytes).map_err(|e| Error::BadManifest {
+                path: name.short(),
+                why: e.to_string(),
+            })?;
         Ok(ModelDoc {
             name: name.short(),
             parts: name.clone(),
@@ -44,7 +47,11 @@ impl Store {
             manifest: value,
             manifest_text: None,
             config: Some(self.blob(&manifest.config)?),
-            layers: manifest.layers.iter().map(|l| self.blob(l)).collect::<Result<_>>()?,
+            layers: manifest
+                .layers
+                .iter()
+                .map(|l| self.blob(l))
+                .collect::<Result<_>>()?,
             extra: Map::new(),
         })
     }

@@ -71,7 +71,10 @@ pub struct Finding {
 
 impl std::fmt::Display for Finding {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let kind = serde_json::to_value(self.kind).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+        let kind = serde_json::to_value(self.kind)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
         write!(f, "{kind}: ")?;
         match &self.digest {
             Some(d) => write!(f, "blob {d}")?,
@@ -111,13 +114,19 @@ pub fn verify(checks: &[BlobCheck], opts: &VerifyOptions) -> Vec<Option<Finding>
     }
     let sizes: Vec<u64> = unique
         .iter()
-        .map(|&i| std::fs::symlink_metadata(&checks[i].path).map(|m| m.len()).unwrap_or(0))
+        .map(|&i| {
+            std::fs::symlink_metadata(&checks[i].path)
+                .map(|m| m.len())
+                .unwrap_or(0)
+        })
         .collect();
     let mut order: Vec<usize> = (0..unique.len()).collect();
     order.sort_by_key(|&k| std::cmp::Reverse(sizes[k]));
 
     let threads = match opts.threads {
-        0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        0 => std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
         n => n,
     }
     .min(unique.len().max(1));
@@ -130,17 +139,31 @@ pub fn verify(checks: &[BlobCheck], opts: &VerifyOptions) -> Vec<Option<Finding>
                 let Some(&slot) = order.get(k) else { break };
                 let i = unique[slot];
                 let finding = check_one(&checks[i]);
-                results.lock().expect("no panics while holding the lock").insert(i, finding);
+                results
+                    .lock()
+                    .expect("no panics while holding the lock")
+                    .insert(i, finding);
             });
         }
     });
-    let results = results.into_inner().expect("no panics while holding the lock");
-    alias.iter().map(|a| results.get(a).cloned().flatten()).collect()
+    let results = results
+        .into_inner()
+        .expect("no panics while holding the lock");
+    alias
+        .iter()
+        .map(|a| results.get(a).cloned().flatten())
+        .collect()
 }
 
 fn check_one(c: &BlobCheck) -> Option<Finding> {
     let finding = |kind, detail: String| {
-        Some(Finding { kind, path: c.path.clone(), digest: Some(c.digest.clone()), models: vec![], detail })
+        Some(Finding {
+            kind,
+            path: c.path.clone(),
+            digest: Some(c.digest.clone()),
+            models: vec![],
+            detail,
+        })
     };
     let file = match fsutil::open_regular(&c.path) {
         Ok(f) => f,
@@ -153,7 +176,10 @@ fn check_one(c: &BlobCheck) -> Option<Finding> {
     let len = file.metadata().map(|m| m.len()).unwrap_or(0);
     if let Some(size) = c.size {
         if len != size {
-            return finding(FindingKind::Corrupt, format!("size is {len} bytes, manifest says {size}"));
+            return finding(
+                FindingKind::Corrupt,
+                format!("size is {len} bytes, manifest says {size}"),
+            );
         }
     }
     match hash_file(file) {
@@ -196,22 +222,41 @@ pub fn verify_all(store: &Store, opts: &VerifyOptions) -> Result<VerifyReport> {
     };
 
     for (parts, path, kind) in fsutil::walk_depth(&store.manifests_dir(), 4)? {
-        let leftover = parts.last().is_some_and(|p| p.starts_with('.') && p.contains(".tmp-"));
+        let leftover = parts
+            .last()
+            .is_some_and(|p| p.starts_with('.') && p.contains(".tmp-"));
         match kind {
-            EntryKind::Symlink => findings.push(stray(FindingKind::Unsafe, &path, "symlink in manifests/")),
-            EntryKind::Stray => findings.push(stray(FindingKind::Unsafe, &path, "not a manifest (wrong depth or not a regular file)")),
-            EntryKind::File if leftover => findings.push(stray(FindingKind::Leftover, &path, "temporary file of an interrupted write")),
+            EntryKind::Symlink => {
+                findings.push(stray(FindingKind::Unsafe, &path, "symlink in manifests/"))
+            }
+            EntryKind::Stray => findings.push(stray(
+                FindingKind::Unsafe,
+                &path,
+                "not a manifest (wrong depth or not a regular file)",
+            )),
+            EntryKind::File if leftover => findings.push(stray(
+                FindingKind::Leftover,
+                &path,
+                "temporary file of an interrupted write",
+            )),
             EntryKind::File => {
                 let text = format!("{}/{}/{}:{}", parts[0], parts[1], parts[2], parts[3]);
                 let Ok(name) = Name::parse(&text) else {
-                    findings.push(stray(FindingKind::BadManifest, &path, "path is not a valid model name"));
+                    findings.push(stray(
+                        FindingKind::BadManifest,
+                        &path,
+                        "path is not a valid model name",
+                    ));
                     continue;
                 };
-                let parsed = fsutil::read_small_file(&path, MAX_MANIFEST).and_then(|b| Manifest::parse(&b, &name.short()));
+                let parsed = fsutil::read_small_file(&path, MAX_MANIFEST)
+                    .and_then(|b| Manifest::parse(&b, &name.short()));
                 match parsed {
                     Ok(m) => {
                         for d in m.blobs() {
-                            refs.entry(d.digest.clone()).or_default().insert(name.short());
+                            refs.entry(d.digest.clone())
+                                .or_default()
+                                .insert(name.short());
                         }
                     }
                     Err(e) => findings.push(stray(FindingKind::BadManifest, &path, &e.to_string())),
@@ -226,18 +271,35 @@ pub fn verify_all(store: &Store, opts: &VerifyOptions) -> Result<VerifyReport> {
         match (kind, Digest::from_blob_file_name(&parts[0])) {
             (EntryKind::File, Ok(digest)) => {
                 on_disk.insert(digest.clone());
-                checks.push(BlobCheck { digest, path, size: None });
+                checks.push(BlobCheck {
+                    digest,
+                    path,
+                    size: None,
+                });
             }
-            (EntryKind::File, Err(_)) => {
-                findings.push(stray(FindingKind::Leftover, &path, "temporary or partial file, not a blob"))
+            (EntryKind::File, Err(_)) => findings.push(stray(
+                FindingKind::Leftover,
+                &path,
+                "temporary or partial file, not a blob",
+            )),
+            (EntryKind::Symlink, _) => {
+                findings.push(stray(FindingKind::Unsafe, &path, "symlink in blobs/"))
             }
-            (EntryKind::Symlink, _) => findings.push(stray(FindingKind::Unsafe, &path, "symlink in blobs/")),
-            (EntryKind::Stray, _) => findings.push(stray(FindingKind::Unsafe, &path, "not a regular file")),
+            (EntryKind::Stray, _) => {
+                findings.push(stray(FindingKind::Unsafe, &path, "not a regular file"))
+            }
         }
     }
-    let bytes_hashed = checks.iter().filter_map(|c| std::fs::metadata(&c.path).ok()).map(|m| m.len()).sum();
+    let bytes_hashed = checks
+        .iter()
+        .filter_map(|c| std::fs::metadata(&c.path).ok())
+        .map(|m| m.len())
+        .sum();
     for (c, f) in checks.iter().zip(verify(&checks, opts)) {
-        let models: Vec<String> = refs.get(&c.digest).map(|s| s.iter().cloned().collect()).unwrap_or_default();
+        let models: Vec<String> = refs
+            .get(&c.digest)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default();
         if let Some(mut f) = f {
             f.models = models.clone();
             findings.push(f);
@@ -260,5 +322,9 @@ pub fn verify_all(store: &Store, opts: &VerifyOptions) -> Result<VerifyReport> {
         }
     }
     findings.sort();
-    Ok(VerifyReport { findings, blobs_checked: checks.len(), bytes_hashed })
+    Ok(VerifyReport {
+        findings,
+        blobs_checked: checks.len(),
+        bytes_hashed,
+    })
 }

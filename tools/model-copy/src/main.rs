@@ -9,7 +9,11 @@ use store::Store;
 /// Copy a model under another name, like `ollama cp`: the manifest is
 /// written byte for byte under DST; blobs are shared.
 #[derive(Parser, Debug)]
-#[command(name = "model-copy", version, after_help = "Exit status: 0 copied, 2 bad name, missing source or I/O error.")]
+#[command(
+    name = "model-copy",
+    version,
+    after_help = "Exit status: 0 copied, 2 bad name, missing source or I/O error."
+)]
 struct Args {
     /// Existing model.
     source: String,
@@ -22,7 +26,8 @@ fn main() -> std::process::ExitCode {
         let args: Args = cli::parse_args();
         let (src, dst) = (Name::parse(&args.source)?, Name::parse(&args.destination)?);
         let store = Store::from_env()?;
-        store::copy(&store, &src, &dst).with_context(|| format!("copying {} to {}", src.short(), dst.short()))?;
+        store::copy(&store, &src, &dst)
+            .with_context(|| format!("copying {} to {}", src.short(), dst.short()))?;
         eprintln!("copied '{}' to '{}'", src.short(), dst.short());
         Ok(Outcome::Ok)
     })

@@ -14,7 +14,11 @@ use store::{CreateOptions, Modelfile, Store};
 /// from the GGUF header (family, parameter count, file type). Prints the new
 /// model's pipeline document.
 #[derive(Parser, Debug)]
-#[command(name = "model-create", version, after_help = "Exit status: 0 created, 2 usage, bad Modelfile or GGUF, or I/O error.\n\nExample: model-create smollm2:135m --gguf SmolLM2-135M-Instruct.Q4_1.gguf")]
+#[command(
+    name = "model-create",
+    version,
+    after_help = "Exit status: 0 created, 2 usage, bad Modelfile or GGUF, or I/O error.\n\nExample: model-create smollm2:135m --gguf SmolLM2-135M-Instruct.Q4_1.gguf"
+)]
 struct Args {
     /// Name of the model to create (host/namespace/model:tag).
     name: String,
@@ -32,8 +36,10 @@ fn main() -> std::process::ExitCode {
         let name = Name::parse(&args.name)?;
         let (modelfile, base_dir) = match (&args.file, &args.gguf) {
             (Some(f), None) => {
-                let text = std::fs::read_to_string(f).with_context(|| format!("reading Modelfile {}", f.display()))?;
-                let mf = Modelfile::parse(&text).with_context(|| format!("parsing {}", f.display()))?;
+                let text = std::fs::read_to_string(f)
+                    .with_context(|| format!("reading Modelfile {}", f.display()))?;
+                let mf =
+                    Modelfile::parse(&text).with_context(|| format!("parsing {}", f.display()))?;
                 (mf, f.parent().map(|p| p.to_path_buf()))
             }
             (None, Some(g)) => (Modelfile::from_source(&g.to_string_lossy()), None),
@@ -42,7 +48,10 @@ fn main() -> std::process::ExitCode {
         let store = Store::from_env()?;
         let doc = store::create(&store, &name, &modelfile, &CreateOptions { base_dir })
             .with_context(|| format!("creating {}", name.short()))?;
-        eprintln!("model-create: created {} ({})", doc.name, doc.manifest_digest);
+        eprintln!(
+            "model-create: created {} ({})",
+            doc.name, doc.manifest_digest
+        );
         protocol::write_line(&mut std::io::stdout().lock(), &Line::Model(doc))?;
         Ok(Outcome::Ok)
     })

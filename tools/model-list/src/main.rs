@@ -9,7 +9,11 @@ use store::Store;
 /// List the models in the store: NAME, ID (first 12 hex digits of the
 /// manifest digest), SIZE and MODIFIED, most recent first, like `ollama list`.
 #[derive(Parser, Debug)]
-#[command(name = "model-list", version, after_help = "Exit status: 0 ok, 2 I/O error or unreadable manifest.")]
+#[command(
+    name = "model-list",
+    version,
+    after_help = "Exit status: 0 ok, 2 I/O error or unreadable manifest."
+)]
 struct Args {
     /// Print JSON Lines ({"type":"listing","data":{name, id, digest, size, modified_at}}) instead of a table.
     #[arg(long)]
@@ -24,18 +28,36 @@ fn main() -> std::process::ExitCode {
         let mut out = std::io::stdout().lock();
         if args.json {
             for e in &entries {
-                let modified = time::OffsetDateTime::from(e.modified).format(&time::format_description::well_known::Rfc3339)?;
+                let modified = time::OffsetDateTime::from(e.modified)
+                    .format(&time::format_description::well_known::Rfc3339)?;
                 let data = serde_json::json!({"name": e.name.short(), "id": e.digest.short(), "digest": e.digest, "size": e.size, "modified_at": modified});
-                writeln!(out, "{}", serde_json::json!({"type": "listing", "data": data}))?;
+                writeln!(
+                    out,
+                    "{}",
+                    serde_json::json!({"type": "listing", "data": data})
+                )?;
             }
             return Ok(Outcome::Ok);
         }
-        let width = entries.iter().map(|e| e.name.short().len()).max().unwrap_or(0).max(4) + 4;
+        let width = entries
+            .iter()
+            .map(|e| e.name.short().len())
+            .max()
+            .unwrap_or(0)
+            .max(4)
+            + 4;
         writeln!(out, "{:<width$}{:<16}{:<10}MODIFIED", "NAME", "ID", "SIZE")?;
         let now = std::time::SystemTime::now();
         for e in &entries {
             let ago = now.duration_since(e.modified).unwrap_or_default();
-            writeln!(out, "{:<width$}{:<16}{:<10}{}", e.name.short(), e.digest.short(), human_size(e.size), human_ago(ago))?;
+            writeln!(
+                out,
+                "{:<width$}{:<16}{:<10}{}",
+                e.name.short(),
+                e.digest.short(),
+                human_size(e.size),
+                human_ago(ago)
+            )?;
         }
         Ok(Outcome::Ok)
     })
@@ -49,7 +71,11 @@ fn human_size(b: u64) -> String {
         b if b >= 1_000 => (b as f64 / 1e3, "KB"),
         b => return format!("{b} B"),
     };
-    if v >= 10.0 { format!("{v:.0} {unit}") } else { format!("{v:.1} {unit}") }
+    if v >= 10.0 {
+        format!("{v:.0} {unit}")
+    } else {
+        format!("{v:.1} {unit}")
+    }
 }
 
 fn human_ago(d: std::time::Duration) -> String {
@@ -62,7 +88,11 @@ fn human_ago(d: std::time::Duration) -> String {
         604_800..=2_591_999 => (s / 604_800, "week"),
         _ => (s / 2_592_000, "month"),
     };
-    if n == 1 { format!("1 {unit} ago") } else { format!("{n} {unit}s ago") }
+    if n == 1 {
+        format!("1 {unit} ago")
+    } else {
+        format!("{n} {unit}s ago")
+    }
 }
 
 #[cfg(test)]

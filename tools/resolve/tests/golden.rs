@@ -43,29 +43,61 @@ struct Blob {
 #[test]
 fn emits_one_documented_line_per_model() {
     let t = TestStore::new();
-    let bytes = ollama_layout(t.root(), "registry.ollama.ai/library/tiny/latest", &tiny_llama(), "{{ .Prompt }}");
+    let bytes = ollama_layout(
+        t.root(),
+        "registry.ollama.ai/library/tiny/latest",
+        &tiny_llama(),
+        "{{ .Prompt }}",
+    );
     ollama_layout(t.root(), "example.com:5000/me/other/v1", &tiny_llama(), "T");
-    let o = t.run(bin("resolve"), &["tiny", "example.com:5000/me/other:v1"], b"");
+    let o = t.run(
+        bin("resolve"),
+        &["tiny", "example.com:5000/me/other:v1"],
+        b"",
+    );
     let (code, stdout, stderr) = out3(&o);
     assert_eq!(code, 0, "{stderr}");
-    let lines: Vec<Envelope> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<Envelope> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.len(), 2);
     let d = &lines[0].data;
     assert_eq!(lines[0].kind, "model");
     assert_eq!(d.name, "tiny:latest");
-    assert_eq!(d.parts, serde_json::json!({"host":"registry.ollama.ai","namespace":"library","model":"tiny","tag":"latest"}));
-    assert_eq!(d.manifest_digest, protocol::Digest::of_bytes(&bytes).to_string());
-    assert_eq!(d.manifest, serde_json::from_slice::<serde_json::Value>(&bytes).unwrap());
+    assert_eq!(
+        d.parts,
+        serde_json::json!({"host":"registry.ollama.ai","namespace":"library","model":"tiny","tag":"latest"})
+    );
+    assert_eq!(
+        d.manifest_digest,
+        protocol::Digest::of_bytes(&bytes).to_string()
+    );
+    assert_eq!(
+        d.manifest,
+        serde_json::from_slice::<serde_json::Value>(&bytes).unwrap()
+    );
     assert_eq!(d.layers.len(), 3);
     assert_eq!(d.layers[1].text.as_deref(), Some("{{ .Prompt }}"));
-    assert!(d.layers.iter().all(|l| l.present && std::path::Path::new(&l.path).exists()));
+    assert!(d
+        .layers
+        .iter()
+        .all(|l| l.present && std::path::Path::new(&l.path).exists()));
     assert_eq!(lines[1].data.name, "example.com:5000/me/other:v1");
 }
 
 #[test]
 fn bad_names_exit_2_and_create_nothing() {
     let long = "a".repeat(81);
-    for bad in ["../x", "a/../../b", "m:../../t", long.as_str(), "https://registry.ollama.ai/library/x", "a/b/c/d", "x y"] {
+    for bad in [
+        "../x",
+        "a/../../b",
+        "m:../../t",
+        long.as_str(),
+        "https://registry.ollama.ai/library/x",
+        "a/b/c/d",
+        "x y",
+    ] {
         let t = TestStore::new();
         let o = t.run(bin("resolve"), &[bad], b"");
         let (code, stdout, stderr) = out3(&o);

@@ -10,7 +10,12 @@ golden!(other_line_types_pass_through, "verify", [], "{\"type\":\"token\",\"data
 
 fn setup() -> (TestStore, String) {
     let t = TestStore::new();
-    ollama_layout(t.root(), "registry.ollama.ai/library/tiny/latest", &tiny_llama(), "{{ .Prompt }}");
+    ollama_layout(
+        t.root(),
+        "registry.ollama.ai/library/tiny/latest",
+        &tiny_llama(),
+        "{{ .Prompt }}",
+    );
     let o = t.run(bin("resolve"), &["tiny"], b"");
     assert_eq!(o.status.code(), Some(0));
     (t, String::from_utf8(o.stdout).unwrap())
@@ -36,8 +41,14 @@ fn a_flipped_byte_is_named_and_exits_1() {
     let o = t.run(bin("verify"), &[], doc.as_bytes());
     let (code, stdout, stderr) = out3(&o);
     assert_eq!(code, 1, "{stderr}");
-    assert!(stdout.is_empty(), "a corrupt model is not passed on: {stdout}");
-    assert!(stderr.contains(&format!("corrupt: blob {model} (model tiny:latest)")), "{stderr}");
+    assert!(
+        stdout.is_empty(),
+        "a corrupt model is not passed on: {stdout}"
+    );
+    assert!(
+        stderr.contains(&format!("corrupt: blob {model} (model tiny:latest)")),
+        "{stderr}"
+    );
     // by path and by digest too
     let o = t.run(bin("verify"), &[path.to_str().unwrap()], b"");
     assert_eq!(o.status.code(), Some(1));
@@ -50,7 +61,13 @@ fn a_flipped_byte_is_named_and_exits_1() {
 fn all_finds_orphan_missing_and_partial() {
     let (t, _) = setup();
     let orphan = put_blob(t.root(), b"orphan");
-    std::fs::write(t.root().join("blobs").join(format!("{}-partial-0", orphan.blob_file_name())), b"x").unwrap();
+    std::fs::write(
+        t.root()
+            .join("blobs")
+            .join(format!("{}-partial-0", orphan.blob_file_name())),
+        b"x",
+    )
+    .unwrap();
     let tpl = protocol::Digest::of_bytes(b"{{ .Prompt }}");
     std::fs::remove_file(t.root().join("blobs").join(tpl.blob_file_name())).unwrap();
     let o = t.run(bin("verify"), &["--all"], b"");
@@ -58,8 +75,16 @@ fn all_finds_orphan_missing_and_partial() {
     assert_eq!(code, 1, "{stderr}");
     let kinds: Vec<String> = stdout
         .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["data"]["kind"].as_str().unwrap().to_string())
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["data"]["kind"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
         .collect();
     assert_eq!(kinds, ["missing", "orphan", "leftover"], "{stdout}");
-    assert!(stderr.contains(&format!("missing: blob {tpl} (model tiny:latest)")), "{stderr}");
+    assert!(
+        stderr.contains(&format!("missing: blob {tpl} (model tiny:latest)")),
+        "{stderr}"
+    );
 }

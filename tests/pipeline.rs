@@ -1,0 +1,92 @@
+//! Pipelines of the built binaries on the real models, in a temp store.
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+
+use pipeline_tests::{bin, out3, real_model, TestStore};
+
+fn create(t: &TestStore, name: &str, file: &str) -> protocol::ModelDoc {
+    let path = real_model(file);
+    let (code, stdout, stderr) = out3(&t.run(
+        bin("model-create"),
+        &[name, "--gguf", path.to_str().unwrap()],
+        b"",
+    ));
+    assert_eq!(code, 0, "{stderr}");
+    match protocol::Line::parse(stdout.trim()).unwrap() {
+        protocol::Line::Model(d) => d,
+        other => panic!("{other:?}"),
+    }
+}
+
+fn config(t: &TestStore, doc: &protocol::ModelDoc) -> serde_json::Value {
+    let c = doc.config.as_ref().unwrap();
+    let bytes = std::fs::read(t.root().join("blobs").join(c.digest.blob_file_name())).unwrap();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+#[test]
+fn real_models_create_resolve_verify() {
+    let t = TestStore::new();
+    let smol = create(&t, "smollm2:135m", "SmolLM2-135M-Instruct.Q4_1.gguf");
+    let gemma = create(&t, "gemma3:270m", "gemma-3-270m-q4_k_m.gguf");
+    assert_eq!(
+        smol.model_layer().unwrap().digest.to_string(),
+        "sha256:b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+    );
+    let c = config(&t, &smol);
+    assert_eq!(
+        (
+            c["model_family"].as_str(),
+            c["model_type"].as_str(),
+            c["file_type"].as_str()
+        ),
+        (Some("llama"), Some("135M"), Some("Q4_1"))
+    );
+    let c = config(&t, &gemma);
+    assert_eq!(
+        (
+            c["model_family"].as_str(),
+            c["model_type"].as_str(),
+            c["file_type"].as_str()
+        ),
+        (Some("gemma3"), Some("268M"), Some("Q4_K_M"))
+    );
+
+    let (code, docs, stderr) = out3(&t.run(bin("resolve"), &["smollm2:135m", "gemma3:270m"], b""));
+    assert_eq!(code, 0, "{stderr}");
+    let (code, verified, stderr) = out3(&t.run(bin("verify"), &[], docs.as_bytes()));
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(verified, docs);
+    let (code, _, stderr) = out3(&t.run(bin("verify"), &["--all"], b""));
+    assert_eq!(code, 0, "{stderr}");
+}
+
+/// `resolve … | head -c 1`: a closed stdout ends the tool quietly with 0.
+#[test]
+fn closed_stdout_ends_quietly() {
+    let t = TestStore::new();
+    pipeline_tests::ollama_layout(
+        t.root(),
+        "registry.ollama.ai/library/tiny/latest",
+        &pipeline_tests::tiny_llama(),
+        "T",
+    );
+    let names: Vec<&str> = std::iter::repeat_n("tiny", 2000).collect();
+    let mut child = Command::new(bin("resolve"))
+        .args(&names)
+        .env("OLLAMA_MODELS", t.root())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut one = [0u8; 1];
+    child.stdout.take().unwrap().read_exact(&mut one).unwrap(); // then dropped: the pipe closes
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

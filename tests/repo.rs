@@ -1,0 +1,84 @@
+//! Checks on the repository itself: man pages up to date, dependency boundaries.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn tools() -> Vec<String> {
+    let mut t: Vec<String> = std::fs::read_dir(root().join("tools"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    t.sort();
+    t
+}
+
+/// Every man page equals what the tool's clap definition renders now
+/// (regenerate with scripts/gen-man.sh).
+#[test]
+fn man_pages_are_fresh() {
+    for tool in tools() {
+        let out = Command::new(pipeline_tests::bin(&tool))
+            .arg("--generate-man")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{tool} --generate-man failed");
+        let page = root().join("man").join(format!("{tool}.1"));
+        let on_disk = std::fs::read(&page).unwrap_or_default();
+        assert!(
+            on_disk == out.stdout,
+            "{} is stale or missing: run scripts/gen-man.sh",
+            page.display()
+        );
+    }
+}
+
+/// The store and network tools never link ggml (or llama.cpp).
+#[test]
+fn store_tools_do_not_link_ggml() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    for tool in [
+        "resolve",
+        "verify",
+        "fetch-blob",
+        "model-create",
+        "model-list",
+        "model-remove",
+        "model-copy",
+        "model-push",
+        "gguf-inspect",
+    ] {
+        let out = Command::new(&cargo)
+            .args([
+                "tree",
+                "--offline",
+                "-e",
+                "normal,build",
+                "-p",
+                tool,
+                "--prefix",
+                "none",
+            ])
+            .current_dir(root())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "cargo tree -p {tool}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let tree = String::from_utf8_lossy(&out.stdout);
+        for banned in ["llama-cpp-sys-2", "ggml ", "engine ", "models "] {
+            assert!(
+                !tree.lines().any(|l| l.starts_with(banned)),
+                "{tool} depends on {banned}:\n{tree}"
+            );
+        }
+    }
+}
