@@ -88,7 +88,12 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 static INIT: Once = Once::new();
 
-unsafe extern "C" fn quiet_log(_level: sys::ggml_log_level, _text: *const c_char, _ud: *mut c_void) {}
+unsafe extern "C" fn quiet_log(
+    _level: sys::ggml_log_level,
+    _text: *const c_char,
+    _ud: *mut c_void,
+) {
+}
 
 /// Initializes the llama.cpp backend once per process and installs the log filter.
 fn init_backend() {
@@ -120,7 +125,11 @@ pub struct ModelOptions {
 
 impl Default for ModelOptions {
     fn default() -> Self {
-        ModelOptions { n_gpu_layers: 0, use_mmap: true, vocab_only: false }
+        ModelOptions {
+            n_gpu_layers: 0,
+            use_mmap: true,
+            vocab_only: false,
+        }
     }
 }
 
@@ -148,10 +157,15 @@ impl RefModel {
             let mut p = sys::llama_model_default_params();
             p.n_gpu_layers = opts.n_gpu_layers;
             p.vocab_only = opts.vocab_only;
-            p.load_mode = if opts.use_mmap { sys::LLAMA_LOAD_MODE_MMAP } else { sys::LLAMA_LOAD_MODE_NONE };
+            p.load_mode = if opts.use_mmap {
+                sys::LLAMA_LOAD_MODE_MMAP
+            } else {
+                sys::LLAMA_LOAD_MODE_NONE
+            };
             sys::llama_model_load_from_file(cpath.as_ptr(), p)
         };
-        let model = NonNull::new(model).ok_or_else(|| ErrorKind::Load(path.display().to_string()))?;
+        let model =
+            NonNull::new(model).ok_or_else(|| ErrorKind::Load(path.display().to_string()))?;
         // SAFETY: model is a valid, loaded model.
         let vocab = unsafe { sys::llama_model_get_vocab(model.as_ptr()) };
         Ok(RefModel { model, vocab })
@@ -161,7 +175,8 @@ impl RefModel {
     /// metadata asks, `parse_special` turns special-token text (e.g. `<|im_start|>`) into
     /// the special token.
     pub fn tokenize(&self, text: &str, add_special: bool, parse_special: bool) -> Result<Vec<i32>> {
-        let len = i32::try_from(text.len()).map_err(|_| ErrorKind::Tokenize("text too long".into()))?;
+        let len =
+            i32::try_from(text.len()).map_err(|_| ErrorKind::Tokenize("text too long".into()))?;
         let mut out = vec![0i32; text.len() + 8];
         for _ in 0..2 {
             // SAFETY: text is valid for len bytes (llama_tokenize takes an explicit length,
@@ -196,7 +211,14 @@ impl RefModel {
         loop {
             // SAFETY: buf is valid for buf.len() bytes.
             let n = unsafe {
-                sys::llama_token_to_piece(self.vocab, tok, buf.as_mut_ptr().cast(), buf.len() as i32, 0, special)
+                sys::llama_token_to_piece(
+                    self.vocab,
+                    tok,
+                    buf.as_mut_ptr().cast(),
+                    buf.len() as i32,
+                    0,
+                    special,
+                )
             };
             if n >= 0 {
                 buf.truncate(n as usize);
@@ -207,7 +229,12 @@ impl RefModel {
     }
 
     /// Decodes a token sequence into text bytes like llama.cpp does.
-    pub fn detokenize(&self, tokens: &[i32], remove_special: bool, unparse_special: bool) -> Vec<u8> {
+    pub fn detokenize(
+        &self,
+        tokens: &[i32],
+        remove_special: bool,
+        unparse_special: bool,
+    ) -> Vec<u8> {
         let mut buf = vec![0u8; tokens.len() * 8 + 16];
         loop {
             // SAFETY: tokens and buf are valid for their lengths.
@@ -355,7 +382,9 @@ impl Default for ContextOptions {
 
 /// Number of threads to use by default: the available parallelism.
 pub fn default_threads() -> i32 {
-    std::thread::available_parallelism().map(|n| n.get() as i32).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get() as i32)
+        .unwrap_or(1)
 }
 
 /// A llama.cpp context (KV cache and compute buffers) over a [`RefModel`].
@@ -394,7 +423,14 @@ impl<'m> RefContext<'m> {
         let ctx = NonNull::new(ctx).ok_or(ErrorKind::Context(opts.n_ctx))?;
         // SAFETY: ctx is valid.
         let n_ctx = unsafe { sys::llama_n_ctx(ctx.as_ptr()) };
-        Ok(RefContext { ctx, model, n_ctx, n_batch: opts.n_batch.max(1), n_past: 0, n_outputs: 0 })
+        Ok(RefContext {
+            ctx,
+            model,
+            n_ctx,
+            n_batch: opts.n_batch.max(1),
+            n_past: 0,
+            n_outputs: 0,
+        })
     }
 
     /// The model this context runs.
@@ -436,7 +472,11 @@ impl<'m> RefContext<'m> {
         }
         let needed = pos0 + tokens.len();
         if needed > self.n_ctx as usize {
-            return Err(ErrorKind::ContextFull { needed, n_ctx: self.n_ctx }.into());
+            return Err(ErrorKind::ContextFull {
+                needed,
+                n_ctx: self.n_ctx,
+            }
+            .into());
         }
         let chunk = self.n_batch as usize;
         // SAFETY: llama_batch_init allocates arrays for `chunk` tokens with one seq id each;
@@ -460,7 +500,11 @@ impl<'m> RefContext<'m> {
                 sys::llama_decode(self.ctx.as_ptr(), b)
             };
             if status != 0 {
-                result = Err(ErrorKind::Decode { status, pos: start as i32 }.into());
+                result = Err(ErrorKind::Decode {
+                    status,
+                    pos: start as i32,
+                }
+                .into());
                 break;
             }
             self.n_outputs = if all { part.len() } else { 1 };
@@ -475,37 +519,44 @@ impl<'m> RefContext<'m> {
     /// The logits of the last token of the last [`RefContext::decode`], `[n_vocab]`.
     pub fn logits_last(&self) -> &[f32] {
         assert!(self.n_outputs > 0, "logits_last: nothing decoded yet");
-        self.logits_ith(self.n_outputs - 1)
+        self.logits_raw(-1)
     }
 
-    /// The logits of output row `i` of the last decode, `[n_vocab]`.
+    /// The logits of token `i` of the last [`RefContext::decode_all_logits`] batch,
+    /// `[n_vocab]`.
     pub fn logits_ith(&self, i: usize) -> &[f32] {
-        assert!(i < self.n_outputs, "logits_ith: row {i} of {} outputs", self.n_outputs);
+        assert!(
+            i < self.n_outputs,
+            "logits_ith: token {i} of {} outputs",
+            self.n_outputs
+        );
+        self.logits_raw(i as i32)
+    }
+
+    fn logits_raw(&self, i: i32) -> &[f32] {
         let n = self.model.n_vocab();
         // SAFETY: llama.cpp keeps n_vocab floats per output row alive until the next decode,
         // which needs &mut self, so the borrow cannot outlive them.
         unsafe {
-            let p = sys::llama_get_logits_ith(self.ctx.as_ptr(), i as i32);
+            let p = sys::llama_get_logits_ith(self.ctx.as_ptr(), i);
             assert!(!p.is_null(), "llama_get_logits_ith({i}) returned null");
             std::slice::from_raw_parts(p, n)
         }
     }
 
     /// Greedy decoding: clears the cache, runs `prompt`, then generates `n` tokens taking the
-    /// arg-max each step (ties go to the lowest id). Stops early only if the context fills.
+    /// arg-max each step (ties go to the lowest id). End-of-generation tokens do not stop it;
+    /// a full context is an error.
     pub fn greedy(&mut self, prompt: &[i32], n: usize) -> Result<Vec<i32>> {
         self.clear();
         self.decode(prompt, 0)?;
         let mut out = Vec::with_capacity(n);
-        let mut pos = prompt.len();
-        for step in 0..n {
+        while out.len() < n {
             let tok = argmax(self.logits_last());
             out.push(tok);
-            if step + 1 == n {
-                break;
+            if out.len() < n {
+                self.decode(&[tok], prompt.len() + out.len() - 1)?;
             }
-            self.decode(&[tok], pos)?;
-            pos += 1;
         }
         Ok(out)
     }
@@ -587,12 +638,18 @@ mod tests {
     use std::path::PathBuf;
 
     fn model_path(name: &str) -> PathBuf {
-        let dir = std::env::var_os("LLPIPE_MODELS_DIR").map(PathBuf::from).unwrap_or_else(|| {
-            let home = std::env::var_os("HOME").expect("HOME is not set");
-            PathBuf::from(home).join(".cache/llpipe/models")
-        });
+        let dir = std::env::var_os("LLPIPE_MODELS_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                let home = std::env::var_os("HOME").expect("HOME is not set");
+                PathBuf::from(home).join(".cache/llpipe/models")
+            });
         let p = dir.join(name);
-        assert!(p.exists(), "missing model {} (run scripts/fetch-models.sh)", p.display());
+        assert!(
+            p.exists(),
+            "missing model {} (run scripts/fetch-models.sh)",
+            p.display()
+        );
         p
     }
 
@@ -604,17 +661,28 @@ mod tests {
 
     #[test]
     fn smollm2_tokens_and_greedy_match_published_figures() {
-        let m = RefModel::load(&model_path("SmolLM2-135M-Instruct.Q4_1.gguf"), &ModelOptions::default()).unwrap();
+        let m = RefModel::load(
+            &model_path("SmolLM2-135M-Instruct.Q4_1.gguf"),
+            &ModelOptions::default(),
+        )
+        .unwrap();
         assert_eq!(m.n_vocab(), 49152);
         assert!(!m.add_bos());
         let p = m.tokenize("The capital of France is", true, false).unwrap();
         assert_eq!(p, [504, 3575, 282, 4649, 314]);
-        let opts = ContextOptions { n_ctx: 256, n_threads: 2, ..Default::default() };
+        let opts = ContextOptions {
+            n_ctx: 256,
+            n_threads: 2,
+            ..Default::default()
+        };
         let mut ctx = RefContext::new(&m, &opts).unwrap();
         let out = ctx.greedy(&p, 8).unwrap();
         assert_eq!(out, [7042, 30, 198, 198, 504, 1797, 1918, 553]);
         let text = m.detokenize(&out, false, false);
-        assert_eq!(String::from_utf8(text).unwrap(), " Paris.\n\nThe United States");
+        assert_eq!(
+            String::from_utf8(text).unwrap(),
+            " Paris.\n\nThe United States has"
+        );
         // Same first-step logits whether decoded in one batch or all rows kept.
         ctx.clear();
         ctx.decode_all_logits(&p, 0).unwrap();
@@ -623,19 +691,78 @@ mod tests {
     }
 
     #[test]
-    fn gemma3_tokens_match_published_figures_vocab_only() {
-        let opts = ModelOptions { vocab_only: true, ..Default::default() };
-        let m = RefModel::load(&model_path("gemma-3-270m-q4_k_m.gguf"), &opts).unwrap();
+    fn gemma3_tokens_and_greedy_match_published_figures() {
+        let m = RefModel::load(
+            &model_path("gemma-3-270m-q4_k_m.gguf"),
+            &ModelOptions::default(),
+        )
+        .unwrap();
         assert_eq!(m.n_vocab(), 262144);
         assert_eq!(m.bos(), 2);
+        assert!(m.add_bos());
+        assert!(m.is_eog(m.eos()));
         let p = m.tokenize("The capital of France is", true, false).unwrap();
         assert_eq!(p, [2, 818, 5279, 529, 7001, 563]);
-        assert!(m.is_eog(m.eos()));
+        let f16 = ContextOptions {
+            n_ctx: 256,
+            n_threads: 2,
+            ..Default::default()
+        };
+        let mut ctx = RefContext::new(&m, &f16).unwrap();
+        let out = ctx.greedy(&p, 8).unwrap();
+        assert_eq!(out, [506, 5279, 529, 506, 2891, 529, 7001, 236761]);
+        // A q8_0 cache (which needs flash attention) runs too; on this small model its
+        // greedy path leaves the f16 one after a few tokens, so only the start is pinned.
+        let q8 = ContextOptions {
+            type_k: KvType::Q8_0,
+            type_v: KvType::Q8_0,
+            flash_attn: true,
+            ..f16
+        };
+        let mut ctx = RefContext::new(&m, &q8).unwrap();
+        let out = ctx.greedy(&p, 8).unwrap();
+        assert_eq!(out[..4], [506, 5279, 529, 506]);
+    }
+
+    #[test]
+    fn vocab_only_load_tokenizes() {
+        let opts = ModelOptions {
+            vocab_only: true,
+            ..Default::default()
+        };
+        let m = RefModel::load(&model_path("SmolLM2-135M-Instruct.Q4_1.gguf"), &opts).unwrap();
+        let p = m.tokenize("<|im_start|>user", false, true).unwrap();
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert!(m.is_control(p[0]));
+        assert!(m.tokenize("<|im_start|>user", false, false).unwrap().len() > 2);
+    }
+
+    #[test]
+    fn context_full_is_an_error() {
+        let m = RefModel::load(
+            &model_path("SmolLM2-135M-Instruct.Q4_1.gguf"),
+            &ModelOptions::default(),
+        )
+        .unwrap();
+        let opts = ContextOptions {
+            n_ctx: 256,
+            n_threads: 2,
+            ..Default::default()
+        };
+        let mut ctx = RefContext::new(&m, &opts).unwrap();
+        let e = ctx.decode(&[1; 300], 0).unwrap_err();
+        assert!(matches!(e.kind(), ErrorKind::ContextFull { .. }), "{e}");
+        assert!(matches!(
+            ctx.decode(&[], 0).unwrap_err().kind(),
+            ErrorKind::EmptyBatch
+        ));
     }
 
     #[test]
     fn load_of_missing_file_is_an_error() {
-        let e = RefModel::load(Path::new("/nonexistent/x.gguf"), &ModelOptions::default()).err().unwrap();
+        let e = RefModel::load(Path::new("/nonexistent/x.gguf"), &ModelOptions::default())
+            .err()
+            .unwrap();
         assert!(matches!(e.kind(), ErrorKind::Load(_)), "{e}");
     }
 }
