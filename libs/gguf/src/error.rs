@@ -1,6 +1,6 @@
 //! The crate's one error type.
 
-use std::fmt;
+use std::fmt::{self, Write as _};
 
 /// Why a GGUF file (or a lookup in it) was refused. `Display` is one line
 /// that names the field and, where known, the byte offset.
@@ -62,8 +62,18 @@ impl Error {
         Error { kind, offset }
     }
 
-    pub(crate) fn invalid(field: impl Into<String>, why: impl Into<String>, offset: Option<u64>) -> Error {
-        Error::new(ErrorKind::Invalid { field: field.into(), why: why.into() }, offset)
+    pub(crate) fn invalid(
+        field: impl Into<String>,
+        why: impl Into<String>,
+        offset: Option<u64>,
+    ) -> Error {
+        Error::new(
+            ErrorKind::Invalid {
+                field: field.into(),
+                why: why.into(),
+            },
+            offset,
+        )
     }
 
     /// What went wrong.
@@ -103,8 +113,16 @@ impl fmt::Display for ErrorKind {
 }
 
 impl fmt::Display for Error {
+    /// One line: control characters from the file (a key holding `\n`) are
+    /// escaped, so a message can never forge or split a line.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.kind)?;
+        for c in self.kind.to_string().chars() {
+            if c.is_control() {
+                write!(f, "{}", c.escape_default())?;
+            } else {
+                f.write_char(c)?;
+            }
+        }
         if let Some(o) = self.offset {
             write!(f, " (at byte {o})")?;
         }

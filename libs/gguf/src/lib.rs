@@ -8,6 +8,26 @@
 //! The parser is meant for hostile input: every count and length is checked
 //! against the bytes left before anything is allocated, arithmetic on header
 //! values is checked, and each failure is one [`Error`] naming the field.
+//! What [`parse`] refuses (see /work/shared/HOSTILE.md rows 19–32):
+//!
+//! - a short or non-`GGUF` header; versions other than 2 and 3 (a
+//!   byte-swapped 2/3 is named as such);
+//! - counts or lengths that cannot fit in the bytes left, strings over
+//!   [`MAX_STRING_LEN`], arrays over [`MAX_ARRAY_LEN`] or nested deeper than
+//!   [`MAX_ARRAY_DEPTH`], unknown value types, bools other than 0/1,
+//!   non-UTF-8 strings, empty or duplicate keys;
+//! - `general.alignment` that is not a `u32` power of two up to [`MAX_ALIGNMENT`];
+//! - tensors with more than [`MAX_DIMS`] dims, negative dims, element or
+//!   byte counts that overflow, rows not a multiple of the block size, empty,
+//!   long or duplicate names, misaligned, overlapping or out-of-file data, or
+//!   an unknown type whose size cannot be taken from the next tensor's offset
+//!   (an unknown type id is otherwise kept raw, see [`GgmlType::is_known`]);
+//! - `tokenizer.ggml.scores` / `token_type` that are not `f32` / `i32`
+//!   arrays as long as `tokenizer.ggml.tokens`, and `tokenizer.ggml.*_token_id`
+//!   values outside the vocabulary.
+//!
+//! Zero-sized dims are accepted (llama.cpp's `TENSORS_ZERO_DIM` must load).
+//! [`show`] turns a parsed file into what `ollama show` prints.
 //!
 //! ```
 //! // A minimal file: header, one metadata entry, no tensors.
@@ -30,20 +50,25 @@
 //! assert_eq!(gguf::format_parameter_count(134_515_008), "135M");
 //!
 //! // Any prefix of it is refused with a message, never a panic.
-//! let err = gguf::parse(&f[..30]).unwrap_err();
-//! assert!(err.to_string().contains("truncated"), "{err}");
+//! let err = gguf::parse(&f[..f.len() - 1]).unwrap_err();
+//! assert_eq!(
+//!     err.to_string(),
+//!     "truncated gguf: value of general.architecture needs 5 bytes but 4 are left (at byte 64)"
+//! );
+//! assert!(gguf::parse(&f[..30]).is_err());
 //! ```
 #![deny(missing_docs)]
 
 mod error;
 mod reader;
+pub mod show;
 mod types;
 mod value;
 
 pub use error::{Error, ErrorKind};
 pub use reader::{
-    parse, Gguf, TensorInfo, DEFAULT_ALIGNMENT, MAX_ALIGNMENT, MAX_ARRAY_DEPTH, MAX_ARRAY_LEN, MAX_DIMS,
-    MAX_STRING_LEN, MAX_TENSOR_NAME,
+    parse, Gguf, TensorInfo, DEFAULT_ALIGNMENT, MAX_ALIGNMENT, MAX_ARRAY_DEPTH, MAX_ARRAY_LEN,
+    MAX_DIMS, MAX_STRING_LEN, MAX_TENSOR_NAME,
 };
 pub use types::{FileType, GgmlType};
 pub use value::{Array, StrIter, Value, ValueType};

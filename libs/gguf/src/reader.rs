@@ -48,7 +48,10 @@ pub struct TensorInfo {
 impl TensorInfo {
     /// Number of elements (product of `dims`; 1 for zero dims).
     pub fn n_elements(&self) -> u64 {
-        self.dims.iter().try_fold(1u64, |a, &d| a.checked_mul(d)).unwrap_or(u64::MAX)
+        self.dims
+            .iter()
+            .try_fold(1u64, |a, &d| a.checked_mul(d))
+            .unwrap_or(u64::MAX)
     }
 }
 
@@ -87,7 +90,11 @@ impl<'a> Cursor<'a> {
     fn take(&mut self, n: u64, field: impl FnOnce() -> String) -> Result<&'a [u8], Error> {
         let left = self.left();
         if n > left {
-            let kind = ErrorKind::Truncated { field: field(), need: n, left };
+            let kind = ErrorKind::Truncated {
+                field: field(),
+                need: n,
+                left,
+            };
             return Err(Error::new(kind, Some(self.pos as u64)));
         }
         // n <= left <= usize::MAX here
@@ -120,13 +127,18 @@ impl<'a> Cursor<'a> {
             return Err(Error::invalid(field(), why, Some(start)));
         }
         let s = self.take(n, field)?;
-        std::str::from_utf8(s).map_err(|_| Error::invalid(field(), "string is not valid UTF-8", Some(start)))
+        simdutf8::basic::from_utf8(s)
+            .map_err(|_| Error::invalid(field(), "string is not valid UTF-8", Some(start)))
     }
 
     fn value(&mut self, ty: u32, key: &str, depth: u32) -> Result<Value<'a>, Error> {
         let at = self.pos as u64;
         let Some(vt) = ValueType::from_id(ty) else {
-            return Err(Error::invalid(format!("type of {key}"), format!("unknown value type {ty}"), Some(at)));
+            return Err(Error::invalid(
+                format!("type of {key}"),
+                format!("unknown value type {ty}"),
+                Some(at),
+            ));
         };
         let field = || format!("value of {key}");
         Ok(match vt {
@@ -143,11 +155,56 @@ impl<'a> Cursor<'a> {
             ValueType::Bool => match self.array::<1>(field)?[0] {
                 0 => Value::Bool(false),
                 1 => Value::Bool(true),
-                b => return Err(Error::invalid(field(), format!("bool byte is {b}, expected 0 or 1"), Some(at))),
+                b => {
+                    return Err(Error::invalid(
+                        field(),
+                        format!("bool byte is {b}, expected 0 or 1"),
+                        Some(at),
+                    ))
+                }
             },
             ValueType::String => Value::Str(self.string(&field)?),
             ValueType::Array => Value::Array(self.array_value(key, depth + 1)?),
         })
+    }
+
+    /// Walks `n` strings. When every length is below 128 its 8 bytes are
+    /// ASCII, so the whole region is valid UTF-8 exactly when every string
+    /// is, and one validation pass replaces 262k small ones; that region is
+    /// returned for zero-cost slicing later. Otherwise (or to find the bad
+    /// element) each string is validated alone.
+    fn string_array(&mut self, key: &str, n: usize) -> Result<Option<&'a str>, Error> {
+        let start = self.pos;
+        let b = self.b;
+        let mut pos = start;
+        let mut small = true;
+        for _ in 0..n {
+            let len = b
+                .get(pos..pos + 8)
+                .map(|l| u64::from_le_bytes(l.try_into().unwrap_or([0xFF; 8])));
+            let left = (b.len() - pos).saturating_sub(8) as u64;
+            match len {
+                Some(l) if l <= left && l <= MAX_STRING_LEN => {
+                    small &= l < 128;
+                    pos += 8 + l as usize;
+                }
+                _ => {
+                    small = false;
+                    break;
+                }
+            }
+        }
+        if small {
+            if let Ok(text) = simdutf8::basic::from_utf8(&b[start..pos]) {
+                self.pos = pos;
+                return Ok(Some(text));
+            }
+        }
+        // slow path: validates each element and names the first bad one
+        for i in 0..n {
+            self.string(&|| format!("{key}[{i}]"))?;
+        }
+        Ok(None)
     }
 
     fn array_value(&mut self, key: &str, depth: u32) -> Result<Array<'a>, Error> {
@@ -159,7 +216,11 @@ impl<'a> Cursor<'a> {
         }
         let ty = self.u32(|| format!("element type of {}", field()))?;
         let Some(elem) = ValueType::from_id(ty) else {
-            return Err(Error::invalid(field(), format!("unknown element type {ty}"), Some(at)));
+            return Err(Error::invalid(
+                field(),
+                format!("unknown element type {ty}"),
+                Some(at),
+            ));
         };
         let len = self.u64(|| format!("length of {}", field()))?;
         let min = match elem {
@@ -179,11 +240,10 @@ impl<'a> Cursor<'a> {
         let n = len as usize;
         let start = self.pos;
         let mut nested = Vec::new();
+        let mut text = None;
         match elem {
             ValueType::String => {
-                for i in 0..n {
-                    self.string(&|| format!("{key}[{i}]"))?;
-                }
+                text = self.string_array(key, n)?;
             }
             ValueType::Array => {
                 nested.reserve(n);
@@ -195,14 +255,18 @@ impl<'a> Cursor<'a> {
                 let raw = self.take(len, field)?;
                 if let Some(i) = raw.iter().position(|&b| b > 1) {
                     let why = format!("element {i} is byte {}, expected 0 or 1", raw[i]);
-                    return Err(Error::invalid(format!("array {key}"), why, Some(start as u64 + i as u64)));
+                    return Err(Error::invalid(
+                        format!("array {key}"),
+                        why,
+                        Some(start as u64 + i as u64),
+                    ));
                 }
             }
             t => {
                 self.take(len * t.fixed_size().unwrap_or(1) as u64, field)?;
             }
         }
-        Ok(Array::new(elem, n, &self.b[start..self.pos], nested))
+        Ok(Array::new(elem, n, &self.b[start..self.pos], text, nested))
     }
 }
 
@@ -217,16 +281,28 @@ impl<'a> Gguf<'a> {
         let version = c.u32(|| "version".into())?;
         if version != 2 && version != 3 {
             let byte_swapped = matches!(version.swap_bytes(), 1..=3);
-            return Err(Error::new(ErrorKind::UnsupportedVersion { version, byte_swapped }, Some(4)));
+            return Err(Error::new(
+                ErrorKind::UnsupportedVersion {
+                    version,
+                    byte_swapped,
+                },
+                Some(4),
+            ));
         }
         let n_tensors = c.u64(|| "tensor count".into())?;
         let n_kv = c.u64(|| "metadata count".into())?;
         if n_kv > c.left() / MIN_KV_BYTES {
-            let why = format!("{n_kv} entries cannot fit in the {} bytes left", c.left());
+            let why = format!(
+                "{n_kv} entries cannot fit in the {} bytes left (truncated file or corrupt count)",
+                c.left()
+            );
             return Err(Error::invalid("metadata count", why, Some(16)));
         }
         if n_tensors > c.left() / MIN_TENSOR_INFO_BYTES {
-            let why = format!("{n_tensors} tensor infos cannot fit in the {} bytes left", c.left());
+            let why = format!(
+                "{n_tensors} tensor infos cannot fit in the {} bytes left (truncated file or corrupt count)",
+                c.left()
+            );
             return Err(Error::invalid("tensor count", why, Some(8)));
         }
 
@@ -237,18 +313,27 @@ impl<'a> Gguf<'a> {
             let at = c.pos as u64;
             let key = c.string(&|| format!("key of metadata entry {i}"))?;
             if key.is_empty() {
-                return Err(Error::invalid(format!("key of metadata entry {i}"), "empty key", Some(at)));
+                return Err(Error::invalid(
+                    format!("key of metadata entry {i}"),
+                    "empty key",
+                    Some(at),
+                ));
             }
             let ty = c.u32(|| format!("type of {key}"))?;
             let value = c.value(ty, key, 0)?;
             if kv_index.insert(key, kv.len()).is_some() {
-                return Err(Error::new(ErrorKind::DuplicateKey(key.to_string()), Some(at)));
+                return Err(Error::new(
+                    ErrorKind::DuplicateKey(key.to_string()),
+                    Some(at),
+                ));
             }
             kv.push((key, value));
         }
         let alignment = match kv_index.get("general.alignment").map(|&i| &kv[i].1) {
             None => DEFAULT_ALIGNMENT,
-            Some(Value::U32(a)) if a.is_power_of_two() && u64::from(*a) <= MAX_ALIGNMENT => u64::from(*a),
+            Some(Value::U32(a)) if a.is_power_of_two() && u64::from(*a) <= MAX_ALIGNMENT => {
+                u64::from(*a)
+            }
             Some(v) => {
                 let why = format!("{v:?}: must be a u32 power of two from 1 to {MAX_ALIGNMENT}");
                 return Err(Error::invalid("general.alignment", why, None));
@@ -267,28 +352,47 @@ impl<'a> Gguf<'a> {
                 return Err(Error::invalid(format!("name of tensor {i}"), why, Some(at)));
             }
             if !names.insert(name) {
-                return Err(Error::new(ErrorKind::DuplicateTensor(name.into()), Some(at)));
+                return Err(Error::new(
+                    ErrorKind::DuplicateTensor(name.into()),
+                    Some(at),
+                ));
             }
             let n_dims = c.u32(|| format!("n_dims of {}", field()))?;
             if n_dims > MAX_DIMS {
-                return Err(Error::invalid(field(), format!("n_dims {n_dims} exceeds {MAX_DIMS}"), Some(at)));
+                return Err(Error::invalid(
+                    field(),
+                    format!("n_dims {n_dims} exceeds {MAX_DIMS}"),
+                    Some(at),
+                ));
             }
             let mut dims = Vec::with_capacity(n_dims as usize);
             for d in 0..n_dims {
                 let ne = c.u64(|| format!("dim {d} of {}", field()))?;
                 if ne > i64::MAX as u64 {
-                    return Err(Error::invalid(field(), format!("dim {d} is negative ({})", ne as i64), Some(at)));
+                    return Err(Error::invalid(
+                        field(),
+                        format!("dim {d} is negative ({})", ne as i64),
+                        Some(at),
+                    ));
                 }
                 dims.push(ne);
             }
-            let n_elements = dims.iter().try_fold(1u64, |a, &d| a.checked_mul(d)).filter(|&n| n <= i64::MAX as u64);
+            let n_elements = dims
+                .iter()
+                .try_fold(1u64, |a, &d| a.checked_mul(d))
+                .filter(|&n| n <= i64::MAX as u64);
             let Some(n_elements) = n_elements else {
-                return Err(Error::invalid(field(), format!("element count of shape {dims:?} overflows"), Some(at)));
+                return Err(Error::invalid(
+                    field(),
+                    format!("element count of shape {dims:?} overflows"),
+                    Some(at),
+                ));
             };
             let ggml_type = GgmlType::from_id(c.u32(|| format!("type of {}", field()))?);
             let offset = c.u64(|| format!("offset of {}", field()))?;
             if offset % alignment != 0 {
-                let why = format!("data offset {offset} is not a multiple of the alignment {alignment}");
+                let why =
+                    format!("data offset {offset} is not a multiple of the alignment {alignment}");
                 return Err(Error::invalid(field(), why, Some(at)));
             }
             let n_bytes = if ggml_type.is_known() {
@@ -300,20 +404,42 @@ impl<'a> Gguf<'a> {
                     );
                     return Err(Error::invalid(field(), why, Some(at)));
                 }
-                match ggml_type.bytes_for(n_elements).filter(|&b| b <= isize::MAX as u64) {
+                match ggml_type
+                    .bytes_for(n_elements)
+                    .filter(|&b| b <= isize::MAX as u64)
+                {
                     Some(b) => b,
                     None => return Err(Error::invalid(field(), "data size overflows", Some(at))),
                 }
             } else {
                 u64::MAX // unknown layout: filled in from the next tensor's offset below
             };
-            tensors.push(TensorInfo { name: name.to_string(), dims, ggml_type, offset, n_bytes });
+            tensors.push(TensorInfo {
+                name: name.to_string(),
+                dims,
+                ggml_type,
+                offset,
+                n_bytes,
+            });
         }
         let data_offset = (c.pos as u64).div_ceil(alignment) * alignment;
         check_tensor_data(&mut tensors, data_offset, bytes.len() as u64)?;
-        let tensor_index = tensors.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
+        let tensor_index = tensors
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.name.clone(), i))
+            .collect();
 
-        let g = Gguf { bytes, version, alignment, data_offset, kv, kv_index, tensors, tensor_index };
+        let g = Gguf {
+            bytes,
+            version,
+            alignment,
+            data_offset,
+            kv,
+            kv_index,
+            tensors,
+            tensor_index,
+        };
         g.check_tokenizer()?;
         Ok(g)
     }
@@ -330,12 +456,18 @@ impl<'a> Gguf<'a> {
                 return Err(Error::invalid("tokenizer.ggml.tokens", why, None));
             }
         };
-        for (key, want) in [("tokenizer.ggml.scores", ValueType::F32), ("tokenizer.ggml.token_type", ValueType::I32)] {
+        for (key, want) in [
+            ("tokenizer.ggml.scores", ValueType::F32),
+            ("tokenizer.ggml.token_type", ValueType::I32),
+        ] {
             let Some(v) = self.get(key) else { continue };
             match v.as_array() {
                 Some(a) if a.elem_type() == want && a.len() == n_vocab => {}
                 Some(a) if a.elem_type() == want => {
-                    let why = format!("has {} entries but tokenizer.ggml.tokens has {n_vocab}", a.len());
+                    let why = format!(
+                        "has {} entries but tokenizer.ggml.tokens has {n_vocab}",
+                        a.len()
+                    );
                     return Err(Error::invalid(key, why, None));
                 }
                 _ => {
@@ -413,17 +545,24 @@ impl<'a> Gguf<'a> {
 
     /// An array of strings, e.g. `tokenizer.ggml.tokens` (zero-copy).
     pub fn get_str_array(&self, key: &str) -> Option<Vec<&'a str>> {
-        self.get(key).and_then(Value::as_array).and_then(|a| a.strs()).map(Iterator::collect)
+        self.get(key)
+            .and_then(Value::as_array)
+            .and_then(|a| a.strs())
+            .map(Iterator::collect)
     }
 
     /// An array of `f32` (exactly that element type), e.g. `tokenizer.ggml.scores`.
     pub fn get_f32_array(&self, key: &str) -> Option<Vec<f32>> {
-        self.get(key).and_then(Value::as_array).and_then(Array::to_f32_vec)
+        self.get(key)
+            .and_then(Value::as_array)
+            .and_then(Array::to_f32_vec)
     }
 
     /// An array of `i32` (exactly that element type), e.g. `tokenizer.ggml.token_type`.
     pub fn get_i32_array(&self, key: &str) -> Option<Vec<i32>> {
-        self.get(key).and_then(Value::as_array).and_then(Array::to_i32_vec)
+        self.get(key)
+            .and_then(Value::as_array)
+            .and_then(Array::to_i32_vec)
     }
 
     /// An integer value; a missing key or another type is an error naming it.
@@ -441,11 +580,25 @@ impl<'a> Gguf<'a> {
         self.require(key, "a string", Value::as_str)
     }
 
-    fn require<T>(&self, key: &str, expected: &'static str, f: impl Fn(&Value<'a>) -> Option<T>) -> Result<T, Error> {
-        let v = self.get(key).ok_or_else(|| Error::new(ErrorKind::MissingKey(key.into()), None))?;
+    fn require<T>(
+        &self,
+        key: &str,
+        expected: &'static str,
+        f: impl Fn(&Value<'a>) -> Option<T>,
+    ) -> Result<T, Error> {
+        let v = self
+            .get(key)
+            .ok_or_else(|| Error::new(ErrorKind::MissingKey(key.into()), None))?;
         f(v).ok_or_else(|| {
             let found = v.type_name();
-            Error::new(ErrorKind::WrongType { key: key.into(), expected, found }, None)
+            Error::new(
+                ErrorKind::WrongType {
+                    key: key.into(),
+                    expected,
+                    found,
+                },
+                None,
+            )
         })
     }
 
@@ -476,7 +629,9 @@ impl<'a> Gguf<'a> {
 
     /// `general.file_type`, the quantization the file was made with.
     pub fn file_type(&self) -> Option<FileType> {
-        self.get_u64("general.file_type").and_then(|v| u32::try_from(v).ok()).map(FileType::from_id)
+        self.get_u64("general.file_type")
+            .and_then(|v| u32::try_from(v).ok())
+            .map(FileType::from_id)
     }
 
     // ---- tensors ----
@@ -509,13 +664,19 @@ impl<'a> Gguf<'a> {
     /// Total number of elements over all tensors (what Ollama calls the
     /// parameter count).
     pub fn parameter_count(&self) -> u64 {
-        self.tensors.iter().fold(0u64, |a, t| a.saturating_add(t.n_elements()))
+        self.tensors
+            .iter()
+            .fold(0u64, |a, t| a.saturating_add(t.n_elements()))
     }
 }
 
 /// Fills in the size of unknown-type tensors from the next tensor's offset,
 /// then checks that every tensor lies inside the file and none overlap.
-fn check_tensor_data(tensors: &mut [TensorInfo], data_offset: u64, file_len: u64) -> Result<(), Error> {
+fn check_tensor_data(
+    tensors: &mut [TensorInfo],
+    data_offset: u64,
+    file_len: u64,
+) -> Result<(), Error> {
     let mut order: Vec<usize> = (0..tensors.len()).collect();
     order.sort_by_key(|&i| tensors[i].offset);
     let data_len = file_len.saturating_sub(data_offset);
@@ -523,12 +684,19 @@ fn check_tensor_data(tensors: &mut [TensorInfo], data_offset: u64, file_len: u64
         let i = order[k];
         let field = |t: &TensorInfo| format!("tensor {:?}", t.name);
         if !tensors[i].ggml_type.is_known() {
-            let next = order[k + 1..].iter().map(|&j| tensors[j].offset).find(|&o| o > tensors[i].offset);
+            let next = order[k + 1..]
+                .iter()
+                .map(|&j| tensors[j].offset)
+                .find(|&o| o > tensors[i].offset);
             match next {
                 Some(o) => tensors[i].n_bytes = o - tensors[i].offset,
                 None => {
                     let t = tensors[i].ggml_type;
-                    let why = format!("ggml type {} ({}) is unknown and its data size cannot be computed", t.id(), t.name());
+                    let why = format!(
+                        "ggml type {} ({}) is unknown and its data size cannot be computed",
+                        t.id(),
+                        t.name()
+                    );
                     return Err(Error::invalid(field(&tensors[i]), why, None));
                 }
             }
@@ -545,7 +713,10 @@ fn check_tensor_data(tensors: &mut [TensorInfo], data_offset: u64, file_len: u64
         if k > 0 {
             let p = &tensors[order[k - 1]];
             if p.offset + p.n_bytes > t.offset {
-                let why = format!("data at {} overlaps tensor {:?} ({} bytes at {})", t.offset, p.name, p.n_bytes, p.offset);
+                let why = format!(
+                    "data at {} overlaps tensor {:?} ({} bytes at {})",
+                    t.offset, p.name, p.n_bytes, p.offset
+                );
                 return Err(Error::invalid(field(t), why, None));
             }
         }

@@ -13,49 +13,49 @@ pub struct GgmlType(u32);
 /// One row of the ggml type table: name, elements per block, bytes per block.
 /// A block size of 0 marks a type removed from ggml (its id is reserved).
 const GGML_TYPES: [(&str, u64, u64); 43] = [
-    ("F32", 1, 4),         // 0
-    ("F16", 1, 2),         // 1
-    ("Q4_0", 32, 18),      // 2
-    ("Q4_1", 32, 20),      // 3
-    ("Q4_2", 0, 0),        // 4, removed
-    ("Q4_3", 0, 0),        // 5, removed
-    ("Q5_0", 32, 22),      // 6
-    ("Q5_1", 32, 24),      // 7
-    ("Q8_0", 32, 34),      // 8
-    ("Q8_1", 32, 36),      // 9
-    ("Q2_K", 256, 84),     // 10
-    ("Q3_K", 256, 110),    // 11
-    ("Q4_K", 256, 144),    // 12
-    ("Q5_K", 256, 176),    // 13
-    ("Q6_K", 256, 210),    // 14
-    ("Q8_K", 256, 292),    // 15
-    ("IQ2_XXS", 256, 66),  // 16
-    ("IQ2_XS", 256, 74),   // 17
-    ("IQ3_XXS", 256, 98),  // 18
-    ("IQ1_S", 256, 50),    // 19
-    ("IQ4_NL", 32, 18),    // 20
-    ("IQ3_S", 256, 110),   // 21
-    ("IQ2_S", 256, 82),    // 22
-    ("IQ4_XS", 256, 136),  // 23
-    ("I8", 1, 1),          // 24
-    ("I16", 1, 2),         // 25
-    ("I32", 1, 4),         // 26
-    ("I64", 1, 8),         // 27
-    ("F64", 1, 8),         // 28
-    ("IQ1_M", 256, 56),    // 29
-    ("BF16", 1, 2),        // 30
-    ("Q4_0_4_4", 0, 0),    // 31, removed (runtime repacking now)
-    ("Q4_0_4_8", 0, 0),    // 32, removed
-    ("Q4_0_8_8", 0, 0),    // 33, removed
-    ("TQ1_0", 256, 54),    // 34
-    ("TQ2_0", 256, 66),    // 35
-    ("IQ4_NL_4_4", 0, 0),  // 36, removed
-    ("IQ4_NL_4_8", 0, 0),  // 37, removed
-    ("IQ4_NL_8_8", 0, 0),  // 38, removed
-    ("MXFP4", 32, 17),     // 39
-    ("NVFP4", 64, 36),     // 40
-    ("Q1_0", 128, 18),     // 41
-    ("Q2_0", 64, 18),      // 42
+    ("F32", 1, 4),        // 0
+    ("F16", 1, 2),        // 1
+    ("Q4_0", 32, 18),     // 2
+    ("Q4_1", 32, 20),     // 3
+    ("Q4_2", 0, 0),       // 4, removed
+    ("Q4_3", 0, 0),       // 5, removed
+    ("Q5_0", 32, 22),     // 6
+    ("Q5_1", 32, 24),     // 7
+    ("Q8_0", 32, 34),     // 8
+    ("Q8_1", 32, 36),     // 9
+    ("Q2_K", 256, 84),    // 10
+    ("Q3_K", 256, 110),   // 11
+    ("Q4_K", 256, 144),   // 12
+    ("Q5_K", 256, 176),   // 13
+    ("Q6_K", 256, 210),   // 14
+    ("Q8_K", 256, 292),   // 15
+    ("IQ2_XXS", 256, 66), // 16
+    ("IQ2_XS", 256, 74),  // 17
+    ("IQ3_XXS", 256, 98), // 18
+    ("IQ1_S", 256, 50),   // 19
+    ("IQ4_NL", 32, 18),   // 20
+    ("IQ3_S", 256, 110),  // 21
+    ("IQ2_S", 256, 82),   // 22
+    ("IQ4_XS", 256, 136), // 23
+    ("I8", 1, 1),         // 24
+    ("I16", 1, 2),        // 25
+    ("I32", 1, 4),        // 26
+    ("I64", 1, 8),        // 27
+    ("F64", 1, 8),        // 28
+    ("IQ1_M", 256, 56),   // 29
+    ("BF16", 1, 2),       // 30
+    ("Q4_0_4_4", 0, 0),   // 31, removed (runtime repacking now)
+    ("Q4_0_4_8", 0, 0),   // 32, removed
+    ("Q4_0_8_8", 0, 0),   // 33, removed
+    ("TQ1_0", 256, 54),   // 34
+    ("TQ2_0", 256, 66),   // 35
+    ("IQ4_NL_4_4", 0, 0), // 36, removed
+    ("IQ4_NL_4_8", 0, 0), // 37, removed
+    ("IQ4_NL_8_8", 0, 0), // 38, removed
+    ("MXFP4", 32, 17),    // 39
+    ("NVFP4", 64, 36),    // 40
+    ("Q1_0", 128, 18),    // 41
+    ("Q2_0", 64, 18),     // 42
 ];
 
 impl GgmlType {
@@ -232,7 +232,10 @@ impl FileType {
     /// The name Ollama shows as "quantization" (`"Q4_K_M"`, `"Q4_1"`, `"F16"`);
     /// `"unknown"` for ids past the table.
     pub fn name(self) -> &'static str {
-        FILE_TYPES.get(self.0 as usize).copied().unwrap_or("unknown")
+        FILE_TYPES
+            .get(self.0 as usize)
+            .copied()
+            .unwrap_or("unknown")
     }
 }
 
@@ -252,9 +255,18 @@ mod tests {
     #[test]
     fn ggml_table_matches_block_layouts() {
         assert_eq!(GgmlType::Q4_K.name(), "Q4_K");
-        assert_eq!((GgmlType::Q4_K.block_size(), GgmlType::Q4_K.type_size()), (256, 144));
-        assert_eq!((GgmlType::Q4_1.block_size(), GgmlType::Q4_1.type_size()), (32, 20));
-        assert_eq!((GgmlType::Q6_K.block_size(), GgmlType::Q6_K.type_size()), (256, 210));
+        assert_eq!(
+            (GgmlType::Q4_K.block_size(), GgmlType::Q4_K.type_size()),
+            (256, 144)
+        );
+        assert_eq!(
+            (GgmlType::Q4_1.block_size(), GgmlType::Q4_1.type_size()),
+            (32, 20)
+        );
+        assert_eq!(
+            (GgmlType::Q6_K.block_size(), GgmlType::Q6_K.type_size()),
+            (256, 210)
+        );
         assert_eq!(GgmlType::from_id(42).name(), "Q2_0");
         assert!(GgmlType::from_id(42).is_known());
         // removed ids keep a name, but no layout

@@ -179,7 +179,10 @@ impl<'a> Value<'a> {
         match *self {
             Value::F32(v) => Some(v.into()),
             Value::F64(v) => Some(v),
-            _ => self.as_i64().map(|v| v as f64).or_else(|| self.as_u64().map(|v| v as f64)),
+            _ => self
+                .as_i64()
+                .map(|v| v as f64)
+                .or_else(|| self.as_u64().map(|v| v as f64)),
         }
     }
 
@@ -243,6 +246,8 @@ pub struct Array<'a> {
     elem: ValueType,
     len: usize,
     raw: &'a [u8],
+    /// `raw` as text, when the parser could validate it in one piece.
+    text: Option<&'a str>,
     nested: Vec<Array<'a>>,
 }
 
@@ -253,8 +258,20 @@ impl fmt::Debug for Array<'_> {
 }
 
 impl<'a> Array<'a> {
-    pub(crate) fn new(elem: ValueType, len: usize, raw: &'a [u8], nested: Vec<Array<'a>>) -> Array<'a> {
-        Array { elem, len, raw, nested }
+    pub(crate) fn new(
+        elem: ValueType,
+        len: usize,
+        raw: &'a [u8],
+        text: Option<&'a str>,
+        nested: Vec<Array<'a>>,
+    ) -> Array<'a> {
+        Array {
+            elem,
+            len,
+            raw,
+            text,
+            nested,
+        }
     }
 
     /// The element type.
@@ -281,7 +298,12 @@ impl<'a> Array<'a> {
     /// The elements of a string array, borrowed from the file; `None` for
     /// other element types.
     pub fn strs(&self) -> Option<StrIter<'a>> {
-        (self.elem == ValueType::String).then_some(StrIter { raw: self.raw, left: self.len })
+        (self.elem == ValueType::String).then_some(StrIter {
+            raw: self.raw,
+            text: self.text,
+            pos: 0,
+            left: self.len,
+        })
     }
 
     /// The nested arrays of an array of arrays (empty otherwise).
@@ -317,11 +339,19 @@ impl<'a> Array<'a> {
         let size = self.elem.fixed_size().unwrap_or(1);
         let scalars = match self.elem {
             ValueType::String | ValueType::Array => None,
-            _ => Some(self.raw.chunks_exact(size).map(move |c| decode_scalar(self.elem, c))),
+            _ => Some(
+                self.raw
+                    .chunks_exact(size)
+                    .map(move |c| decode_scalar(self.elem, c)),
+            ),
         };
         let strs = self.strs().map(|s| s.map(Value::Str));
         let nested = self.nested.iter().cloned().map(Value::Array);
-        scalars.into_iter().flatten().chain(strs.into_iter().flatten()).chain(nested)
+        scalars
+            .into_iter()
+            .flatten()
+            .chain(strs.into_iter().flatten())
+            .chain(nested)
     }
 }
 
@@ -350,6 +380,8 @@ fn decode_scalar<'a>(t: ValueType, c: &[u8]) -> Value<'a> {
 #[derive(Clone, Debug)]
 pub struct StrIter<'a> {
     raw: &'a [u8],
+    text: Option<&'a str>,
+    pos: usize,
     left: usize,
 }
 
@@ -362,12 +394,16 @@ impl<'a> Iterator for StrIter<'a> {
         }
         // The parser validated every length prefix and UTF-8 sequence; a
         // failure here can only mean a hand-built Array, so it ends the walk.
-        let (len, rest) = self.raw.split_first_chunk::<8>()?;
-        let n = usize::try_from(u64::from_le_bytes(*len)).ok()?;
-        let (s, rest) = (rest.get(..n)?, rest.get(n..)?);
-        self.raw = rest;
+        let len = self.raw.get(self.pos..)?.first_chunk::<8>()?;
+        let start = self.pos + 8;
+        let end = start.checked_add(usize::try_from(u64::from_le_bytes(*len)).ok()?)?;
+        let s = match self.text {
+            Some(t) => t.get(start..end)?,
+            None => std::str::from_utf8(self.raw.get(start..end)?).ok()?,
+        };
+        self.pos = end;
         self.left -= 1;
-        std::str::from_utf8(s).ok()
+        Some(s)
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {

@@ -23,9 +23,19 @@ fn smollm2_header() {
     // every tensor's bytes are exactly the type's size for its shape
     for t in g.tensors() {
         assert_eq!(g.tensor_data(t).len() as u64, t.n_bytes, "{}", t.name);
-        assert_eq!(t.ggml_type.bytes_for(t.n_elements()), Some(t.n_bytes), "{}", t.name);
+        assert_eq!(
+            t.ggml_type.bytes_for(t.n_elements()),
+            Some(t.n_bytes),
+            "{}",
+            t.name
+        );
     }
-    let last = g.tensors().iter().map(|t| g.data_offset() + t.offset + t.n_bytes).max().unwrap();
+    let last = g
+        .tensors()
+        .iter()
+        .map(|t| g.data_offset() + t.offset + t.n_bytes)
+        .max()
+        .unwrap();
     assert!(last <= bytes.len() as u64 && bytes.len() as u64 - last < 32);
 }
 
@@ -40,8 +50,14 @@ fn gemma3_header() {
     assert_eq!(gguf::format_parameter_count(g.parameter_count()), "268M");
     let tokens = g.get_str_array("tokenizer.ggml.tokens").unwrap();
     assert_eq!(tokens.len(), 262144);
-    assert_eq!(g.get_f32_array("tokenizer.ggml.scores").unwrap().len(), 262144);
-    assert_eq!(g.get_i32_array("tokenizer.ggml.token_type").unwrap().len(), 262144);
+    assert_eq!(
+        g.get_f32_array("tokenizer.ggml.scores").unwrap().len(),
+        262144
+    );
+    assert_eq!(
+        g.get_i32_array("tokenizer.ggml.token_type").unwrap().len(),
+        262144
+    );
     let emb = g.tensor("token_embd.weight").unwrap();
     assert_eq!(emb.dims, vec![640, 262144]);
     // keys come back in file order

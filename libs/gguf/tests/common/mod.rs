@@ -60,24 +60,42 @@ pub struct V {
 
 impl V {
     pub fn u32(v: u32) -> V {
-        V { ty: vt::U32, payload: v.to_le_bytes().to_vec() }
+        V {
+            ty: vt::U32,
+            payload: v.to_le_bytes().to_vec(),
+        }
     }
     pub fn i32(v: i32) -> V {
-        V { ty: vt::I32, payload: v.to_le_bytes().to_vec() }
+        V {
+            ty: vt::I32,
+            payload: v.to_le_bytes().to_vec(),
+        }
     }
     pub fn u64(v: u64) -> V {
-        V { ty: vt::U64, payload: v.to_le_bytes().to_vec() }
+        V {
+            ty: vt::U64,
+            payload: v.to_le_bytes().to_vec(),
+        }
     }
     pub fn f32(v: f32) -> V {
-        V { ty: vt::F32, payload: v.to_le_bytes().to_vec() }
+        V {
+            ty: vt::F32,
+            payload: v.to_le_bytes().to_vec(),
+        }
     }
     pub fn bool(v: bool) -> V {
-        V { ty: vt::BOOL, payload: vec![v as u8] }
+        V {
+            ty: vt::BOOL,
+            payload: vec![v as u8],
+        }
     }
     pub fn str(s: &str) -> V {
         let mut w = W::default();
         w.str(s);
-        V { ty: vt::STRING, payload: w.buf }
+        V {
+            ty: vt::STRING,
+            payload: w.buf,
+        }
     }
     pub fn strs(items: &[&str]) -> V {
         let mut w = W::default();
@@ -85,7 +103,10 @@ impl V {
         for s in items {
             w.str(s);
         }
-        V { ty: vt::ARRAY, payload: w.buf }
+        V {
+            ty: vt::ARRAY,
+            payload: w.buf,
+        }
     }
     pub fn f32s(items: &[f32]) -> V {
         let mut w = W::default();
@@ -93,7 +114,10 @@ impl V {
         for v in items {
             w.bytes(&v.to_le_bytes());
         }
-        V { ty: vt::ARRAY, payload: w.buf }
+        V {
+            ty: vt::ARRAY,
+            payload: w.buf,
+        }
     }
     pub fn i32s(items: &[i32]) -> V {
         let mut w = W::default();
@@ -101,7 +125,10 @@ impl V {
         for v in items {
             w.bytes(&v.to_le_bytes());
         }
-        V { ty: vt::ARRAY, payload: w.buf }
+        V {
+            ty: vt::ARRAY,
+            payload: w.buf,
+        }
     }
     /// An array of `inner` arrays (payloads of V::…s without the ARRAY tag).
     pub fn nested(inner: &[V]) -> V {
@@ -110,7 +137,10 @@ impl V {
         for v in inner {
             w.bytes(&v.payload);
         }
-        V { ty: vt::ARRAY, payload: w.buf }
+        V {
+            ty: vt::ARRAY,
+            payload: w.buf,
+        }
     }
 }
 
@@ -134,7 +164,12 @@ pub struct Builder {
 
 impl Default for Builder {
     fn default() -> Self {
-        Builder { version: 3, alignment: 32, kv: Vec::new(), tensors: Vec::new() }
+        Builder {
+            version: 3,
+            alignment: 32,
+            kv: Vec::new(),
+            tensors: Vec::new(),
+        }
     }
 }
 
@@ -147,17 +182,31 @@ impl Builder {
     pub fn f32_tensor(mut self, name: &str, dims: &[u64]) -> Self {
         let n: u64 = dims.iter().product();
         let data = (0..n).flat_map(|j| (j as f32).to_le_bytes()).collect();
-        self.tensors.push(T { name: name.into(), dims: dims.to_vec(), ty: 0, data });
+        self.tensors.push(T {
+            name: name.into(),
+            dims: dims.to_vec(),
+            ty: 0,
+            data,
+        });
         self
     }
     pub fn tensor(mut self, name: &str, dims: &[u64], ty: u32, data: Vec<u8>) -> Self {
-        self.tensors.push(T { name: name.into(), dims: dims.to_vec(), ty, data });
+        self.tensors.push(T {
+            name: name.into(),
+            dims: dims.to_vec(),
+            ty,
+            data,
+        });
         self
     }
     /// Bytes, and the offset where each tensor info starts.
     pub fn build_with_infos(&self) -> (Vec<u8>, Vec<usize>) {
         let mut w = W::default();
-        w.header(self.version, self.tensors.len() as u64, self.kv.len() as u64);
+        w.header(
+            self.version,
+            self.tensors.len() as u64,
+            self.kv.len() as u64,
+        );
         for (k, v) in &self.kv {
             w.str(k).u32(v.ty).bytes(&v.payload);
         }
@@ -181,16 +230,32 @@ impl Builder {
         };
         pad(&mut w, self.alignment);
         let start = w.buf.len() as u64;
-        for (t, off) in self.tensors.iter().zip(offsets) {
+        for (i, (t, off)) in self.tensors.iter().zip(offsets).enumerate() {
             assert_eq!(w.buf.len() as u64, start + off);
             w.bytes(&t.data);
-            pad(&mut w, self.alignment);
+            if i + 1 < self.tensors.len() {
+                pad(&mut w, self.alignment);
+            }
         }
         (w.buf, infos)
     }
     pub fn build(&self) -> Vec<u8> {
         self.build_with_infos().0
     }
+}
+
+/// Where the type and offset fields of the tensor info at `info` are.
+pub fn info_fields(bytes: &[u8], info: usize) -> (usize, usize) {
+    let rd = |at: usize, n: usize| {
+        let mut a = [0u8; 8];
+        a[..n].copy_from_slice(&bytes[at..at + n]);
+        u64::from_le_bytes(a) as usize
+    };
+    let name_len = rd(info, 8);
+    let n_dims_at = info + 8 + name_len;
+    let n_dims = rd(n_dims_at, 4);
+    let type_at = n_dims_at + 4 + 8 * n_dims;
+    (type_at, type_at + 4)
 }
 
 /// A small, valid model-like file: llama metadata, a 4-token vocab, two tensors.
@@ -214,11 +279,17 @@ pub fn small_model() -> Builder {
 
 /// `$LLPIPE_MODELS_DIR/<file>`, failing clearly if absent.
 pub fn model_path(file: &str) -> PathBuf {
-    let dir = std::env::var_os("LLPIPE_MODELS_DIR").map(PathBuf::from).unwrap_or_else(|| {
-        let home = std::env::var_os("HOME").expect("HOME is set");
-        PathBuf::from(home).join(".cache/llpipe/models")
-    });
+    let dir = std::env::var_os("LLPIPE_MODELS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let home = std::env::var_os("HOME").expect("HOME is set");
+            PathBuf::from(home).join(".cache/llpipe/models")
+        });
     let p = dir.join(file);
-    assert!(p.is_file(), "model {} is missing: run scripts/fetch-models.sh", p.display());
+    assert!(
+        p.is_file(),
+        "model {} is missing: run scripts/fetch-models.sh",
+        p.display()
+    );
     p
 }
