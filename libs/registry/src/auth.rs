@@ -21,7 +21,10 @@ pub struct Challenge {
 impl Challenge {
     /// The value of a parameter (case-insensitive name).
     pub fn param(&self, name: &str) -> Option<&str> {
-        self.params.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.params
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -39,7 +42,12 @@ fn is_token68(b: u8) -> bool {
 /// data), duplicate parameters in one challenge, unterminated quotes, empty
 /// values for `realm` and stray bytes are errors. Never panics.
 pub fn parse_www_authenticate(header: &str) -> Result<Vec<Challenge>, Error> {
-    let bad = |why: &str| Error::Auth(format!("malformed WWW-Authenticate header {:?}: {why}", trunc(header)));
+    let bad = |why: &str| {
+        Error::Auth(format!(
+            "malformed WWW-Authenticate header {:?}: {why}",
+            trunc(header)
+        ))
+    };
     let s = header.as_bytes();
     let mut i = 0;
     let mut out: Vec<Challenge> = Vec::new();
@@ -69,7 +77,10 @@ pub fn parse_www_authenticate(header: &str) -> Result<Vec<Challenge>, Error> {
             break;
         }
         let scheme = token(&mut i).ok_or_else(|| bad("expected an auth scheme"))?;
-        let mut ch = Challenge { scheme: scheme.to_ascii_lowercase(), params: Vec::new() };
+        let mut ch = Challenge {
+            scheme: scheme.to_ascii_lowercase(),
+            params: Vec::new(),
+        };
         let had_space = i < s.len() && (s[i] == b' ' || s[i] == b'\t');
         skip_ws(&mut i);
         if had_space && i < s.len() && s[i] != b',' {
@@ -98,12 +109,17 @@ pub fn parse_www_authenticate(header: &str) -> Result<Vec<Challenge>, Error> {
                 if start == i {
                     return Err(bad("expected token68 or parameters after the scheme"));
                 }
-                ch.params.push(("token68".into(), String::from_utf8_lossy(&s[start..i]).into_owned()));
+                ch.params.push((
+                    "token68".into(),
+                    String::from_utf8_lossy(&s[start..i]).into_owned(),
+                ));
                 skip_ws(&mut i);
             } else {
                 i = save;
                 loop {
-                    let name = token(&mut i).ok_or_else(|| bad("expected a parameter name"))?.to_ascii_lowercase();
+                    let name = token(&mut i)
+                        .ok_or_else(|| bad("expected a parameter name"))?
+                        .to_ascii_lowercase();
                     skip_ws(&mut i);
                     if i >= s.len() || s[i] != b'=' {
                         return Err(bad(&format!("parameter {name} has no '='")));
@@ -121,7 +137,9 @@ pub fn parse_www_authenticate(header: &str) -> Result<Vec<Challenge>, Error> {
                                     break;
                                 }
                                 Some(b'\\') => {
-                                    let c = *s.get(i + 1).ok_or_else(|| bad("unterminated quoted string"))?;
+                                    let c = *s
+                                        .get(i + 1)
+                                        .ok_or_else(|| bad("unterminated quoted string"))?;
                                     v.push(c);
                                     i += 2;
                                 }
@@ -136,7 +154,8 @@ pub fn parse_www_authenticate(header: &str) -> Result<Vec<Challenge>, Error> {
                         }
                         String::from_utf8(v).map_err(|_| bad("quoted string is not UTF-8"))?
                     } else {
-                        token(&mut i).ok_or_else(|| bad(&format!("parameter {name} has no value")))?
+                        token(&mut i)
+                            .ok_or_else(|| bad(&format!("parameter {name} has no value")))?
                     };
                     if ch.params.iter().any(|(k, _)| *k == name) {
                         return Err(bad(&format!("duplicate parameter {name}")));
@@ -205,7 +224,11 @@ pub struct Credentials {
 
 impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Credentials {{ username: {:?}, password: <hidden> }}", self.username)
+        write!(
+            f,
+            "Credentials {{ username: {:?}, password: <hidden> }}",
+            self.username
+        )
     }
 }
 
@@ -213,7 +236,10 @@ impl Credentials {
     /// `Basic <base64(user:password)>`.
     pub fn basic_header(&self) -> String {
         let raw = format!("{}:{}", self.username, self.password);
-        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(raw))
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(raw)
+        )
     }
 
     /// Credentials for `host` (`host[:port]` as in the model name):
@@ -222,9 +248,15 @@ impl Credentials {
     /// `$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`).
     /// Credential helpers (`credsStore`) are not supported.
     pub fn lookup(host: &str, docker_config: Option<&Path>) -> Result<Option<Credentials>, Error> {
-        if let (Ok(u), Ok(p)) = (std::env::var("LLPIPE_REGISTRY_USERNAME"), std::env::var("LLPIPE_REGISTRY_PASSWORD")) {
+        if let (Ok(u), Ok(p)) = (
+            std::env::var("LLPIPE_REGISTRY_USERNAME"),
+            std::env::var("LLPIPE_REGISTRY_PASSWORD"),
+        ) {
             if !u.is_empty() {
-                return Ok(Some(Credentials { username: u, password: p }));
+                return Ok(Some(Credentials {
+                    username: u,
+                    password: p,
+                }));
             }
         }
         let path = match docker_config {
@@ -242,7 +274,9 @@ fn default_docker_config() -> Option<PathBuf> {
     if let Some(d) = std::env::var_os("DOCKER_CONFIG").filter(|d| !d.is_empty()) {
         return Some(PathBuf::from(d).join("config.json"));
     }
-    std::env::var_os("HOME").filter(|h| !h.is_empty()).map(|h| PathBuf::from(h).join(".docker").join("config.json"))
+    std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .map(|h| PathBuf::from(h).join(".docker").join("config.json"))
 }
 
 /// Reads the `auths` entry for `host` from a docker `config.json`.
@@ -256,14 +290,23 @@ pub fn from_docker_config(path: &Path, host: &str) -> Result<Option<Credentials>
         Err(e) => return Err(bad(e.to_string())),
     };
     let mut bytes = Vec::new();
-    file.take(1 << 20).read_to_end(&mut bytes).map_err(|e| bad(e.to_string()))?;
+    file.take(1 << 20)
+        .read_to_end(&mut bytes)
+        .map_err(|e| bad(e.to_string()))?;
     let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
     let Some(auths) = v.get("auths").and_then(|a| a.as_object()) else {
         return Ok(None);
     };
     // Docker Hub is stored under its legacy index URL.
-    let mut keys = vec![host.to_string(), format!("https://{host}"), format!("http://{host}")];
-    if matches!(host, "docker.io" | "registry-1.docker.io" | "index.docker.io") {
+    let mut keys = vec![
+        host.to_string(),
+        format!("https://{host}"),
+        format!("http://{host}"),
+    ];
+    if matches!(
+        host,
+        "docker.io" | "registry-1.docker.io" | "index.docker.io"
+    ) {
         keys.push("https://index.docker.io/v1/".into());
     }
     for (k, entry) in auths {
@@ -271,17 +314,42 @@ pub fn from_docker_config(path: &Path, host: &str) -> Result<Option<Credentials>
         if !keys.iter().any(|want| want == k || want == k_host) {
             continue;
         }
-        if let Some(tok) = entry.get("identitytoken").and_then(|t| t.as_str()).filter(|t| !t.is_empty()) {
-            return Ok(Some(Credentials { username: "<token>".into(), password: tok.into() }));
+        if let Some(tok) = entry
+            .get("identitytoken")
+            .and_then(|t| t.as_str())
+            .filter(|t| !t.is_empty())
+        {
+            return Ok(Some(Credentials {
+                username: "<token>".into(),
+                password: tok.into(),
+            }));
         }
-        if let (Some(u), Some(p)) = (entry.get("username").and_then(|x| x.as_str()), entry.get("password").and_then(|x| x.as_str())) {
-            return Ok(Some(Credentials { username: u.into(), password: p.into() }));
+        if let (Some(u), Some(p)) = (
+            entry.get("username").and_then(|x| x.as_str()),
+            entry.get("password").and_then(|x| x.as_str()),
+        ) {
+            return Ok(Some(Credentials {
+                username: u.into(),
+                password: p.into(),
+            }));
         }
-        if let Some(a) = entry.get("auth").and_then(|a| a.as_str()).filter(|a| !a.is_empty()) {
-            let raw = base64::engine::general_purpose::STANDARD.decode(a).map_err(|_| bad(format!("auth for {k} is not base64")))?;
-            let raw = String::from_utf8(raw).map_err(|_| bad(format!("auth for {k} is not UTF-8")))?;
-            let (u, p) = raw.split_once(':').ok_or_else(|| bad(format!("auth for {k} has no ':'")))?;
-            return Ok(Some(Credentials { username: u.into(), password: p.into() }));
+        if let Some(a) = entry
+            .get("auth")
+            .and_then(|a| a.as_str())
+            .filter(|a| !a.is_empty())
+        {
+            let raw = base64::engine::general_purpose::STANDARD
+                .decode(a)
+                .map_err(|_| bad(format!("auth for {k} is not base64")))?;
+            let raw =
+                String::from_utf8(raw).map_err(|_| bad(format!("auth for {k} is not UTF-8")))?;
+            let (u, p) = raw
+                .split_once(':')
+                .ok_or_else(|| bad(format!("auth for {k} has no ':'")))?;
+            return Ok(Some(Credentials {
+                username: u.into(),
+                password: p.into(),
+            }));
         }
     }
     Ok(None)
@@ -289,7 +357,12 @@ pub fn from_docker_config(path: &Path, host: &str) -> Result<Option<Credentials>
 
 /// `scheme://host:port` of a URL, with the port made explicit.
 pub(crate) fn origin(u: &Url) -> String {
-    format!("{}://{}:{}", u.scheme(), u.host_str().unwrap_or(""), u.port_or_known_default().unwrap_or(0))
+    format!(
+        "{}://{}:{}",
+        u.scheme(),
+        u.host_str().unwrap_or(""),
+        u.port_or_known_default().unwrap_or(0)
+    )
 }
 
 /// Token realms known to belong to a registry on another origin.
@@ -306,9 +379,12 @@ fn allowed_realm_origins(registry: &Url) -> &'static [&'static str] {
 /// same origin (scheme, host and port) or an allowlisted one, and https
 /// unless `insecure`. See CVE-2025-51471.
 pub(crate) fn check_realm(realm: &str, registry: &Url, insecure: bool) -> Result<Url, Error> {
-    let u = Url::parse(realm).map_err(|e| Error::Auth(format!("token realm {:?} is not a URL: {e}", trunc(realm))))?;
+    let u = Url::parse(realm)
+        .map_err(|e| Error::Auth(format!("token realm {:?} is not a URL: {e}", trunc(realm))))?;
     if u.scheme() != "https" && !(insecure && u.scheme() == "http") {
-        return Err(Error::Auth(format!("refusing token realm {u}: not https (use --insecure for a local registry)")));
+        return Err(Error::Auth(format!(
+            "refusing token realm {u}: not https (use --insecure for a local registry)"
+        )));
     }
     let o = origin(&u);
     if o != origin(registry) && !allowed_realm_origins(registry).contains(&o.as_str()) {
@@ -332,13 +408,18 @@ mod tests {
 
     #[test]
     fn parses_registry_challenges() {
-        let c = one(r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:ai/smollm2:pull""#);
+        let c = one(
+            r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:ai/smollm2:pull""#,
+        );
         assert_eq!(c.scheme, "bearer");
         assert_eq!(c.param("realm"), Some("https://auth.docker.io/token"));
         assert_eq!(c.param("service"), Some("registry.docker.io"));
         assert_eq!(c.param("scope"), Some("repository:ai/smollm2:pull"));
         let c = one(r#"Basic realm="Registry Realm""#);
-        assert_eq!((c.scheme.as_str(), c.param("realm")), ("basic", Some("Registry Realm")));
+        assert_eq!(
+            (c.scheme.as_str(), c.param("realm")),
+            ("basic", Some("Registry Realm"))
+        );
         let c = one(r#"bearer  REALM = "x" , error="insufficient_scope""#);
         assert_eq!(c.param("realm"), Some("x"));
         assert_eq!(c.param("error"), Some("insufficient_scope"));
@@ -346,7 +427,8 @@ mod tests {
         assert_eq!(c.param("realm"), Some(r#"a"b\c"#));
         let c = one("Negotiate abc+/==");
         assert_eq!(c.param("token68"), Some("abc+/=="));
-        let v = parse_www_authenticate(r#"Basic realm="r", Bearer realm="https://x/t", scope="s""#).unwrap();
+        let v = parse_www_authenticate(r#"Basic realm="r", Bearer realm="https://x/t", scope="s""#)
+            .unwrap();
         assert_eq!(v.len(), 2);
         assert_eq!(v[1].param("scope"), Some("s"));
         let c = one("Bearer realm=tok");
@@ -356,7 +438,9 @@ mod tests {
     /// HOSTILE row 10: the realm inside a quoted value is data, not a parameter.
     #[test]
     fn quoted_realm_is_not_a_param() {
-        let c = one(r#"Bearer service="x,realm=Xhttps://evil.example/t",realm="https://reg.example/token""#);
+        let c = one(
+            r#"Bearer service="x,realm=Xhttps://evil.example/t",realm="https://reg.example/token""#,
+        );
         assert_eq!(c.param("realm"), Some("https://reg.example/token"));
         assert_eq!(c.param("service"), Some("x,realm=Xhttps://evil.example/t"));
     }
@@ -380,7 +464,11 @@ mod tests {
             "Bearer",
             "Bearer service=\"s\"",
         ] {
-            assert!(parse_www_authenticate(h).is_err(), "{h:?} accepted: {:?}", parse_www_authenticate(h));
+            assert!(
+                parse_www_authenticate(h).is_err(),
+                "{h:?} accepted: {:?}",
+                parse_www_authenticate(h)
+            );
         }
         // every prefix and some mutations of a valid header: no panic
         let good = r#"Bearer realm="https://r/t",service="s\"x",scope="repository:a/b:pull""#;
@@ -436,11 +524,16 @@ mod tests {
         )
         .unwrap();
         let c = from_docker_config(&p, "127.0.0.1:5000").unwrap().unwrap();
-        assert_eq!((c.username.as_str(), c.password.as_str()), ("alice", "s3cret:x"));
+        assert_eq!(
+            (c.username.as_str(), c.password.as_str()),
+            ("alice", "s3cret:x")
+        );
         assert!(from_docker_config(&p, "docker.io").unwrap().is_some());
         assert!(from_docker_config(&p, "other:1").unwrap().is_none());
         assert!(from_docker_config(&p, "bad:1").is_err());
-        assert!(from_docker_config(&dir.path().join("none.json"), "x").unwrap().is_none());
+        assert!(from_docker_config(&dir.path().join("none.json"), "x")
+            .unwrap()
+            .is_none());
         assert!(!format!("{c:?}").contains("s3cret"));
         assert_eq!(c.basic_header(), format!("Basic {auth}"));
     }

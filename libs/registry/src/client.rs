@@ -21,7 +21,11 @@ const MAX_REDIRECTS: usize = 10;
 pub(crate) enum Body<'a> {
     None,
     Bytes(&'a [u8]),
-    File { file: &'a File, offset: u64, len: u64 },
+    File {
+        file: &'a File,
+        offset: u64,
+        len: u64,
+    },
 }
 
 pub(crate) struct Session {
@@ -42,13 +46,16 @@ pub(crate) fn base_for_host(host: &str, insecure: bool) -> Result<Url> {
         h => h,
     };
     let scheme = if insecure { "http" } else { "https" };
-    Url::parse(&format!("{scheme}://{api_host}/")).map_err(|e| Error::Auth(format!("registry host {host:?}: {e}")))
+    Url::parse(&format!("{scheme}://{api_host}/"))
+        .map_err(|e| Error::Auth(format!("registry host {host:?}: {e}")))
 }
 
 impl Session {
     pub fn new(base: Url, opts: &RemoteOptions, scope: String) -> Result<Session> {
         if base.scheme() == "http" && !opts.insecure && opts.base_url.is_none() {
-            return Err(Error::Auth(format!("refusing plain http registry {base} without --insecure")));
+            return Err(Error::Auth(format!(
+                "refusing plain http registry {base} without --insecure"
+            )));
         }
         if !matches!(base.scheme(), "http" | "https") {
             return Err(Error::Auth(format!("unsupported registry URL {base}")));
@@ -71,7 +78,14 @@ impl Session {
             .timeout_write(opts.stall_timeout)
             .user_agent(concat!("llpipe/", env!("CARGO_PKG_VERSION")))
             .build();
-        Ok(Session { agent, base, insecure, creds, authz: Mutex::new(None), scope })
+        Ok(Session {
+            agent,
+            base,
+            insecure,
+            creds,
+            authz: Mutex::new(None),
+            scope,
+        })
     }
 
     /// The registry for messages: the base URL without the trailing slash.
@@ -80,12 +94,22 @@ impl Session {
     }
 
     pub fn url(&self, path: &str) -> Result<Url> {
-        self.base.join(path).map_err(|e| Error::Protocol { what: path.into(), why: e.to_string() })
+        self.base.join(path).map_err(|e| Error::Protocol {
+            what: path.into(),
+            why: e.to_string(),
+        })
     }
 
     /// Sends a request, following redirects (GET/HEAD only) and answering
     /// one 401 challenge. Returns any status; callers decide.
-    pub fn request(&self, method: &str, url: Url, headers: &[(&str, String)], body: &Body, what: &str) -> Result<ureq::Response> {
+    pub fn request(
+        &self,
+        method: &str,
+        url: Url,
+        headers: &[(&str, String)],
+        body: &Body,
+        what: &str,
+    ) -> Result<ureq::Response> {
         let mut auth_rounds = 0;
         loop {
             let mut cur = url.clone();
@@ -106,19 +130,29 @@ impl Session {
                     }
                 }
                 let r = self.send(req, body, &cur, what)?;
-                if matches!(r.status(), 301 | 302 | 303 | 307 | 308) && matches!(method, "GET" | "HEAD") {
+                if matches!(r.status(), 301 | 302 | 303 | 307 | 308)
+                    && matches!(method, "GET" | "HEAD")
+                {
                     hops += 1;
                     if hops > MAX_REDIRECTS {
-                        return Err(Error::Protocol { what: what.into(), why: format!("more than {MAX_REDIRECTS} redirects") });
+                        return Err(Error::Protocol {
+                            what: what.into(),
+                            why: format!("more than {MAX_REDIRECTS} redirects"),
+                        });
                     }
-                    let loc = r
-                        .header("location")
-                        .ok_or_else(|| Error::Protocol { what: what.into(), why: format!("{} without Location", r.status()) })?;
-                    let next = cur
-                        .join(loc)
-                        .map_err(|e| Error::Protocol { what: what.into(), why: format!("bad redirect Location: {e}") })?;
+                    let loc = r.header("location").ok_or_else(|| Error::Protocol {
+                        what: what.into(),
+                        why: format!("{} without Location", r.status()),
+                    })?;
+                    let next = cur.join(loc).map_err(|e| Error::Protocol {
+                        what: what.into(),
+                        why: format!("bad redirect Location: {e}"),
+                    })?;
                     if next.scheme() != "https" && !(self.insecure && next.scheme() == "http") {
-                        return Err(Error::Protocol { what: what.into(), why: format!("refusing redirect to non-https {next}") });
+                        return Err(Error::Protocol {
+                            what: what.into(),
+                            why: format!("refusing redirect to non-https {next}"),
+                        });
                     }
                     cur = next;
                     continue;
@@ -127,7 +161,11 @@ impl Session {
             };
             if resp.status() == 401 && creds_ok && auth_rounds < 2 {
                 auth_rounds += 1;
-                let challenges: Vec<String> = resp.all("www-authenticate").iter().map(|s| s.to_string()).collect();
+                let challenges: Vec<String> = resp
+                    .all("www-authenticate")
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect();
                 if challenges.is_empty() {
                     return Ok(resp);
                 }
@@ -143,12 +181,22 @@ impl Session {
         }
     }
 
-    fn send(&self, req: ureq::Request, body: &Body, url: &Url, what: &str) -> Result<ureq::Response> {
+    fn send(
+        &self,
+        req: ureq::Request,
+        body: &Body,
+        url: &Url,
+        what: &str,
+    ) -> Result<ureq::Response> {
         let r = match body {
             Body::None => req.call(),
             Body::Bytes(b) => req.send_bytes(b),
             Body::File { file, offset, len } => {
-                let reader = RangeReader { file, pos: *offset, end: offset.saturating_add(*len) };
+                let reader = RangeReader {
+                    file,
+                    pos: *offset,
+                    end: offset.saturating_add(*len),
+                };
                 req.set("Content-Length", &len.to_string()).send(reader)
             }
         };
@@ -160,15 +208,31 @@ impl Session {
     }
 
     fn transport_error(&self, t: &ureq::Transport, url: &Url, what: &str) -> Error {
-        let registry = format!("{}://{}", url.scheme(), url.host_str().unwrap_or("")) + &url.port().map(|p| format!(":{p}")).unwrap_or_default();
+        let registry = format!("{}://{}", url.scheme(), url.host_str().unwrap_or(""))
+            + &url.port().map(|p| format!(":{p}")).unwrap_or_default();
         let detail = t.to_string();
         let lower = detail.to_ascii_lowercase();
         match t.kind() {
-            ureq::ErrorKind::Dns => Error::Dns { registry, what: what.into(), detail },
-            _ if lower.contains("certificate") || lower.contains("tls") || lower.contains("handshake") => {
-                Error::Tls { registry, what: what.into(), detail }
+            ureq::ErrorKind::Dns => Error::Dns {
+                registry,
+                what: what.into(),
+                detail,
+            },
+            _ if lower.contains("certificate")
+                || lower.contains("tls")
+                || lower.contains("handshake") =>
+            {
+                Error::Tls {
+                    registry,
+                    what: what.into(),
+                    detail,
+                }
             }
-            _ => Error::Net { registry, what: what.into(), detail },
+            _ => Error::Net {
+                registry,
+                what: what.into(),
+                detail,
+            },
         }
     }
 
@@ -194,27 +258,40 @@ impl Session {
             let resp = self.send(req, &Body::None, &u, &what_tok)?;
             match resp.status() {
                 200 => {}
-                401 | 403 => return Err(Error::Unauthorized { registry: realm.to_string(), what: what.into() }),
+                401 | 403 => {
+                    return Err(Error::Unauthorized {
+                        registry: realm.to_string(),
+                        what: what.into(),
+                    })
+                }
                 s => return Err(Error::Auth(format!("{what_tok}: answered {s}"))),
             }
             let bytes = read_capped(resp, MAX_TOKEN, &what_tok)?;
-            let v: serde_json::Value =
-                serde_json::from_slice(&bytes).map_err(|e| Error::Auth(format!("{what_tok}: bad token JSON: {e}")))?;
+            let v: serde_json::Value = serde_json::from_slice(&bytes)
+                .map_err(|e| Error::Auth(format!("{what_tok}: bad token JSON: {e}")))?;
             let tok = v
                 .get("token")
                 .and_then(|t| t.as_str())
                 .filter(|t| !t.is_empty())
-                .or_else(|| v.get("access_token").and_then(|t| t.as_str()).filter(|t| !t.is_empty()))
+                .or_else(|| {
+                    v.get("access_token")
+                        .and_then(|t| t.as_str())
+                        .filter(|t| !t.is_empty())
+                })
                 .ok_or_else(|| Error::Auth(format!("{what_tok}: no token in the answer")))?;
             if tok.bytes().any(|c| c < 0x21 || c == 0x7f) {
-                return Err(Error::Auth(format!("{what_tok}: token has invalid characters")));
+                return Err(Error::Auth(format!(
+                    "{what_tok}: token has invalid characters"
+                )));
             }
             return Ok(Some(format!("Bearer {tok}")));
         }
         if challenges.iter().any(|c| c.scheme == "basic") {
             return Ok(self.creds.as_ref().map(|c| c.basic_header()));
         }
-        Err(Error::Auth(format!("{what}: unsupported auth scheme in {header:?}")))
+        Err(Error::Auth(format!(
+            "{what}: unsupported auth scheme in {header:?}"
+        )))
     }
 
     /// Turns a non-success status into an error naming `what`.
@@ -228,7 +305,12 @@ impl Session {
             412 => Error::NeedsNewerClient { registry, what },
             status => {
                 let detail = error_detail(resp);
-                Error::Status { registry, what, status, detail }
+                Error::Status {
+                    registry,
+                    what,
+                    status,
+                    detail,
+                }
             }
         }
     }
@@ -237,12 +319,20 @@ impl Session {
 /// `: CODE message` from a registry JSON error body, read only when it
 /// declares a small Content-Length (a lying length must not make us wait).
 fn error_detail(resp: ureq::Response) -> String {
-    let small = resp.header("content-length").and_then(|l| l.parse::<u64>().ok()).is_some_and(|l| l <= MAX_ERROR_BODY);
+    let small = resp
+        .header("content-length")
+        .and_then(|l| l.parse::<u64>().ok())
+        .is_some_and(|l| l <= MAX_ERROR_BODY);
     if !small {
         return String::new();
     }
     let mut buf = Vec::new();
-    if resp.into_reader().take(MAX_ERROR_BODY).read_to_end(&mut buf).is_err() {
+    if resp
+        .into_reader()
+        .take(MAX_ERROR_BODY)
+        .read_to_end(&mut buf)
+        .is_err()
+    {
         return String::new();
     }
     let Ok(v) = serde_json::from_slice::<serde_json::Value>(&buf) else {
@@ -253,28 +343,51 @@ fn error_detail(resp: ureq::Response) -> String {
     };
     let code = e.get("code").and_then(|c| c.as_str()).unwrap_or("");
     let msg = e.get("message").and_then(|c| c.as_str()).unwrap_or("");
-    let s: String = format!(": {code} {msg}").chars().filter(|c| !c.is_control()).take(200).collect();
+    let s: String = format!(": {code} {msg}")
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(200)
+        .collect();
     s.trim_end().to_string()
 }
 
 /// Reads a body of at most `cap` bytes; more is an error. A compressed body
 /// is refused (we never decompress).
 pub(crate) fn read_capped(resp: ureq::Response, cap: u64, what: &str) -> Result<Vec<u8>> {
-    if let Some(enc) = resp.header("content-encoding").filter(|e| !e.eq_ignore_ascii_case("identity")) {
-        return Err(Error::Protocol { what: what.into(), why: format!("refusing a body with Content-Encoding {enc}") });
+    if let Some(enc) = resp
+        .header("content-encoding")
+        .filter(|e| !e.eq_ignore_ascii_case("identity"))
+    {
+        return Err(Error::Protocol {
+            what: what.into(),
+            why: format!("refusing a body with Content-Encoding {enc}"),
+        });
     }
-    if let Some(len) = resp.header("content-length").and_then(|l| l.parse::<u64>().ok()) {
+    if let Some(len) = resp
+        .header("content-length")
+        .and_then(|l| l.parse::<u64>().ok())
+    {
         if len > cap {
-            return Err(Error::Protocol { what: what.into(), why: format!("body of {len} bytes, more than the limit of {cap}") });
+            return Err(Error::Protocol {
+                what: what.into(),
+                why: format!("body of {len} bytes, more than the limit of {cap}"),
+            });
         }
     }
     let mut buf = Vec::new();
     resp.into_reader()
         .take(cap + 1)
         .read_to_end(&mut buf)
-        .map_err(|e| Error::Net { registry: String::new(), what: what.into(), detail: e.to_string() })?;
+        .map_err(|e| Error::Net {
+            registry: String::new(),
+            what: what.into(),
+            detail: e.to_string(),
+        })?;
     if buf.len() as u64 > cap {
-        return Err(Error::Protocol { what: what.into(), why: format!("body larger than the limit of {cap} bytes") });
+        return Err(Error::Protocol {
+            what: what.into(),
+            why: format!("body larger than the limit of {cap} bytes"),
+        });
     }
     Ok(buf)
 }
@@ -295,7 +408,10 @@ impl Read for RangeReader<'_> {
         }
         let k = self.file.read_at(&mut buf[..n], self.pos)?;
         if k == 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "file shorter than the blob size"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "file shorter than the blob size",
+            ));
         }
         self.pos += k as u64;
         Ok(k)

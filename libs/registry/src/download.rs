@@ -57,7 +57,9 @@ pub(crate) struct BlobJob<'a> {
 }
 
 fn partial_path(store: &Store, d: &Digest) -> PathBuf {
-    store.blobs_dir().join(format!("{}{PARTIAL_SUFFIX}", d.blob_file_name()))
+    store
+        .blobs_dir()
+        .join(format!("{}{PARTIAL_SUFFIX}", d.blob_file_name()))
 }
 
 /// Whether a regular file of the right size is under the blob's name.
@@ -71,42 +73,130 @@ fn complete(store: &Store, d: &Digest, size: u64) -> Result<bool> {
 
 /// The part size for a blob: total/16 clamped to 100 MB–1 GB (as Ollama), or the override.
 fn part_size_for(size: u64, want: Option<u64>) -> u64 {
-    want.unwrap_or_else(|| (size / 16).clamp(100_000_000, 1_000_000_000)).max(1)
+    want.unwrap_or_else(|| (size / 16).clamp(100_000_000, 1_000_000_000))
+        .max(1)
 }
 
-pub(crate) fn download(job: &BlobJob, store: &Store, opts: &FetchOptions, pb: Option<&ProgressBar>) -> Result<Outcome> {
+pub(crate) fn download(
+    job: &BlobJob,
+    store: &Store,
+    opts: &FetchOptions,
+    pb: Option<&ProgressBar>,
+) -> Result<Outcome> {
     if complete(store, job.digest, job.size)? {
-        return Ok(Outcome { already: true, ..Outcome::default() });
+        return Ok(Outcome {
+            already: true,
+            ..Outcome::default()
+        });
     }
     let blobs = store.blobs_dir();
     ensure_dir(&blobs)?;
     if job.size == 0 {
         if *job.digest != Digest::of_bytes(b"") {
-            return Err(Error::DigestMismatch { expected: job.digest.clone(), got: Digest::of_bytes(b"") });
+            return Err(Error::DigestMismatch {
+                expected: job.digest.clone(),
+                got: Digest::of_bytes(b""),
+            });
         }
         store::atomic_write(&store.blob_path(job.digest), b"")?;
         return Ok(Outcome::default());
     }
     let partial = partial_path(store, job.digest);
     let Some(file) = lock_partial(&partial, store, job, opts.verbose)? else {
-        return Ok(Outcome { already: true, ..Outcome::default() });
+        return Ok(Outcome {
+            already: true,
+            ..Outcome::default()
+        });
     };
     // From here on we hold the lock; dropping `file` releases it.
-    let (part_size, done) = match load_state(&file, job.size) {
+    let (mut part_size, mut done) = match load_state(&file, job.size) {
         Some(s) => s,
-        None => fresh_state(&file, &partial, job.size, part_size_for(job.size, opts.part_size))?,
+        None => fresh_state(
+            &file,
+            &partial,
+            job.size,
+            part_size_for(job.size, opts.part_size),
+        )?,
     };
     let resumed: u64 = done.iter().sum();
     check_free_space(&blobs, job.size - resumed.min(job.size))?;
     if opts.verbose && resumed > 0 {
-        eprintln!("fetch-blob: {}: resuming, {resumed} of {} bytes already here", job.digest, job.size);
+        eprintln!(
+            "fetch-blob: {}: resuming, {resumed} of {} bytes already here",
+            job.digest, job.size
+        );
     }
-    if let Some(pb) = pb {
-        pb.set_position(resumed);
+    let mut fetched = 0;
+    let mut restarted = false;
+    let got = loop {
+        if let Some(pb) = pb {
+            pb.set_position(done.iter().sum());
+        }
+        let (result, n) = transfer(job, &file, part_size, done, opts, pb);
+        fetched += n;
+        match result {
+            Ok(got) => break got,
+            // A registry without Range support: start over as one whole GET.
+            Err(Error::RangesUnsupported { .. }) if !restarted => {
+                restarted = true;
+                if opts.verbose {
+                    eprintln!(
+                        "fetch-blob: {}: registry ignores Range, fetching it whole",
+                        job.digest
+                    );
+                }
+                (part_size, done) = fresh_state(&file, &partial, job.size, job.size)?;
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    if got != *job.digest {
+        let _ = fs::remove_file(&partial);
+        return Err(Error::DigestMismatch {
+            expected: job.digest.clone(),
+            got,
+        });
     }
+    file.set_len(job.size).map_err(io_err(&partial))?;
+    if opts.fsync {
+        file.sync_data().map_err(io_err(&partial))?;
+    }
+    let final_path = store.blob_path(job.digest);
+    if let Ok(m) = fs::symlink_metadata(&final_path) {
+        if !m.is_file() {
+            return Err(Error::Store(store::Error::Unsafe {
+                path: final_path,
+                why: "not a regular file".into(),
+            }));
+        }
+    }
+    fs::rename(&partial, &final_path).map_err(io_err(&final_path))?;
+    if opts.fsync {
+        if let Ok(d) = File::open(&blobs) {
+            let _ = d.sync_all();
+        }
+    }
+    drop(file);
+    Ok(Outcome {
+        fetched,
+        resumed,
+        already: false,
+    })
+}
+
+/// Runs the workers and the hasher over the parts not yet done. Returns the
+/// digest of the whole blob (or the first error) and the bytes received.
+fn transfer(
+    job: &BlobJob,
+    file: &File,
+    part_size: u64,
+    done: Vec<u64>,
+    opts: &FetchOptions,
+    pb: Option<&ProgressBar>,
+) -> (Result<Digest>, u64) {
     let shared = Shared {
         job,
-        file: &file,
+        file,
         part_size,
         done: done.into_iter().map(AtomicU64::new).collect(),
         failed: AtomicBool::new(false),
@@ -117,7 +207,9 @@ pub(crate) fn download(job: &BlobJob, store: &Store, opts: &FetchOptions, pb: Op
         opts,
         pb,
     };
-    let pending: Vec<usize> = (0..shared.done.len()).filter(|&i| shared.done[i].load(Ordering::Relaxed) < shared.part_len(i)).collect();
+    let pending: Vec<usize> = (0..shared.done.len())
+        .filter(|&i| shared.done[i].load(Ordering::Relaxed) < shared.part_len(i))
+        .collect();
     let workers = opts.parallel.clamp(1, 64).min(pending.len().max(1));
     let got = std::thread::scope(|s| {
         let hasher = s.spawn(|| shared.hash());
@@ -127,38 +219,28 @@ pub(crate) fn download(job: &BlobJob, store: &Store, opts: &FetchOptions, pb: Op
         hasher.join().unwrap_or(None)
     });
     let fetched = shared.fetched.load(Ordering::Relaxed);
-    if let Some(e) = shared.error.lock().unwrap_or_else(|p| p.into_inner()).take() {
-        return Err(e);
+    if let Some(e) = shared
+        .error
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+    {
+        return (Err(e), fetched);
     }
-    let got = got.ok_or_else(|| Error::Protocol { what: job.what.clone(), why: "download stopped".into() })?;
-    if got != *job.digest {
-        let _ = fs::remove_file(&partial);
-        return Err(Error::DigestMismatch { expected: job.digest.clone(), got });
-    }
-    file.set_len(job.size).map_err(io_err(&partial))?;
-    if opts.fsync {
-        file.sync_data().map_err(io_err(&partial))?;
-    }
-    let final_path = store.blob_path(job.digest);
-    if let Ok(m) = fs::symlink_metadata(&final_path) {
-        if !m.is_file() {
-            return Err(Error::Store(store::Error::Unsafe { path: final_path, why: "not a regular file".into() }));
-        }
-    }
-    fs::rename(&partial, &final_path).map_err(io_err(&final_path))?;
-    if opts.fsync {
-        if let Ok(d) = File::open(&blobs) {
-            let _ = d.sync_all();
-        }
-    }
-    drop(file);
-    Ok(Outcome { fetched, resumed, already: false })
+    let got = got.ok_or_else(|| Error::Protocol {
+        what: job.what.clone(),
+        why: "download stopped".into(),
+    });
+    (got, fetched)
 }
 
 fn ensure_dir(dir: &Path) -> Result<()> {
     match fs::symlink_metadata(dir) {
         Ok(m) if m.is_dir() => Ok(()),
-        Ok(_) => Err(Error::Store(store::Error::Unsafe { path: dir.to_path_buf(), why: "not a directory".into() })),
+        Ok(_) => Err(Error::Store(store::Error::Unsafe {
+            path: dir.to_path_buf(),
+            why: "not a directory".into(),
+        })),
         Err(_) => fs::create_dir_all(dir).map_err(io_err(dir)),
     }
 }
@@ -177,7 +259,10 @@ fn lock_partial(path: &Path, store: &Store, job: &BlobJob, verbose: bool) -> Res
             .map_err(io_err(path))?;
         let meta = f.metadata().map_err(io_err(path))?;
         if !meta.is_file() {
-            return Err(Error::Store(store::Error::Unsafe { path: path.to_path_buf(), why: "not a regular file".into() }));
+            return Err(Error::Store(store::Error::Unsafe {
+                path: path.to_path_buf(),
+                why: "not a regular file".into(),
+            }));
         }
         // SAFETY: flock on a file descriptor we own; no memory is involved.
         if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
@@ -186,7 +271,10 @@ fn lock_partial(path: &Path, store: &Store, job: &BlobJob, verbose: bool) -> Res
                 return Err(io_err(path)(e));
             }
             if verbose {
-                eprintln!("fetch-blob: {}: another process is downloading it, waiting", job.digest);
+                eprintln!(
+                    "fetch-blob: {}: another process is downloading it, waiting",
+                    job.digest
+                );
             }
             loop {
                 // SAFETY: as above.
@@ -231,7 +319,10 @@ fn load_state(f: &File, size: u64) -> Option<(u64, Vec<u64>)> {
     }
     let mut raw = vec![0u8; usize::try_from(8 * n).ok()?];
     f.read_exact_at(&mut raw, size + HEADER).ok()?;
-    let done: Vec<u64> = raw.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8]))).collect();
+    let done: Vec<u64> = raw
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+        .collect();
     for (i, &d) in done.iter().enumerate() {
         let start = i as u64 * ps;
         if d > ps.min(size - start) {
@@ -264,7 +355,8 @@ fn check_free_space(dir: &Path, need: u64) -> Result<()> {
     if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
         return Ok(());
     }
-    let free = u64::from(st.f_bavail).saturating_mul(st.f_frsize);
+    #[allow(clippy::useless_conversion)] // u32 on some targets
+    let free = u64::from(st.f_bavail).saturating_mul(u64::from(st.f_frsize));
     if free < need {
         return Err(Error::Io {
             path: dir.to_path_buf(),
@@ -321,9 +413,17 @@ impl Shared<'_> {
             let start = i as u64 * self.part_size;
             let avail = start + self.done.get(i).map_or(0, |d| d.load(Ordering::Acquire));
             if pos < avail {
-                let n = usize::try_from(avail - pos).unwrap_or(HASH_CHUNK).min(HASH_CHUNK);
+                let n = usize::try_from(avail - pos)
+                    .unwrap_or(HASH_CHUNK)
+                    .min(HASH_CHUNK);
                 if let Err(e) = self.file.read_exact_at(&mut buf[..n], pos) {
-                    self.fail(Error::Io { path: PathBuf::from(format!("{}{PARTIAL_SUFFIX}", self.job.digest.blob_file_name())), source: e });
+                    self.fail(Error::Io {
+                        path: PathBuf::from(format!(
+                            "{}{PARTIAL_SUFFIX}",
+                            self.job.digest.blob_file_name()
+                        )),
+                        source: e,
+                    });
                     return None;
                 }
                 h.update(&buf[..n]);
@@ -373,9 +473,16 @@ impl Shared<'_> {
                         return Err(e);
                     }
                     if self.opts.verbose {
-                        eprintln!("fetch-blob: {}: part {i}: {e}; retry {fails} of {}", self.job.digest, self.opts.retries);
+                        eprintln!(
+                            "fetch-blob: {}: part {i}: {e}; retry {fails} of {}",
+                            self.job.digest, self.opts.retries
+                        );
                     }
-                    let wait = self.opts.backoff.saturating_mul(1 << (fails - 1).min(10)).min(Duration::from_secs(60));
+                    let wait = self
+                        .opts
+                        .backoff
+                        .saturating_mul(1 << (fails - 1).min(10))
+                        .min(Duration::from_secs(60));
                     let until = std::time::Instant::now() + wait;
                     while std::time::Instant::now() < until {
                         if self.failed.load(Ordering::SeqCst) {
@@ -393,7 +500,10 @@ impl Shared<'_> {
     fn fetch_range(&self, i: usize, done: u64, len: u64, buf: &mut [u8]) -> Result<()> {
         let job = self.job;
         let what = &job.what;
-        let proto = |why: String| Error::Protocol { what: what.clone(), why };
+        let proto = |why: String| Error::Protocol {
+            what: what.clone(),
+            why,
+        };
         let start = i as u64 * self.part_size;
         let (from, to) = (start + done, start + len - 1);
         let whole = from == 0 && to + 1 == job.size;
@@ -401,17 +511,26 @@ impl Shared<'_> {
         if !whole {
             headers.push(("Range", format!("bytes={from}-{to}")));
         }
-        let url = job.session.url(&format!("v2/{}/blobs/{}", job.repo, job.digest))?;
-        let resp = job.session.request("GET", url, &headers, &Body::None, what)?;
+        let url = job
+            .session
+            .url(&format!("v2/{}/blobs/{}", job.repo, job.digest))?;
+        let resp = job
+            .session
+            .request("GET", url, &headers, &Body::None, what)?;
         let want = to - from + 1;
         match resp.status() {
             200 if whole => {}
-            200 => return Err(proto(format!("registry ignored the Range request for bytes {from}-{to} (answered 200)"))),
+            200 => return Err(Error::RangesUnsupported { what: what.clone() }),
             206 => {
                 let cr = resp.header("content-range").unwrap_or("");
-                let ok = parse_content_range(cr).is_some_and(|(a, b, t)| a == from && b == to && t.is_none_or(|t| t == job.size));
+                let ok = parse_content_range(cr).is_some_and(|(a, b, t)| {
+                    a == from && b == to && t.is_none_or(|t| t == job.size)
+                });
                 if !ok {
-                    return Err(proto(format!("Content-Range {cr:?} does not match the requested bytes {from}-{to}/{}", job.size)));
+                    return Err(proto(format!(
+                        "Content-Range {cr:?} does not match the requested bytes {from}-{to}/{}",
+                        job.size
+                    )));
                 }
             }
             416 => {
@@ -424,44 +543,85 @@ impl Shared<'_> {
             _ => return Err(job.session.status_error(resp, what)),
         }
         if let Some(cl) = resp.header("content-length") {
-            let cl: u64 = cl.trim().parse().map_err(|_| proto(format!("bad Content-Length {cl:?}")))?;
+            let cl: u64 = cl
+                .trim()
+                .parse()
+                .map_err(|_| proto(format!("bad Content-Length {cl:?}")))?;
             if cl != want {
-                return Err(proto(format!("registry sends {cl} bytes where {want} were asked for (size {} declared)", job.size)));
+                return Err(proto(format!(
+                    "registry sends {cl} bytes where {want} were asked for (size {} declared)",
+                    job.size
+                )));
             }
         }
         let chunked_or_close = resp.header("content-length").is_none();
         let mut body = resp.into_reader();
         let mut pos = from;
         let slot = self.job.size + HEADER + 8 * i as u64;
-        let net = |detail: String| Error::Net { registry: job.session.name(), what: what.clone(), detail };
+        let net = |detail: String| Error::Net {
+            registry: job.session.name(),
+            what: what.clone(),
+            detail,
+        };
         while pos <= to {
             if self.failed.load(Ordering::Relaxed) {
                 return Ok(());
             }
-            let n = buf.len().min(usize::try_from(to + 1 - pos).unwrap_or(usize::MAX));
-            let k = match body.read(&mut buf[..n]) {
-                Ok(0) => return Err(net(format!("connection closed after {} of {want} bytes", pos - from))),
-                Ok(k) => k,
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) => return Err(net(format!("{e} after {} of {want} bytes", pos - from))),
-            };
-            let p = partial_name(job);
-            self.file.write_all_at(&buf[..k], pos).map_err(io_err(&p))?;
-            pos += k as u64;
-            let d = self.done[i].fetch_add(k as u64, Ordering::AcqRel) + k as u64;
-            self.file.write_all_at(&d.to_le_bytes(), slot).map_err(io_err(&p))?;
-            self.fetched.fetch_add(k as u64, Ordering::Relaxed);
-            if let Some(pb) = self.pb {
-                pb.inc(k as u64);
+            let n = buf
+                .len()
+                .min(usize::try_from(to + 1 - pos).unwrap_or(usize::MAX));
+            // Fill the buffer from several reads (the HTTP client hands out
+            // 8 KiB at a time), so each write, counter update and wake-up
+            // covers up to CHUNK bytes.
+            let mut k = 0;
+            let mut failure = None;
+            while k < n {
+                match body.read(&mut buf[k..n]) {
+                    Ok(0) => {
+                        failure = Some(format!(
+                            "connection closed after {} of {want} bytes",
+                            pos + k as u64 - from
+                        ));
+                        break;
+                    }
+                    Ok(r) => k += r,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        failure = Some(format!(
+                            "{e} after {} of {want} bytes",
+                            pos + k as u64 - from
+                        ));
+                        break;
+                    }
+                }
             }
-            self.notify();
+            if k > 0 {
+                let p = partial_name(job);
+                self.file.write_all_at(&buf[..k], pos).map_err(io_err(&p))?;
+                pos += k as u64;
+                let d = self.done[i].fetch_add(k as u64, Ordering::AcqRel) + k as u64;
+                self.file
+                    .write_all_at(&d.to_le_bytes(), slot)
+                    .map_err(io_err(&p))?;
+                self.fetched.fetch_add(k as u64, Ordering::Relaxed);
+                if let Some(pb) = self.pb {
+                    pb.inc(k as u64);
+                }
+                self.notify();
+            }
+            if let Some(f) = failure {
+                return Err(net(f));
+            }
         }
         if chunked_or_close {
             // No declared length: one more byte means the registry sends more than declared.
             let mut extra = [0u8; 1];
             if let Ok(k) = body.read(&mut extra) {
                 if k > 0 {
-                    return Err(proto(format!("registry sends more than the {} bytes declared", job.size)));
+                    return Err(proto(format!(
+                        "registry sends more than the {} bytes declared",
+                        job.size
+                    )));
                 }
             }
         }
@@ -497,7 +657,14 @@ mod tests {
     fn content_range() {
         assert_eq!(parse_content_range("bytes 0-9/10"), Some((0, 9, Some(10))));
         assert_eq!(parse_content_range("bytes 5-9/*"), Some((5, 9, None)));
-        for bad in ["", "bytes 9-5/10", "bytes 0-9", "items 0-9/10", "bytes -1-9/10", "bytes 0-9/x"] {
+        for bad in [
+            "",
+            "bytes 9-5/10",
+            "bytes 0-9",
+            "items 0-9/10",
+            "bytes -1-9/10",
+            "bytes 0-9/x",
+        ] {
             assert_eq!(parse_content_range(bad), None, "{bad}");
         }
     }
@@ -514,11 +681,18 @@ mod tests {
     fn trailer_round_trip_and_garbage() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("x");
-        let f = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&p).unwrap();
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&p)
+            .unwrap();
         assert!(load_state(&f, 10).is_none());
         let (ps, done) = fresh_state(&f, &p, 10, 4).unwrap();
         assert_eq!((ps, done), (4, vec![0, 0, 0]));
-        f.write_all_at(&3u64.to_le_bytes(), 10 + HEADER + 8).unwrap();
+        f.write_all_at(&3u64.to_le_bytes(), 10 + HEADER + 8)
+            .unwrap();
         assert_eq!(load_state(&f, 10), Some((4, vec![0, 3, 0])));
         assert!(load_state(&f, 11).is_none());
         // a counter larger than its part is garbage

@@ -77,7 +77,9 @@ pub fn fetch_blob(doc: &mut ModelDoc, store: &Store, opts: &FetchOptions) -> Res
     let mut report = FetchReport::default();
     let mut missing = Vec::new();
     for (d, &size) in &wanted {
-        if !(store.has_blob(d)? && std::fs::symlink_metadata(store.blob_path(d)).is_ok_and(|m| m.len() == size)) {
+        if !(store.has_blob(d)?
+            && std::fs::symlink_metadata(store.blob_path(d)).is_ok_and(|m| m.len() == size))
+        {
             missing.push((d.clone(), size));
         }
     }
@@ -93,9 +95,11 @@ pub fn fetch_blob(doc: &mut ModelDoc, store: &Store, opts: &FetchOptions) -> Res
             let pb = bars.as_ref().map(|m| {
                 let pb = m.add(ProgressBar::new(*size));
                 pb.set_style(
-                    ProgressStyle::with_template("{prefix} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}")
-                        .unwrap_or_else(|_| ProgressStyle::default_bar())
-                        .progress_chars("=> "),
+                    ProgressStyle::with_template(
+                        "{prefix} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}",
+                    )
+                    .unwrap_or_else(|_| ProgressStyle::default_bar())
+                    .progress_chars("=> "),
                 );
                 pb.set_prefix(format!("pulling {}", d.short()));
                 pb
@@ -138,12 +142,18 @@ pub fn fetch_blob(doc: &mut ModelDoc, store: &Store, opts: &FetchOptions) -> Res
 
 /// The unique blobs (digest → size) the manifest names, checked against the document.
 fn wanted_blobs(doc: &ModelDoc, what: &str) -> Result<BTreeMap<Digest, u64>> {
-    let bad = |why: String| Error::BadManifest { what: what.to_string(), why };
+    let bad = |why: String| Error::BadManifest {
+        what: what.to_string(),
+        why,
+    };
     let manifest_bytes: Vec<u8> = match &doc.manifest_text {
         Some(t) => {
             let got = Digest::of_bytes(t.as_bytes());
             if got != doc.manifest_digest {
-                return Err(bad(format!("manifest_text has digest {got}, the document says {}", doc.manifest_digest)));
+                return Err(bad(format!(
+                    "manifest_text has digest {got}, the document says {}",
+                    doc.manifest_digest
+                )));
             }
             t.as_bytes().to_vec()
         }
@@ -157,7 +167,10 @@ fn wanted_blobs(doc: &ModelDoc, what: &str) -> Result<BTreeMap<Digest, u64>> {
     for d in m.blobs() {
         if let Some(s) = from_manifest.insert(d.digest.clone(), d.size) {
             if s != d.size {
-                return Err(bad(format!("blob {} listed with sizes {s} and {}", d.digest, d.size)));
+                return Err(bad(format!(
+                    "blob {} listed with sizes {s} and {}",
+                    d.digest, d.size
+                )));
             }
         }
         if d.size > crate::resolve::MAX_BLOB_SIZE {
@@ -177,7 +190,13 @@ fn wanted_blobs(doc: &ModelDoc, what: &str) -> Result<BTreeMap<Digest, u64>> {
 /// `extra.registry.url` / `.insecure` as `resolve_remote` writes them.
 fn registry_of(doc: &ModelDoc) -> (Option<String>, bool) {
     let r = doc.extra.get("registry");
-    let url = r.and_then(|r| r.get("url")).and_then(Value::as_str).map(str::to_string);
-    let insecure = r.and_then(|r| r.get("insecure")).and_then(Value::as_bool).unwrap_or(false);
+    let url = r
+        .and_then(|r| r.get("url"))
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let insecure = r
+        .and_then(|r| r.get("insecure"))
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
     (url, insecure)
 }

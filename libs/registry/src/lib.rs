@@ -158,6 +158,13 @@ pub enum Error {
         /// What is wrong.
         why: String,
     },
+    /// The registry answered a ranged request with the whole blob (200);
+    /// the download is retried once as a single whole GET.
+    #[error("{what}: registry ignored a Range request (answered 200 instead of 206)")]
+    RangesUnsupported {
+        /// What was asked for.
+        what: String,
+    },
     /// A manifest refused before anything was written.
     #[error("invalid manifest for {what}: {why}")]
     BadManifest {

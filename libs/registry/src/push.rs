@@ -56,10 +56,21 @@ pub fn push(name: &Name, store: &Store, opts: &PushOptions) -> Result<PushReport
     for d in manifest.blobs() {
         blobs.insert(d.digest.clone(), d.size);
     }
-    let mut report = PushReport { uploaded: 0, skipped: 0, mounted: 0, manifest_digest: Digest::of_bytes(&bytes) };
+    let mut report = PushReport {
+        uploaded: 0,
+        skipped: 0,
+        mounted: 0,
+        manifest_digest: Digest::of_bytes(&bytes),
+    };
     for (d, &size) in &blobs {
         let bwhat = format!("blob {d} of {what} to {}", session.name());
-        let head = session.request("HEAD", session.url(&format!("v2/{repo}/blobs/{d}"))?, &[], &Body::None, &bwhat)?;
+        let head = session.request(
+            "HEAD",
+            session.url(&format!("v2/{repo}/blobs/{d}"))?,
+            &[],
+            &Body::None,
+            &bwhat,
+        )?;
         match head.status() {
             200 => {
                 report.skipped += 1;
@@ -71,9 +82,18 @@ pub fn push(name: &Name, store: &Store, opts: &PushOptions) -> Result<PushReport
         let file = open_blob(store, d, size)?;
         let mut start = session.url(&format!("v2/{repo}/blobs/uploads/"))?;
         if let Some(from) = &opts.mount_from {
-            start.query_pairs_mut().append_pair("mount", &d.to_string()).append_pair("from", from);
+            start
+                .query_pairs_mut()
+                .append_pair("mount", &d.to_string())
+                .append_pair("from", from);
         }
-        let resp = session.request("POST", start, &[("Content-Length", "0".into())], &Body::Bytes(b""), &bwhat)?;
+        let resp = session.request(
+            "POST",
+            start,
+            &[("Content-Length", "0".into())],
+            &Body::Bytes(b""),
+            &bwhat,
+        )?;
         match resp.status() {
             201 if opts.mount_from.is_some() => {
                 report.mounted += 1;
@@ -89,16 +109,31 @@ pub fn push(name: &Name, store: &Store, opts: &PushOptions) -> Result<PushReport
         }
         report.uploaded += 1;
     }
-    let mt = manifest.media_type.clone().unwrap_or_else(|| protocol::media::DOCKER_MANIFEST.into());
+    let mt = manifest
+        .media_type
+        .clone()
+        .unwrap_or_else(|| protocol::media::DOCKER_MANIFEST.into());
     let url = session.url(&format!("v2/{repo}/manifests/{}", name.tag))?;
     let mwhat = format!("manifest of {what} to {}", session.name());
-    let resp = session.request("PUT", url, &[("Content-Type", mt)], &Body::Bytes(&bytes), &mwhat)?;
+    let resp = session.request(
+        "PUT",
+        url,
+        &[("Content-Type", mt)],
+        &Body::Bytes(&bytes),
+        &mwhat,
+    )?;
     if resp.status() != 201 && resp.status() != 200 {
         return Err(session.status_error(resp, &mwhat));
     }
     if let Some(h) = resp.header("docker-content-digest") {
         if h != report.manifest_digest.to_string() {
-            return Err(Error::Protocol { what: mwhat, why: format!("registry stored digest {h}, we sent {}", report.manifest_digest) });
+            return Err(Error::Protocol {
+                what: mwhat,
+                why: format!(
+                    "registry stored digest {h}, we sent {}",
+                    report.manifest_digest
+                ),
+            });
         }
     }
     Ok(report)
@@ -106,37 +141,63 @@ pub fn push(name: &Name, store: &Store, opts: &PushOptions) -> Result<PushReport
 
 fn open_blob(store: &Store, d: &Digest, size: u64) -> Result<File> {
     let p = store.blob_path(d);
-    let f = OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(&p).map_err(io_err(&p))?;
+    let f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&p)
+        .map_err(io_err(&p))?;
     let m = f.metadata().map_err(io_err(&p))?;
     if !m.is_file() || m.len() != size {
         return Err(Error::Store(store::Error::Unsafe {
             path: p,
-            why: format!("not a regular file of {size} bytes (blob missing or corrupt: run verify)"),
+            why: format!(
+                "not a regular file of {size} bytes (blob missing or corrupt: run verify)"
+            ),
         }));
     }
     Ok(f)
 }
 
 fn location(session: &Session, resp: &ureq::Response, what: &str) -> Result<Url> {
-    let loc = resp
-        .header("location")
-        .ok_or_else(|| Error::Protocol { what: what.into(), why: format!("{} without Location", resp.status()) })?;
-    let u = session.base.join(loc).map_err(|e| Error::Protocol { what: what.into(), why: format!("bad Location {loc:?}: {e}") })?;
+    let loc = resp.header("location").ok_or_else(|| Error::Protocol {
+        what: what.into(),
+        why: format!("{} without Location", resp.status()),
+    })?;
+    let u = session.base.join(loc).map_err(|e| Error::Protocol {
+        what: what.into(),
+        why: format!("bad Location {loc:?}: {e}"),
+    })?;
     if crate::auth::origin(&u) != crate::auth::origin(&session.base) {
-        return Err(Error::Protocol { what: what.into(), why: format!("upload Location {u} is on another origin") });
+        return Err(Error::Protocol {
+            what: what.into(),
+            why: format!("upload Location {u} is on another origin"),
+        });
     }
     Ok(u)
 }
 
-fn upload(session: &Session, mut loc: Url, file: &File, d: &Digest, size: u64, chunk: Option<u64>, what: &str) -> Result<()> {
+fn upload(
+    session: &Session,
+    mut loc: Url,
+    file: &File,
+    d: &Digest,
+    size: u64,
+    chunk: Option<u64>,
+    what: &str,
+) -> Result<()> {
     let octet = ("Content-Type", "application/octet-stream".to_string());
     let mut sent = 0u64;
     if let Some(chunk) = chunk.filter(|&c| c > 0) {
         while sent < size {
             let len = chunk.min(size - sent);
             let range = ("Content-Range", format!("{}-{}", sent, sent + len - 1));
-            let body = Body::File { file, offset: sent, len };
-            let resp = session.request("PATCH", loc.clone(), &[octet.clone(), range], &body, what)?;
+            let body = Body::File {
+                file,
+                offset: sent,
+                len,
+            };
+            let resp =
+                session.request("PATCH", loc.clone(), &[octet.clone(), range], &body, what)?;
             if resp.status() != 202 {
                 return Err(session.status_error(resp, what));
             }
@@ -145,7 +206,15 @@ fn upload(session: &Session, mut loc: Url, file: &File, d: &Digest, size: u64, c
         }
     }
     loc.query_pairs_mut().append_pair("digest", &d.to_string());
-    let body = if sent < size { Body::File { file, offset: 0, len: size } } else { Body::Bytes(b"") };
+    let body = if sent < size {
+        Body::File {
+            file,
+            offset: 0,
+            len: size,
+        }
+    } else {
+        Body::Bytes(b"")
+    };
     let resp = session.request("PUT", loc, &[octet], &body, what)?;
     if resp.status() != 201 {
         return Err(session.status_error(resp, what));

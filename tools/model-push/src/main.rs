@@ -51,7 +51,8 @@ fn main() -> std::process::ExitCode {
         };
         opts.remote.insecure = args.insecure;
         opts.remote.base_url = base;
-        let report = registry::push(&name, &store, &opts).with_context(|| format!("pushing {}", name.short()))?;
+        let report = registry::push(&name, &store, &opts)
+            .with_context(|| format!("pushing {}", name.short()))?;
         let line = json!({"type": "push", "data": {
             "name": name.short(),
             "manifest_digest": report.manifest_digest.to_string(),
@@ -74,8 +75,20 @@ mod tests {
     #[test]
     fn flags() {
         Args::command().debug_assert();
-        let a = Args::try_parse_from(["model-push", "h:1/n/m:t", "--insecure", "--chunk-size", "10", "--mount-from", "a/b"]).unwrap();
-        assert_eq!((a.name.as_str(), a.insecure, a.chunk_size), ("h:1/n/m:t", true, Some(10)));
+        let a = Args::try_parse_from([
+            "model-push",
+            "h:1/n/m:t",
+            "--insecure",
+            "--chunk-size",
+            "10",
+            "--mount-from",
+            "a/b",
+        ])
+        .unwrap();
+        assert_eq!(
+            (a.name.as_str(), a.insecure, a.chunk_size),
+            ("h:1/n/m:t", true, Some(10))
+        );
         assert_eq!(a.mount_from.as_deref(), Some("a/b"));
         assert!(Args::try_parse_from(["model-push"]).is_err());
     }
