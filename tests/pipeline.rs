@@ -90,3 +90,34 @@ fn closed_stdout_ends_quietly() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The design's pipeline against a real registry on 127.0.0.1: create →
+/// push → remove locally → `resolve | fetch-blob | verify` → same manifest.
+#[test]
+fn push_remove_resolve_fetch_verify_round_trip() {
+    let reg = pipeline_tests::docker_registry(None);
+    let t = TestStore::new();
+    let name = format!("{}/library/smollm2:135m", reg.host());
+    let created = create(&t, &name, "SmolLM2-135M-Instruct.Q4_1.gguf");
+    let (code, _, stderr) = out3(&t.run(bin("model-push"), &["--insecure", &name], b""));
+    assert_eq!(code, 0, "{stderr}");
+    let (code, _, stderr) = out3(&t.run(bin("model-remove"), &[&name], b""));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(t.files().is_empty(), "{:?}", t.files());
+
+    let (code, doc, stderr) = out3(&t.run(bin("resolve"), &["--insecure", &name], b""));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(doc.contains("\"present\":false"), "{doc}");
+    let (code, fetched, stderr) = out3(&t.run(bin("fetch-blob"), &["--insecure"], doc.as_bytes()));
+    assert_eq!(code, 0, "{stderr}");
+    let (code, verified, stderr) = out3(&t.run(bin("verify"), &[], fetched.as_bytes()));
+    assert_eq!(code, 0, "{stderr}");
+    let doc = match protocol::Line::parse(verified.trim()).unwrap() {
+        protocol::Line::Model(d) => d,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(doc.manifest_digest, created.manifest_digest);
+    assert!(doc.blobs().all(|b| b.present));
+    let (code, _, stderr) = out3(&t.run(bin("verify"), &["--all"], b""));
+    assert_eq!(code, 0, "{stderr}");
+}

@@ -3,8 +3,8 @@
 use pipeline_tests::{bin, golden, ollama_layout, out3, tiny_llama, TestStore};
 use serde::Deserialize;
 
-golden!(missing_model_is_a_negative_answer, "resolve", ["nope:1"], "" => 1, "");
-golden!(missing_model_from_stdin, "resolve", [], "nope\n" => 1, "");
+golden!(missing_model_is_a_negative_answer, "resolve", ["--offline", "nope:1"], "" => 1, "");
+golden!(missing_model_from_stdin, "resolve", ["--offline"], "nope\n" => 1, "");
 golden!(no_names_is_usage, "resolve", [], "" => 2, "");
 golden!(bad_name_stops_before_any_output, "resolve", ["tiny", "../x"], "" => 2, "");
 
@@ -94,7 +94,8 @@ fn bad_names_exit_2_and_create_nothing() {
         "a/../../b",
         "m:../../t",
         long.as_str(),
-        "https://registry.ollama.ai/library/x",
+        "a/https://b",
+        "http://",
         "a/b/c/d",
         "x y",
     ] {

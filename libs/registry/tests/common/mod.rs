@@ -6,10 +6,9 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use protocol::{media, Digest, Name};
 
@@ -274,95 +273,5 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
 
 // ---- docker-registry ----
 
-pub struct DockerRegistry {
-    pub child: Child,
-    pub port: u16,
-    pub dir: tempfile::TempDir,
-}
-
-impl DockerRegistry {
-    pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-    pub fn host(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for DockerRegistry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Starts /usr/bin/docker-registry on 127.0.0.1 with storage in a temp dir;
-/// with `htpasswd = Some((user, password))` it requires Basic auth.
-pub fn docker_registry(htpasswd: Option<(&str, &str)>) -> DockerRegistry {
-    docker_registry_with(htpasswd, None)
-}
-
-/// As [`docker_registry`], with `auth_yaml` as the `auth:` section (token auth).
-pub fn docker_registry_with(
-    htpasswd: Option<(&str, &str)>,
-    auth_yaml: Option<String>,
-) -> DockerRegistry {
-    let bin = "/usr/bin/docker-registry";
-    assert!(
-        Path::new(bin).exists(),
-        "{bin} missing: apt-get install -y docker-registry (see shared/REGISTRY.md)"
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let mut auth = auth_yaml.unwrap_or_default();
-    if let Some((u, p)) = htpasswd {
-        let out = Command::new("htpasswd")
-            .args(["-Bbn", u, p])
-            .output()
-            .expect("htpasswd (apache2-utils) installed");
-        assert!(out.status.success());
-        let hp = dir.path().join("htpasswd");
-        std::fs::write(&hp, out.stdout).unwrap();
-        auth = format!(
-            "auth:\n  htpasswd:\n    realm: llpipe-test\n    path: {}\n",
-            hp.display()
-        );
-    }
-    let cfg = format!(
-        "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{auth}",
-        dir.path().join("data").display()
-    );
-    let cp = dir.path().join("config.yml");
-    std::fs::write(&cp, cfg).unwrap();
-    let child = Command::new(bin)
-        .arg("serve")
-        .arg(&cp)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let reg = DockerRegistry { child, port, dir };
-    let t0 = Instant::now();
-    loop {
-        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
-            let _ = s.write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-            let mut buf = [0u8; 12];
-            if s.read_exact(&mut buf).is_ok() && buf.starts_with(b"HTTP/1.1") {
-                return reg;
-            }
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(15),
-            "docker-registry did not start on port {port}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
+#[allow(unused_imports)]
+pub use pipeline_tests::{docker_registry, docker_registry_with, free_port, DockerRegistry};
