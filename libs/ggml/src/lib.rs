@@ -121,13 +121,24 @@ impl Type {
         // SAFETY: as above.
         unsafe { sys::ggml_type_size(self.0) }
     }
+    /// Bytes of a row of `n` elements (`n` a multiple of the block size).
+    pub fn row_size(self, n: usize) -> usize {
+        let b = self.block_size().max(1);
+        assert!(
+            n % b == 0,
+            "row of {n} {self:?} elements is not whole blocks"
+        );
+        n / b * self.type_size()
+    }
     /// ggml's name for the type (`"q4_1"`), or `type=NN` when unknown.
     pub fn name(self) -> String {
         if !self.is_known() {
             return format!("type={}", self.0);
         }
         // SAFETY: known type; ggml returns a static C string.
-        unsafe { CStr::from_ptr(sys::ggml_type_name(self.0)) }.to_string_lossy().into_owned()
+        unsafe { CStr::from_ptr(sys::ggml_type_name(self.0)) }
+            .to_string_lossy()
+            .into_owned()
     }
 }
 
@@ -254,8 +265,18 @@ impl Tensor {
         !self.meta().buffer.is_null() || !self.meta().data.is_null()
     }
     fn write(&self, bytes: &[u8]) {
-        assert!(self.is_allocated(), "tensor written before it was allocated");
-        assert_eq!(bytes.len(), self.n_bytes(), "tensor of {:?} {:?} written with {} bytes", self.ty(), self.ne(), bytes.len());
+        assert!(
+            self.is_allocated(),
+            "tensor written before it was allocated"
+        );
+        assert_eq!(
+            bytes.len(),
+            self.n_bytes(),
+            "tensor of {:?} {:?} written with {} bytes",
+            self.ty(),
+            self.ne(),
+            bytes.len()
+        );
         // SAFETY: sizes checked; the backend copies into its buffer.
         unsafe { sys::ggml_backend_tensor_set(self.raw(), bytes.as_ptr().cast(), 0, bytes.len()) };
     }
@@ -267,23 +288,34 @@ impl Tensor {
     pub fn set_f32(&self, v: &[f32]) {
         assert_eq!(self.ty(), Type::F32, "set_f32 on a {:?} tensor", self.ty());
         // SAFETY: f32 has no padding; reinterpreting as bytes is sound.
-        self.write(unsafe { std::slice::from_raw_parts(v.as_ptr().cast(), std::mem::size_of_val(v)) })
+        self.write(unsafe {
+            std::slice::from_raw_parts(v.as_ptr().cast(), std::mem::size_of_val(v))
+        })
     }
     /// Writes i32 values (an I32 tensor).
     pub fn set_i32(&self, v: &[i32]) {
         assert_eq!(self.ty(), Type::I32, "set_i32 on a {:?} tensor", self.ty());
         // SAFETY: as above.
-        self.write(unsafe { std::slice::from_raw_parts(v.as_ptr().cast(), std::mem::size_of_val(v)) })
+        self.write(unsafe {
+            std::slice::from_raw_parts(v.as_ptr().cast(), std::mem::size_of_val(v))
+        })
     }
     /// Writes i64 values (an I64 tensor).
     pub fn set_i64(&self, v: &[i64]) {
         assert_eq!(self.ty(), Type::I64, "set_i64 on a {:?} tensor", self.ty());
         // SAFETY: as above.
-        self.write(unsafe { std::slice::from_raw_parts(v.as_ptr().cast(), std::mem::size_of_val(v)) })
+        self.write(unsafe {
+            std::slice::from_raw_parts(v.as_ptr().cast(), std::mem::size_of_val(v))
+        })
     }
     /// Writes f32 values converted to f16 (an F16 tensor).
     pub fn set_f32_as_f16(&self, v: &[f32]) {
-        assert_eq!(self.ty(), Type::F16, "set_f32_as_f16 on a {:?} tensor", self.ty());
+        assert_eq!(
+            self.ty(),
+            Type::F16,
+            "set_f32_as_f16 on a {:?} tensor",
+            self.ty()
+        );
         let mut h = vec![0u16; v.len()];
         // SAFETY: both slices have v.len() elements; ggml_fp16_t is u16.
         unsafe { sys::ggml_fp32_to_fp16_row(v.as_ptr(), h.as_mut_ptr().cast(), v.len() as i64) };
@@ -292,10 +324,28 @@ impl Tensor {
     }
     /// Reads `dst.len()` f32 values starting at element `offset` (an F32 tensor).
     pub fn read_f32_at(&self, offset: usize, dst: &mut [f32]) {
-        assert_eq!(self.ty(), Type::F32, "read_f32_at on a {:?} tensor", self.ty());
-        assert!(offset + dst.len() <= self.n_elements(), "read of {}+{} from {:?}", offset, dst.len(), self.ne());
+        assert_eq!(
+            self.ty(),
+            Type::F32,
+            "read_f32_at on a {:?} tensor",
+            self.ty()
+        );
+        assert!(
+            offset + dst.len() <= self.n_elements(),
+            "read of {}+{} from {:?}",
+            offset,
+            dst.len(),
+            self.ne()
+        );
         // SAFETY: range checked against the tensor's size.
-        unsafe { sys::ggml_backend_tensor_get(self.raw(), dst.as_mut_ptr().cast(), offset * 4, dst.len() * 4) };
+        unsafe {
+            sys::ggml_backend_tensor_get(
+                self.raw(),
+                dst.as_mut_ptr().cast(),
+                offset * 4,
+                dst.len() * 4,
+            )
+        };
     }
     /// Reads the whole F32 tensor.
     pub fn to_f32(&self) -> Vec<f32> {
@@ -332,11 +382,26 @@ impl Context {
     /// A context with room for `max_tensors` tensors and one graph of as many nodes.
     pub fn new(max_tensors: usize) -> Context {
         // SAFETY: pure size computations.
-        let mem = unsafe { max_tensors * sys::ggml_tensor_overhead() + sys::ggml_graph_overhead_custom(max_tensors, false) };
-        let params = sys::ggml_init_params { mem_size: mem + 1024, mem_buffer: std::ptr::null_mut(), no_alloc: true };
+        let mem = unsafe {
+            max_tensors * sys::ggml_tensor_overhead()
+                + sys::ggml_graph_overhead_custom(max_tensors, false)
+        };
+        let params = sys::ggml_init_params {
+            mem_size: mem + 1024,
+            mem_buffer: std::ptr::null_mut(),
+            no_alloc: true,
+        };
         // SAFETY: valid params; ggml allocates the metadata arena.
         let raw = unsafe { sys::ggml_init(params) };
-        Context { raw: NonNull::new(raw).expect("ggml_init returned null (out of memory)") }
+        Context {
+            raw: NonNull::new(raw).expect("ggml_init returned null (out of memory)"),
+        }
+    }
+    /// Forgets every tensor and graph (their handles must not be used again),
+    /// keeping the memory for the next graph.
+    pub fn reset(&mut self) {
+        // SAFETY: we own the context; `&mut` means no op is being built.
+        unsafe { sys::ggml_reset(self.ptr()) }
     }
     fn ptr(&self) -> *mut sys::ggml_context {
         self.raw.as_ptr()
@@ -346,7 +411,10 @@ impl Context {
     }
     /// A new tensor of `ty` and shape `ne` (1 to 4 dims), without data.
     pub fn tensor(&self, ty: Type, ne: &[i64]) -> Tensor {
-        assert!((1..=4).contains(&ne.len()) && ne.iter().all(|&n| n >= 0), "bad shape {ne:?}");
+        assert!(
+            (1..=4).contains(&ne.len()) && ne.iter().all(|&n| n >= 0),
+            "bad shape {ne:?}"
+        );
         // SAFETY: shape checked; ggml copies ne.
         self.wrap(unsafe { sys::ggml_new_tensor(self.ptr(), ty.0, ne.len() as c_int, ne.as_ptr()) })
     }
@@ -354,150 +422,26 @@ impl Context {
     pub fn graph(&self, size: usize) -> Graph {
         // SAFETY: the context was sized for it by `new`.
         let g = unsafe { sys::ggml_new_graph_custom(self.ptr(), size, false) };
-        Graph { raw: NonNull::new(g).expect("ggml_new_graph_custom returned null") }
+        Graph {
+            raw: NonNull::new(g).expect("ggml_new_graph_custom returned null"),
+        }
     }
     /// Allocates every tensor of this context in one new buffer of `backend`, zeroed.
     pub fn alloc_tensors(&self, backend: &Backend) -> Result<Buffer, Error> {
         // SAFETY: live context and backend.
         let b = unsafe { sys::ggml_backend_alloc_ctx_tensors(self.ptr(), backend.raw) };
-        let raw = NonNull::new(b).ok_or(Error { kind: ErrorKind::Alloc(0) })?;
+        let raw = NonNull::new(b).ok_or(Error {
+            kind: ErrorKind::Alloc(0),
+        })?;
         // SAFETY: fresh buffer.
         unsafe { sys::ggml_backend_buffer_clear(raw.as_ptr(), 0) };
         Ok(Buffer { raw, _owner: None })
     }
 }
 
-// ---- ops ----
+// ---- ops: see ops.rs ----
 
-/// Graph-building ops. Each returns a new tensor node; shape mismatches are
-/// bugs and abort inside ggml with both shapes printed, so callers assert
-/// shapes they derive from files before building.
-impl Context {
-    /// Rows `idx` of `a`: `a [n, rows]`, `idx [k] i32` → `[n, k]` f32.
-    pub fn get_rows(&self, a: Tensor, idx: Tensor) -> Tensor {
-        // SAFETY (all ops): live handles in live contexts; ggml validates shapes.
-        self.wrap(unsafe { sys::ggml_get_rows(self.ptr(), a.raw(), idx.raw()) })
-    }
-    /// `a · bᵀ` in ggml's convention: `a [k, m]`, `b [k, n]` → `[m, n]`.
-    pub fn mul_mat(&self, a: Tensor, b: Tensor) -> Tensor {
-        self.wrap(unsafe { sys::ggml_mul_mat(self.ptr(), a.raw(), b.raw()) })
-    }
-    /// Element-wise `a + b` (`b` broadcast over `a`).
-    pub fn add(&self, a: Tensor, b: Tensor) -> Tensor {
-        self.wrap(unsafe { sys::ggml_add(self.ptr(), a.raw(), b.raw()) })
-    }
-    /// Element-wise `a * b` (`b` broadcast over `a`).
-    pub fn mul(&self, a: Tensor, b: Tensor) -> Tensor {
-        self.wrap(unsafe { sys::ggml_mul(self.ptr(), a.raw(), b.raw()) })
-    }
-    /// `a * s`.
-    pub fn scale(&self, a: Tensor, s: f32) -> Tensor {
-        self.wrap(unsafe { sys::ggml_scale(self.ptr(), a.raw(), s) })
-    }
-    /// RMS normalisation over `ne[0]`: `x / sqrt(mean(x²) + eps)` (no weight).
-    pub fn rms_norm(&self, a: Tensor, eps: f32) -> Tensor {
-        self.wrap(unsafe { sys::ggml_rms_norm(self.ptr(), a.raw(), eps) })
-    }
-    /// `silu(x) = x · σ(x)`.
-    pub fn silu(&self, a: Tensor) -> Tensor {
-        self.wrap(unsafe { sys::ggml_silu(self.ptr(), a.raw()) })
-    }
-    /// SwiGLU, fused: `silu(gate) * up` (same shapes).
-    pub fn swiglu(&self, gate: Tensor, up: Tensor) -> Tensor {
-        self.wrap(unsafe { sys::ggml_swiglu_split(self.ptr(), gate.raw(), up.raw()) })
-    }
-    /// Softmax over `ne[0]` of `a * scale + mask` (mask `[ne0, ≥ne1]`, f16 or f32).
-    pub fn soft_max_ext(&self, a: Tensor, mask: Option<Tensor>, scale: f32) -> Tensor {
-        let m = mask.map_or(std::ptr::null_mut(), |m| m.raw());
-        self.wrap(unsafe { sys::ggml_soft_max_ext(self.ptr(), a.raw(), m, scale, 0.0) })
-    }
-    /// Rotary position embedding of `a [head_dim, n_heads, n_tokens]` at `pos [n_tokens] i32`,
-    /// with optional per-frequency factors `[n_dims/2]`.
-    pub fn rope(&self, a: Tensor, pos: Tensor, factors: Option<Tensor>, r: &Rope) -> Tensor {
-        let f = factors.map_or(std::ptr::null_mut(), |f| f.raw());
-        let mode = match r.mode {
-            RopeMode::Normal => 0,
-            RopeMode::Neox => 2,
-        };
-        let (c, p) = (self.ptr(), pos.raw());
-        self.wrap(unsafe {
-            sys::ggml_rope_ext(c, a.raw(), p, f, r.n_dims, mode, r.n_ctx_orig, r.freq_base, r.freq_scale, r.ext_factor, r.attn_factor, r.beta_fast, r.beta_slow)
-        })
-    }
-    /// Writes rows of `src [n, k]` into `dst [n, rows]` at row indices `idx [k] i64`,
-    /// converting to `dst`'s type; returns the updated `dst` view.
-    pub fn set_rows(&self, dst: Tensor, src: Tensor, idx: Tensor) -> Tensor {
-        self.wrap(unsafe { sys::ggml_set_rows(self.ptr(), dst.raw(), src.raw(), idx.raw()) })
-    }
-    /// Converts `a` to type `ty`.
-    pub fn cast(&self, a: Tensor, ty: Type) -> Tensor {
-        self.wrap(unsafe { sys::ggml_cast(self.ptr(), a.raw(), ty.0) })
-    }
-    /// A contiguous copy of `a` (after a permute or transpose).
-    pub fn cont(&self, a: Tensor) -> Tensor {
-        self.wrap(unsafe { sys::ggml_cont(self.ptr(), a.raw()) })
-    }
-    /// Same data seen as `[ne0, ne1]` (`a` contiguous).
-    pub fn reshape_2d(&self, a: Tensor, ne0: i64, ne1: i64) -> Tensor {
-        self.wrap(unsafe { sys::ggml_reshape_2d(self.ptr(), a.raw(), ne0, ne1) })
-    }
-    /// Same data seen as `[ne0, ne1, ne2]` (`a` contiguous).
-    pub fn reshape_3d(&self, a: Tensor, ne0: i64, ne1: i64, ne2: i64) -> Tensor {
-        self.wrap(unsafe { sys::ggml_reshape_3d(self.ptr(), a.raw(), ne0, ne1, ne2) })
-    }
-    /// A 3-d view of `a` with strides `nb1`, `nb2` (bytes), starting `offset` bytes in.
-    pub fn view_3d(&self, a: Tensor, ne: [i64; 3], nb1: usize, nb2: usize, offset: usize) -> Tensor {
-        self.wrap(unsafe { sys::ggml_view_3d(self.ptr(), a.raw(), ne[0], ne[1], ne[2], nb1, nb2, offset) })
-    }
-    /// A 2-d view of `a` with row stride `nb1` (bytes), starting `offset` bytes in.
-    pub fn view_2d(&self, a: Tensor, ne: [i64; 2], nb1: usize, offset: usize) -> Tensor {
-        self.wrap(unsafe { sys::ggml_view_2d(self.ptr(), a.raw(), ne[0], ne[1], nb1, offset) })
-    }
-    /// Axis `i` of `a` goes to position `axes[i]`.
-    pub fn permute(&self, a: Tensor, axes: [i32; 4]) -> Tensor {
-        self.wrap(unsafe { sys::ggml_permute(self.ptr(), a.raw(), axes[0], axes[1], axes[2], axes[3]) })
-    }
-    /// Swaps `ne[0]` and `ne[1]` (a view).
-    pub fn transpose(&self, a: Tensor) -> Tensor {
-        self.wrap(unsafe { sys::ggml_transpose(self.ptr(), a.raw()) })
-    }
-
-    /// Multi-head attention with a mask, for one sequence.
-    ///
-    /// Shapes: `q [head_dim, n_tokens, n_head]`, `k [head_dim, n_kv, n_head_kv]`,
-    /// `v [head_dim, n_kv, n_head_kv]`, `mask [n_kv, n_tokens] f16` (0 or -inf),
-    /// `n_head % n_head_kv == 0` (grouped-query attention: head h reads kv head
-    /// h / (n_head / n_head_kv)). Returns `[head_dim * n_head, n_tokens]`.
-    ///
-    /// With `flash` this is one fused `ggml_flash_attn_ext` node (f32
-    /// accumulation; K/V may be f16, q8_0 or q4_0). Without, the unfused
-    /// equivalent (K/V must be f16/f32):
-    ///
-    /// ```text
-    /// kq  = mul_mat(k, q)                       // [n_kv, n_tokens, n_head]
-    /// kq  = soft_max_ext(kq, mask, scale)       // softmax(kq·scale + mask)
-    /// vt  = cont(permute(v, [1,0,2,3]))         // [n_kv, head_dim, n_head_kv]
-    /// out = mul_mat(vt, kq)                     // [head_dim, n_tokens, n_head]
-    /// out = cont(permute(out, [0,2,1,3]))       // [head_dim, n_head, n_tokens]
-    /// ```
-    pub fn scaled_dot_product_attention(&self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scale: f32, flash: bool) -> Tensor {
-        let (d, t, h) = (q.ne()[0], q.ne()[1], q.ne()[2]);
-        assert!(k.ne()[0] == d && h % k.ne()[2] == 0 && v.ne()[1] == k.ne()[1], "attention q {:?} k {:?} v {:?}", q.ne(), k.ne(), v.ne());
-        if flash {
-            let out = self.wrap(unsafe { sys::ggml_flash_attn_ext(self.ptr(), q.raw(), k.raw(), v.raw(), mask.raw(), scale, 0.0, 0.0) });
-            // SAFETY: out is a flash-attention node.
-            unsafe { sys::ggml_prec_set_acc(out.raw(), sys::GGML_PREC_F32) };
-            return self.reshape_2d(out, v.ne()[0] * h, t);
-        }
-        let kq = self.mul_mat(k, q);
-        // SAFETY: kq is a mul_mat node.
-        unsafe { sys::ggml_prec_set_acc(kq.raw(), sys::GGML_PREC_F32) };
-        let kq = self.soft_max_ext(kq, Some(mask), scale);
-        let vt = self.cont(self.permute(v, [1, 0, 2, 3]));
-        let out = self.cont(self.permute(self.mul_mat(vt, kq), [0, 2, 1, 3]));
-        self.reshape_2d(out, v.ne()[0] * h, t)
-    }
-}
+mod ops;
 
 // ---- graphs ----
 
@@ -602,9 +546,15 @@ impl Buffer {
         }
         // SAFETY: the Arc keeps the bytes alive as long as the buffer; ggml
         // never writes to weight tensors.
-        let b = unsafe { sys::ggml_backend_cpu_buffer_from_ptr(s.as_ptr() as *mut c_void, s.len()) };
-        let raw = NonNull::new(b).ok_or(Error { kind: ErrorKind::Alloc(s.len()) })?;
-        Ok(Buffer { raw, _owner: Some(bytes) })
+        let b =
+            unsafe { sys::ggml_backend_cpu_buffer_from_ptr(s.as_ptr() as *mut c_void, s.len()) };
+        let raw = NonNull::new(b).ok_or(Error {
+            kind: ErrorKind::Alloc(s.len()),
+        })?;
+        Ok(Buffer {
+            raw,
+            _owner: Some(bytes),
+        })
     }
     /// Size in bytes.
     pub fn size(&self) -> usize {
@@ -615,7 +565,12 @@ impl Buffer {
     /// does not fit: callers check ranges when they read the file.
     pub fn place(&self, t: Tensor, offset: usize) {
         let end = offset.checked_add(t.n_bytes());
-        assert!(end.is_some_and(|e| e <= self.size()), "tensor {:?} at {offset} outside buffer of {}", t, self.size());
+        assert!(
+            end.is_some_and(|e| e <= self.size()),
+            "tensor {:?} at {offset} outside buffer of {}",
+            t,
+            self.size()
+        );
         // SAFETY: range checked; base is valid for `size` bytes.
         unsafe {
             let base = sys::ggml_backend_buffer_get_base(self.raw.as_ptr()) as *mut u8;
@@ -638,9 +593,11 @@ unsafe impl Sync for AlignedBytes {}
 impl AlignedBytes {
     /// Reads all of `r` (exactly `len` bytes) into a new aligned allocation.
     pub fn read_exact(mut r: impl std::io::Read, len: usize) -> std::io::Result<AlignedBytes> {
-        let layout = std::alloc::Layout::from_size_align(len.max(1), 64).map_err(std::io::Error::other)?;
+        let layout =
+            std::alloc::Layout::from_size_align(len.max(1), 64).map_err(std::io::Error::other)?;
         // SAFETY: non-zero size layout.
-        let ptr = NonNull::new(unsafe { std::alloc::alloc_zeroed(layout) }).ok_or_else(|| std::io::Error::other(format!("cannot allocate {len} bytes")))?;
+        let ptr = NonNull::new(unsafe { std::alloc::alloc_zeroed(layout) })
+            .ok_or_else(|| std::io::Error::other(format!("cannot allocate {len} bytes")))?;
         let me = AlignedBytes { ptr, len };
         // SAFETY: we own `len` initialised (zeroed) bytes.
         r.read_exact(unsafe { std::slice::from_raw_parts_mut(ptr.as_ptr(), len) })?;
@@ -657,7 +614,8 @@ impl AsRef<[u8]> for AlignedBytes {
 
 impl Drop for AlignedBytes {
     fn drop(&mut self) {
-        let layout = std::alloc::Layout::from_size_align(self.len.max(1), 64).expect("layout was valid at allocation");
+        let layout = std::alloc::Layout::from_size_align(self.len.max(1), 64)
+            .expect("layout was valid at allocation");
         // SAFETY: allocated with this layout.
         unsafe { std::alloc::dealloc(self.ptr.as_ptr(), layout) }
     }
@@ -667,6 +625,8 @@ impl Drop for AlignedBytes {
 
 /// Places a graph's intermediate tensors in one compute buffer that is
 /// reserved once for the largest graph and reused for every later graph.
+/// The buffer is freed with the allocator: keep it alive while a graph it
+/// allocated is used.
 pub struct Allocator {
     raw: NonNull<sys::ggml_gallocr>,
 }
@@ -685,8 +645,12 @@ impl Allocator {
     /// An allocator for `backend`'s default buffer type.
     pub fn new(backend: &Backend) -> Allocator {
         // SAFETY: live backend.
-        let raw = unsafe { sys::ggml_gallocr_new(sys::ggml_backend_get_default_buffer_type(backend.raw)) };
-        Allocator { raw: NonNull::new(raw).expect("ggml_gallocr_new returned null") }
+        let raw = unsafe {
+            sys::ggml_gallocr_new(sys::ggml_backend_get_default_buffer_type(backend.raw))
+        };
+        Allocator {
+            raw: NonNull::new(raw).expect("ggml_gallocr_new returned null"),
+        }
     }
     /// Sizes the compute buffer for `g` (call with the worst-case graph).
     pub fn reserve(&mut self, g: &Graph) -> Result<(), Error> {
@@ -713,9 +677,38 @@ impl Allocator {
     }
 }
 
+/// The orthonormal `n × n` Walsh-Hadamard matrix (Sylvester construction,
+/// scaled by 1/√n; `n` a power of two), row-major. It is its own inverse.
+pub fn hadamard(n: usize) -> Vec<f32> {
+    assert!(
+        n.is_power_of_two(),
+        "hadamard size {n} is not a power of two"
+    );
+    let mut h = vec![0f32; n * n];
+    h[0] = 1.0 / (n as f32).sqrt();
+    let mut s = 1;
+    while s < n {
+        for i in 0..s {
+            for j in 0..s {
+                let v = h[i * n + j];
+                h[(i + s) * n + j] = v;
+                h[i * n + j + s] = v;
+                h[(i + s) * n + j + s] = -v;
+            }
+        }
+        s *= 2;
+    }
+    h
+}
+
 /// Silences ggml's log output (it logs to stderr by default).
 pub fn quiet_logs() {
-    unsafe extern "C" fn drop_log(_level: sys::ggml_log_level, _text: *const std::ffi::c_char, _user: *mut c_void) {}
+    unsafe extern "C" fn drop_log(
+        _level: sys::ggml_log_level,
+        _text: *const std::ffi::c_char,
+        _user: *mut c_void,
+    ) {
+    }
     // SAFETY: a valid callback that ignores everything.
     unsafe { sys::ggml_log_set(Some(drop_log), std::ptr::null_mut()) }
 }

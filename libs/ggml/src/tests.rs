@@ -1,7 +1,9 @@
 use super::*;
 
 /// Runs `f` on a graph with inputs set by `set`, returning the output values.
-fn run(build: impl FnOnce(&Context) -> (Tensor, Vec<(Tensor, Vec<f32>)>, Vec<(Tensor, Vec<i32>)>)) -> Vec<f32> {
+fn run(
+    build: impl FnOnce(&Context) -> (Tensor, Vec<(Tensor, Vec<f32>)>, Vec<(Tensor, Vec<i32>)>),
+) -> Vec<f32> {
     let backend = Backend::cpu(1).unwrap();
     let ctx = Context::new(64);
     let (out, f32s, i32s) = build(&ctx);
@@ -25,7 +27,11 @@ fn rope_ref(x: &[f32], pos: f32, base: f32, neox: bool) -> Vec<f32> {
     let mut out = x.to_vec();
     for i in 0..n / 2 {
         let theta = pos * base.powf(-2.0 * i as f32 / n as f32);
-        let (a, b) = if neox { (i, i + n / 2) } else { (2 * i, 2 * i + 1) };
+        let (a, b) = if neox {
+            (i, i + n / 2)
+        } else {
+            (2 * i, 2 * i + 1)
+        };
         let (s, c) = theta.sin_cos();
         out[a] = x[a] * c - x[b] * s;
         out[b] = x[a] * s + x[b] * c;
@@ -35,20 +41,29 @@ fn rope_ref(x: &[f32], pos: f32, base: f32, neox: bool) -> Vec<f32> {
 
 fn check_rope(mode: RopeMode) {
     let (d, heads, toks) = (8usize, 2usize, 3usize);
-    let x: Vec<f32> = (0..d * heads * toks).map(|i| ((i * 7 % 11) as f32 - 5.0) / 3.0).collect();
+    let x: Vec<f32> = (0..d * heads * toks)
+        .map(|i| ((i * 7 % 11) as f32 - 5.0) / 3.0)
+        .collect();
     let pos = vec![0, 5, 123];
     let got = run(|ctx| {
-        let a = ctx.tensor(Type::F32, &[d as i64, heads as i64, toks as i64]).set_input();
+        let a = ctx
+            .tensor(Type::F32, &[d as i64, heads as i64, toks as i64])
+            .set_input();
         let p = ctx.tensor(Type::I32, &[toks as i64]).set_input();
         let out = ctx.rope(a, p, None, &Rope::new(d as i32, mode, 10000.0));
         (out, vec![(a, x.clone())], vec![(p, pos.clone())])
     });
-    for t in 0..toks {
+    for (t, &p) in pos.iter().enumerate() {
         for h in 0..heads {
             let o = (t * heads + h) * d;
-            let want = rope_ref(&x[o..o + d], pos[t] as f32, 10000.0, mode == RopeMode::Neox);
+            let want = rope_ref(&x[o..o + d], p as f32, 10000.0, mode == RopeMode::Neox);
             for (g, w) in got[o..o + d].iter().zip(&want) {
-                assert!((g - w).abs() < 1e-4, "{mode:?} token {t} head {h}: got {:?} want {:?}", &got[o..o + d], want);
+                assert!(
+                    (g - w).abs() < 1e-4,
+                    "{mode:?} token {t} head {h}: got {:?} want {:?}",
+                    &got[o..o + d],
+                    want
+                );
             }
         }
     }
@@ -67,7 +82,11 @@ fn rope_neox_rotates_halves() {
 #[test]
 fn attention_flash_matches_unfused() {
     let (d, n_head, n_kv_head, t, kv) = (4i64, 4i64, 2i64, 3i64, 5i64);
-    let vals = |n: i64, s: usize| (0..n as usize).map(|i| (((i * 13 + s) % 17) as f32 - 8.0) / 8.0).collect::<Vec<f32>>();
+    let vals = |n: i64, s: usize| {
+        (0..n as usize)
+            .map(|i| (((i * 13 + s) % 17) as f32 - 8.0) / 8.0)
+            .collect::<Vec<f32>>()
+    };
     // causal mask for 3 query tokens at positions 2..5 over 5 keys
     let mut mask = vec![0f32; (kv * t) as usize];
     for q in 0..t {
@@ -113,7 +132,8 @@ fn type_names_and_unknown_ids() {
 
 #[test]
 fn misaligned_host_bytes_are_refused() {
-    let v: Arc<dyn AsRef<[u8]> + Send + Sync> = Arc::new(AlignedBytes::read_exact(&[0u8; 100][..], 100).unwrap());
+    let v: Arc<dyn AsRef<[u8]> + Send + Sync> =
+        Arc::new(AlignedBytes::read_exact(&[0u8; 100][..], 100).unwrap());
     assert!(Buffer::from_host_bytes(v).is_ok());
     struct Off(AlignedBytes);
     impl AsRef<[u8]> for Off {
@@ -123,4 +143,26 @@ fn misaligned_host_bytes_are_refused() {
     }
     let off = Off(AlignedBytes::read_exact(&[0u8; 100][..], 100).unwrap());
     assert!(Buffer::from_host_bytes(Arc::new(off)).is_err());
+}
+
+#[test]
+fn hadamard_is_orthonormal_and_rotation_round_trips() {
+    let n = 64;
+    let h = hadamard(n);
+    for i in 0..n {
+        for j in 0..n {
+            let dot: f32 = (0..n).map(|k| h[i * n + k] * h[j * n + k]).sum();
+            assert!((dot - if i == j { 1.0 } else { 0.0 }).abs() < 1e-5);
+        }
+    }
+    let x: Vec<f32> = (0..2 * n).map(|i| (i % 7) as f32 - 3.0).collect();
+    let got = run(|ctx| {
+        let a = ctx.tensor(Type::F32, &[n as i64, 2]).set_input();
+        let m = ctx.tensor(Type::F32, &[n as i64, n as i64]).set_input();
+        let out = ctx.hadamard_rotate(ctx.hadamard_rotate(a, m), m);
+        (out, vec![(a, x.clone()), (m, h.clone())], vec![])
+    });
+    for (g, w) in got.iter().zip(&x) {
+        assert!((g - w).abs() < 1e-4, "{g} vs {w}");
+    }
 }

@@ -1,1 +1,212 @@
-fn main() {}
+//! `infer`: run a model on a prompt and stream the answer.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use models::infer::{infer, EngineChoice, Event, InferOptions};
+use protocol::{media, Line};
+
+/// Generate text with a GGUF model, streaming it to stdout.
+///
+/// The model comes from pipeline documents on stdin (`resolve … | fetch-blob
+/// | verify | infer`), whose params layer sets defaults that flags override,
+/// or from --model. Without --raw a ChatML or Gemma chat template is applied
+/// when the GGUF has one (full templating is the chat issue's).
+#[derive(Parser, Debug)]
+#[command(
+    name = "infer",
+    version,
+    after_help = "Example: resolve smollm2:135m | fetch-blob | verify | infer -p 'Why is the sky blue?'"
+)]
+struct Args {
+    /// Prompt words (joined by spaces), if neither -p nor --prompt-file.
+    words: Vec<String>,
+    /// The GGUF file to run (instead of documents on stdin).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// The prompt.
+    #[arg(short = 'p', long)]
+    prompt: Option<String>,
+    /// Read the prompt from a file.
+    #[arg(long, conflicts_with = "prompt")]
+    prompt_file: Option<PathBuf>,
+    /// Send the prompt as is, without a chat template.
+    #[arg(long)]
+    raw: bool,
+    /// System message (chat template only).
+    #[arg(long)]
+    system: Option<String>,
+    /// Most tokens to generate (-1: until the model stops).
+    #[arg(short = 'n', long, allow_negative_numbers = true)]
+    num_predict: Option<i64>,
+    /// Sampling temperature (0: greedy) [default: 0.8].
+    #[arg(long)]
+    temperature: Option<f32>,
+    /// Keep the k most likely tokens (0: all) [default: 40].
+    #[arg(long)]
+    top_k: Option<usize>,
+    /// Nucleus sampling threshold [default: 0.9].
+    #[arg(long)]
+    top_p: Option<f32>,
+    /// Minimum probability relative to the top token [default: 0].
+    #[arg(long)]
+    min_p: Option<f32>,
+    /// Penalty for recently seen tokens [default: 1.0].
+    #[arg(long)]
+    repeat_penalty: Option<f32>,
+    /// How many recent tokens the penalty considers [default: 64].
+    #[arg(long)]
+    repeat_last_n: Option<usize>,
+    /// Random seed (same seed, same output) [default: 0].
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Stop at this string (repeatable).
+    #[arg(long)]
+    stop: Vec<String>,
+    /// Context length, capped at the model's [default: 4096].
+    #[arg(long)]
+    ctx: Option<usize>,
+    /// CPU threads [default: physical cores].
+    #[arg(long)]
+    threads: Option<usize>,
+    /// KV cache type: f16, q8_0 or q4_0 (quantized ones use flash attention).
+    #[arg(long, default_value = "f16")]
+    kv_type: engine::kv_cache::KvType,
+    /// Use flash attention with the f16 cache too.
+    #[arg(long)]
+    flash_attn: bool,
+    /// Read the model into memory instead of mapping it.
+    #[arg(long)]
+    no_mmap: bool,
+    /// Layers to offload to a GPU (GPU builds, llama.cpp engine).
+    #[arg(long, default_value_t = 0)]
+    gpu_layers: i32,
+    /// Engine: native (ours) or llama.cpp [default: native where supported].
+    #[arg(long, value_parser = ["native", "llama.cpp"])]
+    engine: Option<String>,
+    /// Print JSON Lines events and a final record instead of plain text.
+    #[arg(long)]
+    json: bool,
+    /// Print timing statistics on stderr, like `ollama run --verbose`.
+    #[arg(long)]
+    verbose: bool,
+}
+
+fn main() -> std::process::ExitCode {
+    cli::main(|| {
+        let a: Args = cli::parse_args();
+        let mut o = InferOptions::default();
+        if let Some(m) = &a.model {
+            o.model = m.clone();
+        } else {
+            model_from_stdin(&mut o)?;
+        }
+        o.prompt = match (&a.prompt, &a.prompt_file) {
+            (Some(p), _) => p.clone(),
+            (None, Some(f)) => std::fs::read_to_string(f)
+                .with_context(|| format!("reading prompt file {}", f.display()))?,
+            (None, None) if !a.words.is_empty() => a.words.join(" "),
+            _ => bail!("no prompt: give -p, --prompt-file or words"),
+        };
+        let s = &mut o.sampler;
+        set(&mut s.temperature, a.temperature);
+        set(&mut s.top_k, a.top_k);
+        set(&mut s.top_p, a.top_p);
+        set(&mut s.min_p, a.min_p);
+        set(&mut s.repeat_penalty, a.repeat_penalty);
+        set(&mut s.repeat_last_n, a.repeat_last_n);
+        set(&mut s.seed, a.seed);
+        if let Some(n) = a.num_predict {
+            o.num_predict = usize::try_from(n).ok();
+        }
+        set(&mut o.n_ctx, a.ctx);
+        set(&mut o.n_threads, a.threads);
+        if a.system.is_some() {
+            o.system = a.system.clone();
+        }
+        if !a.stop.is_empty() {
+            o.stop = a.stop.clone();
+        }
+        (o.raw, o.kv_type, o.flash_attn, o.no_mmap, o.gpu_layers) =
+            (a.raw, a.kv_type, a.flash_attn, a.no_mmap, a.gpu_layers);
+        o.engine = match a.engine.as_deref() {
+            Some("native") => EngineChoice::Native,
+            Some(_) => EngineChoice::LlamaCpp,
+            None => EngineChoice::Auto,
+        };
+        if o.n_ctx == 0 || o.n_threads == 0 {
+            bail!("--ctx and --threads must be at least 1");
+        }
+        let mut out = std::io::stdout().lock();
+        let json = a.json;
+        let summary = infer(&o, &mut |ev| match ev {
+            Event::Notice(n) => writeln!(std::io::stderr(), "{n}"),
+            Event::Token { id, text } if json => writeln!(
+                out,
+                "{}",
+                serde_json::json!({"type": "token", "data": {"id": id, "text": text}})
+            ),
+            Event::Text(text) if json => writeln!(
+                out,
+                "{}",
+                serde_json::json!({"type": "token", "data": {"text": text}})
+            ),
+            Event::Token { text, .. } | Event::Text(text) => {
+                out.write_all(text.as_bytes()).and_then(|_| out.flush())
+            }
+        })
+        .map_err(anyhow::Error::msg)
+        .with_context(|| format!("running {}", o.model.display()))?;
+        if json {
+            writeln!(
+                out,
+                "{}",
+                serde_json::json!({"type": "done", "data": summary.to_json()})
+            )?;
+        } else {
+            writeln!(out)?;
+        }
+        if a.verbose {
+            eprint!("{}", summary.verbose_text());
+        }
+        Ok(cli::Outcome::Ok)
+    })
+}
+
+/// Overrides `dst` when the flag was given.
+fn set<T>(dst: &mut T, v: Option<T>) {
+    if let Some(v) = v {
+        *dst = v;
+    }
+}
+
+/// Takes the model path, params and system text from the first model document on stdin.
+fn model_from_stdin(o: &mut InferOptions) -> anyhow::Result<()> {
+    if !cli::stdin_has_data() {
+        bail!("no model: give --model FILE.gguf or pipe documents from resolve");
+    }
+    for line in cli::stdin_lines() {
+        let Line::Model(doc) = line.context("reading pipeline documents on stdin")? else {
+            continue;
+        };
+        let layer = doc
+            .model_layer()
+            .with_context(|| format!("model {} has no weights layer", doc.name))?;
+        o.model = layer.path.clone().with_context(|| {
+            format!(
+                "model {} has no local path for its weights (run fetch-blob)",
+                doc.name
+            )
+        })?;
+        if let Some(p) = doc.layer(media::PARAMS).and_then(|l| l.text.as_deref()) {
+            o.apply_params(p)
+                .map_err(anyhow::Error::msg)
+                .with_context(|| format!("params of {}", doc.name))?;
+        }
+        o.system = doc.layer(media::SYSTEM).and_then(|l| l.text.clone());
+        return Ok(());
+    }
+    bail!("no model document on stdin")
+}

@@ -1,0 +1,208 @@
+//! Running a model over a token sequence: batches, graph memory, the cache.
+//!
+//! A [`Session`] owns the backend (thread pool), the KV cache and the compute
+//! buffer. [`Session::decode`] feeds tokens in batches of `n_batch` and
+//! returns the logits of the last one. The graph of each step is rebuilt in a
+//! reused metadata arena (cheap: about a thousand nodes) and placed in a
+//! compute buffer reserved once for the worst case, so a step allocates no
+//! tensor memory.
+
+use ggml::{Allocator, Backend, Context, Graph, Tensor, Type};
+
+use crate::kv_cache::{KvCache, KvShape, KvType};
+use crate::{Error, Result};
+
+/// What a model gives the session. Implemented per architecture in `models`.
+pub trait Model {
+    /// Vocabulary size (rows of the logits).
+    fn n_vocab(&self) -> usize;
+    /// The shape of the cache this model needs.
+    fn kv_shape(&self) -> KvShape;
+    /// Context length the model was trained with.
+    fn n_ctx_train(&self) -> usize;
+    /// Upper bound on graph nodes for one forward pass.
+    fn max_nodes(&self) -> usize {
+        4096 + 64 * self.kv_shape().n_layer
+    }
+    /// Builds the forward pass of one batch into `g`, returning the logits
+    /// `[n_vocab, n_out]` of the tokens listed in `inp.out_ids`.
+    fn forward(&self, ctx: &Context, g: &Graph, inp: &Inputs, kv: &KvCache) -> Tensor;
+}
+
+/// The per-batch inputs a model reads.
+#[derive(Clone, Copy, Debug)]
+pub struct Inputs {
+    /// Token ids, `[n_tokens] i32`.
+    pub tokens: Tensor,
+    /// Positions, `[n_tokens] i32`.
+    pub pos: Tensor,
+    /// Which batch rows to produce logits for, `[n_out] i32`.
+    pub out_ids: Tensor,
+    /// Number of tokens in the batch.
+    pub n_tokens: usize,
+}
+
+/// How to run a session.
+#[derive(Clone, Debug)]
+pub struct SessionOptions {
+    /// Context length (cells in the cache).
+    pub n_ctx: usize,
+    /// Tokens per forward pass while reading a prompt.
+    pub n_batch: usize,
+    /// CPU threads.
+    pub n_threads: usize,
+    /// Cache element type.
+    pub kv_type: KvType,
+    /// Use fused flash attention (required by quantized caches).
+    pub flash_attn: bool,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        SessionOptions {
+            n_ctx: 4096,
+            n_batch: 512,
+            n_threads: crate::default_threads(),
+            kv_type: KvType::F16,
+            flash_attn: false,
+        }
+    }
+}
+
+/// A model plus its cache and compute resources, for one sequence.
+pub struct Session<'m> {
+    model: &'m dyn Model,
+    // drop order matters: the cache and allocator buffers before the backend
+    kv: KvCache,
+    alloc: Allocator,
+    ctx: Context,
+    backend: Backend,
+    n_batch: usize,
+    history: Vec<i32>,
+    logits: Vec<f32>,
+}
+
+impl<'m> Session<'m> {
+    /// A session over `model`. `opts.n_ctx` is capped at the model's training
+    /// context.
+    pub fn new(model: &'m dyn Model, opts: &SessionOptions) -> Result<Session<'m>> {
+        let n_ctx = opts.n_ctx.min(model.n_ctx_train()).max(1);
+        if opts.n_batch == 0 {
+            return Err(Error::invalid("batch size must be at least 1".into()));
+        }
+        let backend = Backend::cpu(opts.n_threads)?;
+        let kv = KvCache::init(
+            &backend,
+            model.kv_shape(),
+            n_ctx,
+            opts.kv_type,
+            opts.flash_attn || opts.kv_type != KvType::F16,
+        )?;
+        let ctx = Context::new(model.max_nodes());
+        let alloc = Allocator::new(&backend);
+        let n_batch = opts.n_batch.min(n_ctx);
+        let mut s = Session {
+            model,
+            kv,
+            alloc,
+            ctx,
+            backend,
+            n_batch,
+            history: vec![],
+            logits: vec![],
+        };
+        s.reserve()?;
+        Ok(s)
+    }
+
+    /// Sizes the compute buffer with the largest graph: a full batch at the
+    /// end of the context.
+    fn reserve(&mut self) -> Result<()> {
+        let n = self.n_batch;
+        let pos0 = self.kv.n_ctx() - n;
+        let (g, _, _) = self.build(pos0, n);
+        self.alloc.reserve(&g)?;
+        Ok(())
+    }
+
+    fn build(&mut self, pos0: usize, n: usize) -> (Graph, Inputs, Tensor) {
+        self.ctx.reset();
+        let ctx = &self.ctx;
+        let g = ctx.graph(self.model.max_nodes());
+        let inp = Inputs {
+            tokens: ctx.tensor(Type::I32, &[n as i64]).set_input(),
+            pos: ctx.tensor(Type::I32, &[n as i64]).set_input(),
+            out_ids: ctx.tensor(Type::I32, &[1]).set_input(),
+            n_tokens: n,
+        };
+        self.kv.start_forward(ctx, pos0, n);
+        let logits = self.model.forward(ctx, &g, &inp, &self.kv).set_output();
+        g.expand(logits);
+        (g, inp, logits)
+    }
+
+    /// Context length.
+    pub fn n_ctx(&self) -> usize {
+        self.kv.n_ctx()
+    }
+
+    /// Tokens in the cache.
+    pub fn history(&self) -> &[i32] {
+        &self.history
+    }
+
+    /// Runs `tokens` after those already in the cache and returns the logits
+    /// of the last one. Fails when they do not fit (see [`Session::shift`]).
+    pub fn decode(&mut self, tokens: &[i32]) -> Result<&[f32]> {
+        if tokens.is_empty() {
+            return Err(Error::invalid("nothing to decode".into()));
+        }
+        if self.history.len() + tokens.len() > self.n_ctx() {
+            return Err(Error::invalid(format!(
+                "{} tokens do not fit after {} in a context of {}",
+                tokens.len(),
+                self.history.len(),
+                self.n_ctx()
+            )));
+        }
+        let n_vocab = self.model.n_vocab();
+        for chunk in tokens.chunks(self.n_batch) {
+            let pos0 = self.history.len();
+            let (g, inp, logits) = self.build(pos0, chunk.len());
+            self.alloc.alloc(&g)?;
+            inp.tokens.set_i32(chunk);
+            let pos: Vec<i32> = (pos0..pos0 + chunk.len()).map(|p| p as i32).collect();
+            inp.pos.set_i32(&pos);
+            inp.out_ids.set_i32(&[chunk.len() as i32 - 1]);
+            self.kv.write_inputs();
+            self.backend.compute(&g)?;
+            self.history.extend_from_slice(chunk);
+            self.logits.resize(n_vocab, 0.0);
+            logits.read_f32_at(0, &mut self.logits);
+        }
+        Ok(&self.logits)
+    }
+
+    /// Makes room when the context is full, like Ollama: keeps the first
+    /// `num_keep` tokens, drops half of the rest (the oldest), and rebuilds
+    /// the cache from the tokens kept. Returns the logits of the last kept
+    /// token.
+    pub fn shift(&mut self, num_keep: usize) -> Result<&[f32]> {
+        let n = self.history.len();
+        let keep = num_keep.min(n.saturating_sub(1));
+        let discard = (n - keep) / 2;
+        if discard == 0 {
+            return Err(Error::invalid("context shift would drop nothing".into()));
+        }
+        let mut kept = self.history[..keep].to_vec();
+        kept.extend_from_slice(&self.history[keep + discard..]);
+        self.clear();
+        self.decode(&kept)
+    }
+
+    /// Forgets the whole sequence.
+    pub fn clear(&mut self) {
+        self.history.clear();
+        self.kv.clear();
+    }
+}

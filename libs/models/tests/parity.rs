@@ -1,0 +1,134 @@
+//! Token-for-token parity with llama.cpp's engine (in process, same ggml) on
+//! SmolLM2-135M: greedy decoding of raw prompts, f16 and q8_0 KV caches.
+
+use std::path::PathBuf;
+
+use engine::kv_cache::KvType;
+use engine::reference::{
+    argmax, ContextOptions, KvType as RefKv, ModelOptions, RefContext, RefModel,
+};
+use engine::session::{Session, SessionOptions};
+
+const N_GEN: usize = 64;
+// Results do not depend on the thread count (each row is computed by one
+// thread); one thread keeps the test steady on a busy machine.
+const THREADS: usize = 1;
+
+fn smollm2() -> PathBuf {
+    let dir = std::env::var_os("LLPIPE_MODELS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").expect("HOME")).join(".cache/llpipe/models")
+        });
+    let p = dir.join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(
+        p.exists(),
+        "missing {} (run scripts/fetch-models.sh)",
+        p.display()
+    );
+    p
+}
+
+fn prompts() -> Vec<String> {
+    let long = (1..=42)
+        .map(|i| format!("Item {i}: the quick brown fox jumps over the lazy dog."))
+        .collect::<Vec<_>>()
+        .join(" ");
+    vec![
+        "The capital of France is".into(),
+        "Once upon a time, in a small village by the sea,".into(),
+        "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n".into(),
+        "日本の首都は東京です。東京は".into(),
+        "Москва — столица России. Это город".into(),
+        "Q: What is 17 * 23?\nA:".into(),
+        "<html>\n  <body>\n    <h1>".into(),
+        "The three laws of thermodynamics are".into(),
+        "   lots   of    spaces\tand\ttabs\n\n\nand newlines".into(),
+        "🙂 Emoji are fun: 🚀🔥".into(),
+        format!("Summarize the following list. {long}\nSummary:"),
+    ]
+}
+
+/// Our greedy tokens and first-step logits.
+fn ours(sess: &mut Session, prompt: &[i32]) -> (Vec<i32>, Vec<f32>) {
+    sess.clear();
+    let first = sess.decode(prompt).unwrap().to_vec();
+    let mut logits = first.clone();
+    let mut out = vec![];
+    while out.len() < N_GEN {
+        let t = argmax(&logits);
+        out.push(t);
+        if out.len() < N_GEN {
+            logits = sess.decode(&[t]).unwrap().to_vec();
+        }
+    }
+    (out, first)
+}
+
+fn check(kv: KvType, ref_kv: RefKv, flash: bool, n_prompts: usize) {
+    let path = smollm2();
+    let rm = RefModel::load(&path, &ModelOptions::default()).unwrap();
+    let co = ContextOptions {
+        n_ctx: 1024,
+        n_batch: 512,
+        n_threads: THREADS as i32,
+        type_k: ref_kv,
+        type_v: ref_kv,
+        flash_attn: flash,
+    };
+    let mut rc = RefContext::new(&rm, &co).unwrap();
+    let loaded = models::load(&path, &Default::default()).unwrap();
+    let so = SessionOptions {
+        n_ctx: 1024,
+        n_batch: 512,
+        n_threads: THREADS,
+        kv_type: kv,
+        flash_attn: flash,
+    };
+    let mut sess = Session::new(loaded.model.as_ref(), &so).unwrap();
+    let mut long_seen = false;
+    let all = prompts();
+    let long = all.last().cloned().unwrap();
+    for text in all.into_iter().take(n_prompts - 1).chain([long]) {
+        let prompt = rm.tokenize(&text, true, false).unwrap();
+        long_seen |= prompt.len() > 512;
+        let want = rc.greedy(&prompt, N_GEN).unwrap();
+        rc.clear();
+        rc.decode(&prompt, 0).unwrap();
+        let want_logits = rc.logits_last().to_vec();
+        let (got, got_logits) = ours(&mut sess, &prompt);
+        let diff = got_logits
+            .iter()
+            .zip(&want_logits)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        eprintln!(
+            "{kv:?} {} prompt tokens: max |Δlogit| {diff:.2e}",
+            prompt.len()
+        );
+        assert!(
+            diff < 1e-2,
+            "{kv:?} prompt {text:?}: first-step logits differ by {diff}"
+        );
+        assert_eq!(
+            got, want,
+            "{kv:?} prompt {text:?}: tokens differ from llama.cpp"
+        );
+    }
+    assert!(long_seen, "one prompt must be longer than the batch");
+}
+
+#[test]
+fn greedy_tokens_match_llama_cpp_f16_cache() {
+    check(KvType::F16, RefKv::F16, false, 11);
+}
+
+#[test]
+fn greedy_tokens_match_llama_cpp_q8_0_cache() {
+    check(KvType::Q8_0, RefKv::Q8_0, true, 11);
+}
+
+#[test]
+fn greedy_tokens_match_llama_cpp_f16_flash() {
+    check(KvType::F16, RefKv::F16, true, 3);
+}

@@ -1,0 +1,177 @@
+//! infer end to end: greedy text equals llama.cpp's; usage errors exit 2.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use engine::reference::{ContextOptions, ModelOptions, RefContext, RefModel};
+
+fn smollm2() -> PathBuf {
+    let dir = std::env::var_os("LLPIPE_MODELS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").expect("HOME")).join(".cache/llpipe/models")
+        });
+    let p = dir.join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(
+        p.exists(),
+        "missing {} (run scripts/fetch-models.sh)",
+        p.display()
+    );
+    p
+}
+
+fn infer(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_infer"))
+        .args(args)
+        .output()
+        .expect("run infer")
+}
+
+#[test]
+fn raw_greedy_text_matches_llama_cpp() {
+    let model = smollm2();
+    let prompt = "The capital of France is";
+    let rm = RefModel::load(&model, &ModelOptions::default()).unwrap();
+    let mut rc = RefContext::new(
+        &rm,
+        &ContextOptions {
+            n_ctx: 256,
+            n_threads: 1,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let want = rm.detokenize(
+        &rc.greedy(&rm.tokenize(prompt, true, false).unwrap(), 8)
+            .unwrap(),
+        false,
+        false,
+    );
+    let want = format!("{}\n", String::from_utf8(want).unwrap());
+    let m = model.to_str().unwrap();
+    let out = infer(&[
+        "--model",
+        m,
+        "--raw",
+        "-p",
+        prompt,
+        "--temperature",
+        "0",
+        "-n",
+        "8",
+        "--threads",
+        "1",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(got, want, "\n--- expected ---\n{want}--- got ---\n{got}");
+}
+
+#[test]
+fn json_ends_with_ollama_timing_record() {
+    let m = smollm2();
+    let out = infer(&[
+        "--model",
+        m.to_str().unwrap(),
+        "--raw",
+        "--json",
+        "-n",
+        "4",
+        "--seed",
+        "3",
+        "--threads",
+        "1",
+        "Hello",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let last: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert_eq!(last["type"], "done");
+    for k in [
+        "total_duration",
+        "load_duration",
+        "prompt_eval_count",
+        "prompt_eval_duration",
+        "eval_count",
+        "eval_duration",
+    ] {
+        assert!(last["data"][k].as_u64().is_some(), "{k} missing in {last}");
+    }
+    assert_eq!(last["data"]["eval_count"], 4);
+    assert_eq!(text.lines().filter(|l| l.contains("\"token\"")).count(), 4);
+}
+
+#[test]
+fn no_prompt_is_a_usage_error() {
+    let m = smollm2();
+    let out = infer(&["--model", m.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no prompt"));
+}
+
+#[test]
+fn bad_temperature_is_an_error() {
+    let m = smollm2();
+    let out = infer(&[
+        "--model",
+        m.to_str().unwrap(),
+        "-p",
+        "hi",
+        "--temperature=-1",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("temperature"));
+}
+
+#[test]
+fn params_layer_from_stdin_sets_defaults_and_flags_override() {
+    use std::io::Write;
+    let m = smollm2();
+    let zero = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+    let doc = serde_json::json!({"type": "model", "data": {
+    "name": "m:t", "parts": {"host": "h", "namespace": "n", "model": "m", "tag": "t"},
+    "manifest_digest": zero, "manifest": {},
+    "layers": [
+        {"media_type": "application/vnd.ollama.image.model", "digest": zero, "size": 1, "path": m, "present": true},
+        {"media_type": "application/vnd.ollama.image.params", "digest": zero, "size": 1,
+         "text": "{\"temperature\":0,\"num_predict\":8}"}
+    ]}});
+    let run = |extra: &[&str]| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_infer"))
+            .args(["--raw", "--threads", "1", "-p", "The capital of France is"])
+            .args(extra)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        writeln!(child.stdin.take().unwrap(), "{doc}").unwrap();
+        String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap()
+    };
+    let from_params = run(&[]);
+    let direct = infer(&[
+        "--model",
+        m.to_str().unwrap(),
+        "--raw",
+        "--threads",
+        "1",
+        "--temperature",
+        "0",
+        "-n",
+        "8",
+        "The capital of France is",
+    ]);
+    assert_eq!(from_params, String::from_utf8(direct.stdout).unwrap());
+    let shorter = run(&["-n", "2"]);
+    assert!(
+        from_params.starts_with(shorter.trim_end()) && shorter.len() < from_params.len(),
+        "{shorter:?} vs {from_params:?}"
+    );
+}
