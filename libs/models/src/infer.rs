@@ -4,6 +4,8 @@
 //! engine for architectures [`crate::supports`], and llama.cpp's engine
 //! (`engine::reference`) otherwise or when asked, with a one-line notice.
 //! Tokenizing, sampling, stop strings and streaming are ours in both cases.
+//! Without `raw` the prompt goes through the model's chat template
+//! ([`render_prompt`], [`encode_prompt`]).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -17,6 +19,11 @@ use engine::stop::StopBuffer;
 use engine::tokenizer::{StreamDecoder, Tokenizer};
 
 use crate::{load, supports, LoadOptions};
+
+mod prompt;
+
+pub use prompt::{encode_prompt, encode_rendered, render_prompt};
+pub use template::Message;
 
 /// Which engine runs the model.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -39,8 +46,13 @@ pub struct InferOptions {
     pub prompt: String,
     /// Send the prompt as is, without the chat template.
     pub raw: bool,
-    /// System message for the chat template.
+    /// System message for the chat template (`--system`, else the system layer).
     pub system: Option<String>,
+    /// An Ollama template layer (Go template); it wins over the GGUF's
+    /// `tokenizer.chat_template`.
+    pub template: Option<String>,
+    /// Earlier turns (the messages layer), put before the prompt.
+    pub messages: Vec<Message>,
     /// Sampling parameters.
     pub sampler: SamplerOptions,
     /// Most tokens to generate (`None`: until end of generation).
@@ -74,6 +86,8 @@ impl Default for InferOptions {
             prompt: String::new(),
             raw: false,
             system: None,
+            template: None,
+            messages: vec![],
             sampler: SamplerOptions::default(),
             num_predict: None,
             num_keep: 4,
@@ -150,6 +164,14 @@ impl InferOptions {
                 })
                 .collect::<Result<_, _>>()?;
         }
+        Ok(())
+    }
+
+    /// Sets [`InferOptions::messages`] from an Ollama messages layer, a JSON
+    /// array of `{"role":…,"content":…}`.
+    pub fn apply_messages(&mut self, json: &str) -> Result<(), String> {
+        self.messages =
+            serde_json::from_str(json).map_err(|e| format!("messages layer is not valid: {e}"))?;
         Ok(())
     }
 }
@@ -233,19 +255,9 @@ pub fn infer(
     let gg = gguf::parse(&map).map_err(|e| format!("{path}: {e}"))?;
     let arch = gg.architecture().unwrap_or("").to_string();
     let tok = Tokenizer::from_gguf(&gg).map_err(|e| format!("tokenizer of {path}: {e}"))?;
-    let template = if opts.raw {
-        None
-    } else {
-        gg.get_str("tokenizer.chat_template").map(str::to_owned)
-    };
+    let template = gg.get_str("tokenizer.chat_template").map(str::to_owned);
     drop(gg);
-    let prompt = encode_prompt(
-        &tok,
-        &opts.prompt,
-        opts.system.as_deref(),
-        template.as_deref(),
-        &mut |n| on_event(Event::Notice(n)),
-    )?;
+    let prompt = encode_prompt(&tok, template.as_deref(), opts)?;
     let mut sampler = Sampler::new(opts.sampler.clone()).map_err(|e| e.to_string())?;
     let gen = GenerateOptions {
         num_predict: opts.num_predict,
@@ -371,54 +383,6 @@ impl Output<'_> {
         }
         Ok(())
     }
-}
-
-/// Tokenizes the prompt, wrapped in a chat template unless raw. Template
-/// literals may hold special tokens; user text never does.
-fn encode_prompt(
-    tok: &Tokenizer,
-    prompt: &str,
-    system: Option<&str>,
-    template: Option<&str>,
-    notice: &mut dyn FnMut(&str) -> std::io::Result<()>,
-) -> Result<Vec<i32>, String> {
-    let mut ids: Vec<u32> = vec![];
-    let special = |ids: &mut Vec<u32>, s: &str| ids.extend(tok.encode(s, false, true));
-    let text = |ids: &mut Vec<u32>, s: &str| ids.extend(tok.encode(s, false, false));
-    if tok.add_bos() {
-        ids.extend(tok.bos());
-    }
-    match template {
-        None => text(&mut ids, prompt),
-        Some(t) if t.contains("<|im_start|>") => {
-            if let Some(sys) = system {
-                special(&mut ids, "<|im_start|>system\n");
-                text(&mut ids, sys);
-                special(&mut ids, "<|im_end|>\n");
-            }
-            special(&mut ids, "<|im_start|>user\n");
-            text(&mut ids, prompt);
-            special(&mut ids, "<|im_end|>\n<|im_start|>assistant\n");
-        }
-        Some(t) if t.contains("<start_of_turn>") => {
-            special(&mut ids, "<start_of_turn>user\n");
-            if let Some(sys) = system {
-                text(&mut ids, &format!("{sys}\n\n"));
-            }
-            text(&mut ids, prompt);
-            special(&mut ids, "<end_of_turn>\n<start_of_turn>model\n");
-        }
-        Some(_) => {
-            notice("infer: unknown chat template, sending the prompt raw (full templating is the chat issue's)").map_err(|e| e.to_string())?;
-            text(&mut ids, prompt)
-        }
-    }
-    if ids.is_empty() {
-        return Err("the prompt is empty".into());
-    }
-    ids.into_iter()
-        .map(|i| i32::try_from(i).map_err(|_| format!("token id {i} out of range")))
-        .collect()
 }
 
 /// llama.cpp's engine behind [`Decode`].

@@ -12,8 +12,9 @@ use protocol::{media, Line};
 ///
 /// The model comes from pipeline documents on stdin (`resolve … | fetch-blob
 /// | verify | infer`), whose params layer sets defaults that flags override,
-/// or from --model. Without --raw a ChatML or Gemma chat template is applied
-/// when the GGUF has one (full templating is the chat issue's).
+/// or from --model. Without --raw the prompt is rendered with the model's chat
+/// template (the template layer, else the GGUF's), after the system prompt
+/// (--system, else the system layer) and the messages layer.
 #[derive(Parser, Debug)]
 #[command(
     name = "infer",
@@ -35,7 +36,7 @@ struct Args {
     /// Send the prompt as is, without a chat template.
     #[arg(long)]
     raw: bool,
-    /// System message (chat template only).
+    /// System message (chat template only; overrides the system layer).
     #[arg(long)]
     system: Option<String>,
     /// Most tokens to generate (-1: until the model stops).
@@ -182,7 +183,7 @@ fn set<T>(dst: &mut T, v: Option<T>) {
     }
 }
 
-/// Takes the model path, params and system text from the first model document on stdin.
+/// Takes the model path, params, template, system and messages from the first model document on stdin.
 fn model_from_stdin(o: &mut InferOptions) -> anyhow::Result<()> {
     if !cli::stdin_has_data() {
         bail!("no model: give --model FILE.gguf or pipe documents from resolve");
@@ -206,6 +207,12 @@ fn model_from_stdin(o: &mut InferOptions) -> anyhow::Result<()> {
                 .with_context(|| format!("params of {}", doc.name))?;
         }
         o.system = doc.layer(media::SYSTEM).and_then(|l| l.text.clone());
+        o.template = doc.layer(media::TEMPLATE).and_then(|l| l.text.clone());
+        if let Some(m) = doc.layer(media::MESSAGES).and_then(|l| l.text.as_deref()) {
+            o.apply_messages(m)
+                .map_err(anyhow::Error::msg)
+                .with_context(|| format!("messages of {}", doc.name))?;
+        }
         return Ok(());
     }
     bail!("no model document on stdin")

@@ -175,3 +175,113 @@ fn params_layer_from_stdin_sets_defaults_and_flags_override() {
         "{shorter:?} vs {from_params:?}"
     );
 }
+
+const SMOL_SYSTEM: &str = "You are a helpful AI assistant named SmolLM, trained by Hugging Face";
+
+fn chatml(turns: &[(&str, &str)]) -> String {
+    let mut s: String = turns
+        .iter()
+        .map(|(r, c)| format!("<|im_start|>{r}\n{c}<|im_end|>\n"))
+        .collect();
+    s.push_str("<|im_start|>assistant\n");
+    s
+}
+
+#[test]
+fn chat_template_greedy_text_matches_llama_cpp() {
+    let model = smollm2();
+    let prompt = "What is 2+2?";
+    let rm = RefModel::load(&model, &ModelOptions::default()).unwrap();
+    let mut rc = RefContext::new(
+        &rm,
+        &ContextOptions {
+            n_ctx: 256,
+            n_threads: 1,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let text = chatml(&[("system", SMOL_SYSTEM), ("user", prompt)]);
+    let ids = rm.tokenize(&text, true, true).unwrap();
+    let want = rm.detokenize(&rc.greedy(&ids, 8).unwrap(), false, false);
+    let want = format!("{}\n", String::from_utf8(want).unwrap());
+    let m = model.to_str().unwrap();
+    let out = infer(&[
+        "--model",
+        m,
+        "-p",
+        prompt,
+        "-n",
+        "8",
+        "--temperature",
+        "0",
+        "--threads",
+        "1",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = String::from_utf8(out.stdout).unwrap();
+    assert!(!got.trim().is_empty());
+    assert_eq!(got, want, "\n--- expected ---\n{want}--- got ---\n{got}");
+}
+
+#[test]
+fn system_flag_overrides_the_system_layer_and_messages_come_first() {
+    use std::io::Write;
+    let m = smollm2();
+    let zero = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+    let layer = |mt: &str, text: &str| serde_json::json!({"media_type": mt, "digest": zero, "size": 1, "text": text});
+    let history = r#"[{"role":"user","content":"2+2?"},{"role":"assistant","content":"4"}]"#;
+    let doc = serde_json::json!({"type": "model", "data": {
+    "name": "m:t", "parts": {"host": "h", "namespace": "n", "model": "m", "tag": "t"},
+    "manifest_digest": zero, "manifest": {},
+    "layers": [
+        {"media_type": "application/vnd.ollama.image.model", "digest": zero, "size": 1, "path": m, "present": true},
+        layer("application/vnd.ollama.image.system", "Be brief."),
+        layer("application/vnd.ollama.image.messages", history),
+    ]}});
+    let prompt_tokens = |extra: &[&str]| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_infer"))
+            .args(["--json", "-n", "1", "--threads", "1", "-p", "And 3+3?"])
+            .args(extra)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        writeln!(child.stdin.take().unwrap(), "{doc}").unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout).unwrap();
+        let last: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+        last["data"]["prompt_eval_count"].as_u64().unwrap() as usize
+    };
+    let vocab = RefModel::load(
+        &m,
+        &ModelOptions {
+            vocab_only: true,
+            ..ModelOptions::default()
+        },
+    )
+    .unwrap();
+    let want = |system: &str| {
+        let text = chatml(&[
+            ("system", system),
+            ("user", "2+2?"),
+            ("assistant", "4"),
+            ("user", "And 3+3?"),
+        ]);
+        vocab.tokenize(&text, true, true).unwrap().len()
+    };
+    let flag = "You are a calculator. Reply with one number and nothing else.";
+    assert_ne!(want("Be brief."), want(flag));
+    assert_eq!(prompt_tokens(&[]), want("Be brief."));
+    assert_eq!(prompt_tokens(&["--system", flag]), want(flag));
+}
