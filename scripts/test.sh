@@ -1,11 +1,19 @@
 #!/usr/bin/env bash
-# Runs every test: builds all binaries first (the cross-tool tests in tests/
-# spawn them), then the whole workspace's tests, then format and lint checks.
-# The real models must be in the cache (scripts/fetch-models.sh; .ci/run does it).
+# Runs every test: format and lint checks, then builds all binaries (the
+# cross-tool tests in tests/ spawn them), then the whole workspace's tests.
+# The real models must be in the cache (fetched here if missing).
+# Ends with one summary line: "tests: N passed, N failed".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/fetch-models.sh >/dev/null
-cargo build --workspace --bins
-cargo test --workspace --no-fail-fast
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings
+cargo build --workspace --bins
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --workspace --no-fail-fast 2>&1 | tee "$log" || status=$?
+passed=$(grep -Eo '^test result: [A-Za-z]+\. [0-9]+ passed' "$log" | awk '{s += $4} END {print s + 0}')
+failed=$(grep -Eo '^test result: [A-Za-z]+\. [0-9]+ passed; [0-9]+ failed' "$log" | awk '{s += $6} END {print s + 0}')
+echo "tests: $passed passed, $failed failed"
+exit "$status"
