@@ -14,19 +14,7 @@ use engine::reference::{ModelOptions, RefModel};
 use engine::tokenizer::{StreamDecoder, Tokenizer};
 
 fn model_path(name: &str) -> PathBuf {
-    let dir = std::env::var_os("LLPIPE_MODELS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let home = std::env::var_os("HOME").expect("HOME is not set");
-            PathBuf::from(home).join(".cache/llpipe/models")
-        });
-    let p = dir.join(name);
-    assert!(
-        p.exists(),
-        "missing model {} (run scripts/fetch-models.sh)",
-        p.display()
-    );
-    p
+    pipeline_tests::real_model(name)
 }
 
 /// Hand-written cases: scripts, whitespace, digits, code, emoji, contractions, specials.

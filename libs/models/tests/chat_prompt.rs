@@ -9,18 +9,7 @@ use engine::tokenizer::Tokenizer;
 use models::infer::{encode_prompt, render_prompt, InferOptions, Message};
 
 fn model(file: &str) -> PathBuf {
-    let dir = std::env::var_os("LLPIPE_MODELS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").expect("HOME")).join(".cache/llpipe/models")
-        });
-    let p = dir.join(file);
-    assert!(
-        p.exists(),
-        "missing {} (run scripts/fetch-models.sh)",
-        p.display()
-    );
-    p
+    pipeline_tests::real_model(file)
 }
 
 /// Our tokenizer, the GGUF's chat template and llama.cpp's vocabulary.

@@ -15,18 +15,7 @@ const N_GEN: usize = 64;
 const THREADS: usize = 1;
 
 fn smollm2() -> PathBuf {
-    let dir = std::env::var_os("LLPIPE_MODELS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").expect("HOME")).join(".cache/llpipe/models")
-        });
-    let p = dir.join("SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        p.exists(),
-        "missing {} (run scripts/fetch-models.sh)",
-        p.display()
-    );
-    p
+    pipeline_tests::real_model("SmolLM2-135M-Instruct.Q4_1.gguf")
 }
 
 fn prompts() -> Vec<String> {

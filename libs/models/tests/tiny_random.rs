@@ -13,18 +13,7 @@ const N_FF: usize = 256;
 const N_LAYER: usize = 2;
 
 fn smollm2() -> PathBuf {
-    let dir = std::env::var_os("LLPIPE_MODELS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").expect("HOME")).join(".cache/llpipe/models")
-        });
-    let p = dir.join("SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        p.exists(),
-        "missing {} (run scripts/fetch-models.sh)",
-        p.display()
-    );
-    p
+    pipeline_tests::real_model("SmolLM2-135M-Instruct.Q4_1.gguf")
 }
 
 // ---- a small GGUF writer ----

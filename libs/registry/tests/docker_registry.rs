@@ -33,11 +33,7 @@ fn push_opts(base: &str) -> PushOptions {
 }
 
 fn models_dir() -> std::path::PathBuf {
-    std::env::var_os("LLPIPE_MODELS_DIR")
-        .map(Into::into)
-        .unwrap_or_else(|| {
-            std::path::PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/llpipe/models")
-        })
+    pipeline_tests::models_dir()
 }
 
 /// create smollm2:135m → push → remove locally → resolve | fetch-blob | verify → same manifest digest.

@@ -7,13 +7,7 @@ use common::{eq, req, text, untrusted};
 use template::{render_chat, ChatTemplate, ErrorKind, Message, Request};
 
 fn model(name: &str) -> memmap2::Mmap {
-    let dir = std::env::var("LLPIPE_MODELS_DIR").unwrap_or_else(|_| {
-        format!(
-            "{}/.cache/llpipe/models",
-            std::env::var("HOME").unwrap_or_default()
-        )
-    });
-    let path = format!("{dir}/{name}");
+    let path = pipeline_tests::real_model(name).display().to_string();
     let f = std::fs::File::open(&path).unwrap_or_else(|e| {
         panic!("cannot open test model {path}: {e} (run scripts/fetch-models.sh)")
     });

@@ -5,19 +5,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 fn model(file: &str) -> PathBuf {
-    let dir = std::env::var_os("LLPIPE_MODELS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").expect("HOME is set"))
-                .join(".cache/llpipe/models")
-        });
-    let p = dir.join(file);
-    assert!(
-        p.is_file(),
-        "model {} is missing: run scripts/fetch-models.sh",
-        p.display()
-    );
-    p
+    pipeline_tests::real_model(file)
 }
 
 const SMOL: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";

@@ -279,17 +279,5 @@ pub fn small_model() -> Builder {
 
 /// `$LLPIPE_MODELS_DIR/<file>`, failing clearly if absent.
 pub fn model_path(file: &str) -> PathBuf {
-    let dir = std::env::var_os("LLPIPE_MODELS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let home = std::env::var_os("HOME").expect("HOME is set");
-            PathBuf::from(home).join(".cache/llpipe/models")
-        });
-    let p = dir.join(file);
-    assert!(
-        p.is_file(),
-        "model {} is missing: run scripts/fetch-models.sh",
-        p.display()
-    );
-    p
+    pipeline_tests::real_model(file)
 }
