@@ -77,6 +77,9 @@ pub struct KvShape {
     pub head_dim_k: usize,
     /// Dimensions of one value head.
     pub head_dim_v: usize,
+    /// Sliding-window size of the model's local-attention layers (0: none);
+    /// a token at position `p` sees cells `p - n_swa + 1 ..= p` there.
+    pub n_swa: usize,
 }
 
 /// llama.cpp pads the number of attended cells to a multiple of this, so
@@ -98,13 +101,14 @@ pub struct KvCache {
     pos0: usize,
     n_tokens: usize,
     n_kv: usize,
-    k_idx: Option<Tensor>, // [n_tokens] i64: cell of each token
-    v_idx: Option<Tensor>, // [n_tokens * n_embd_v] i64 (transposed V only)
-    mask: Option<Tensor>,  // [n_kv, n_tokens] f16
-    n_rot_k: usize,        // Hadamard size for Q/K (0: no rotation)
-    n_rot_v: usize,        // Hadamard size for V (0: no rotation)
-    k_rot: Option<Tensor>, // [n_rot_k, n_rot_k] f32
-    v_rot: Option<Tensor>, // [n_rot_v, n_rot_v] f32
+    k_idx: Option<Tensor>,    // [n_tokens] i64: cell of each token
+    v_idx: Option<Tensor>,    // [n_tokens * n_embd_v] i64 (transposed V only)
+    mask: Option<Tensor>,     // [n_kv, n_tokens] f16
+    mask_swa: Option<Tensor>, // [n_kv, n_tokens] f16 (sliding-window layers)
+    n_rot_k: usize,           // Hadamard size for Q/K (0: no rotation)
+    n_rot_v: usize,           // Hadamard size for V (0: no rotation)
+    k_rot: Option<Tensor>,    // [n_rot_k, n_rot_k] f32
+    v_rot: Option<Tensor>,    // [n_rot_v, n_rot_v] f32
 }
 
 impl KvCache {
@@ -160,6 +164,7 @@ impl KvCache {
             k_idx: None,
             v_idx: None,
             mask: None,
+            mask_swa: None,
             n_rot_k: rot_size(ty, shape.head_dim_k, true),
             n_rot_v: rot_size(ty, shape.head_dim_v, false),
             k_rot: None,
@@ -192,10 +197,12 @@ impl KvCache {
         let ev = (self.shape.head_dim_v * self.shape.n_head_kv) as i64;
         self.v_idx =
             (!self.flash).then(|| ctx.tensor(Type::I64, &[n_tokens as i64 * ev]).set_input());
-        self.mask = Some(
+        let mask = || {
             ctx.tensor(Type::F16, &[self.n_kv as i64, n_tokens as i64])
-                .set_input(),
-        );
+                .set_input()
+        };
+        self.mask = Some(mask());
+        self.mask_swa = (self.shape.n_swa > 0).then(mask);
         let rot =
             |n: usize| (n > 0).then(|| ctx.tensor(Type::F32, &[n as i64, n as i64]).set_input());
         (self.k_rot, self.v_rot) = (rot(self.n_rot_k), rot(self.n_rot_v));
@@ -214,6 +221,14 @@ impl KvCache {
         self.mask
             .expect("start_forward first")
             .set_f32_as_f16(&causal_mask(self.pos0, self.n_tokens, self.n_kv));
+        if let Some(m) = self.mask_swa {
+            m.set_f32_as_f16(&sliding_window_mask(
+                self.pos0,
+                self.n_tokens,
+                self.n_kv,
+                self.shape.n_swa,
+            ));
+        }
         for (t, n) in [(self.k_rot, self.n_rot_k), (self.v_rot, self.n_rot_v)] {
             if let Some(t) = t {
                 t.set_f32(&ggml::hadamard(n));
@@ -317,6 +332,13 @@ impl KvCache {
     pub fn mask(&self) -> Tensor {
         self.mask.expect("start_forward first")
     }
+
+    /// The mask of sliding-window layers, `[n_kv, n_tokens]` f16: causal and
+    /// at most `n_swa` cells back (see [`KvShape::n_swa`]). Panics when the
+    /// shape has no window.
+    pub fn mask_swa(&self) -> Tensor {
+        self.mask_swa.expect("start_forward first, with n_swa > 0")
+    }
 }
 
 /// Hadamard size for a quantized cache's heads of `head_dim` (0: none):
@@ -353,6 +375,18 @@ pub fn causal_mask(pos0: usize, n_tokens: usize, n_kv: usize) -> Vec<f32> {
     m
 }
 
+/// Sliding-window causal mask, row-major `[n_tokens][n_kv]`: token `t` (at
+/// position `p = pos0 + t`) sees cells `c` with `c ≤ p` and `p - c < n_swa`
+/// (llama.cpp's `LLAMA_SWA_TYPE_STANDARD`).
+pub fn sliding_window_mask(pos0: usize, n_tokens: usize, n_kv: usize, n_swa: usize) -> Vec<f32> {
+    let mut m = causal_mask(pos0, n_tokens, n_kv);
+    for t in 0..n_tokens {
+        let first = (pos0 + t + 1).saturating_sub(n_swa).min(n_kv);
+        m[t * n_kv..t * n_kv + first].fill(f32::NEG_INFINITY);
+    }
+    m
+}
+
 /// Row indices into a transposed V cache flattened to `[1, n_ctx * n_embd_v]`
 /// for a batch whose value elements are in `[n_embd_v, n_tokens]` order.
 fn transposed_v_rows(cells: &[i64], n_embd_v: usize, n_ctx: usize) -> Vec<i64> {
@@ -385,6 +419,17 @@ mod tests {
     }
 
     #[test]
+    fn sliding_window_sees_the_last_n_swa_cells() {
+        let inf = f32::NEG_INFINITY;
+        // tokens at positions 3 and 4, window 2, 6 cells
+        let m = sliding_window_mask(3, 2, 6, 2);
+        assert_eq!(&m[..6], &[inf, inf, 0.0, 0.0, inf, inf]);
+        assert_eq!(&m[6..], &[inf, inf, inf, 0.0, 0.0, inf]);
+        // a window wider than the history is the causal mask
+        assert_eq!(sliding_window_mask(2, 2, 4, 512), causal_mask(2, 2, 4));
+    }
+
+    #[test]
     fn n_kv_is_padded_and_capped() {
         assert_eq!(n_kv_for(1, 4096), 256);
         assert_eq!(n_kv_for(256, 4096), 256);
@@ -405,6 +450,7 @@ mod tests {
             n_head_kv: 1,
             head_dim_k: 64,
             head_dim_v: 64,
+            n_swa: 0,
         };
         assert!(KvCache::init(&b, shape, 16, KvType::Q8_0, false).is_err());
         assert!(KvCache::init(&b, shape, 16, KvType::Q8_0, true).is_ok());

@@ -121,6 +121,11 @@ pub struct ModelOptions {
     pub use_mmap: bool,
     /// Load only the vocabulary (no weights): fast, enough for tokenizing.
     pub vocab_only: bool,
+    /// Let the CPU backend repack weights it has faster kernels for (Q4_0,
+    /// Q4_K, Q8_0, … into interleaved blocks; llama.cpp's default). The
+    /// repacked kernels sum in another order, so bit-exact comparisons with
+    /// an engine using ggml's plain kernels turn this off.
+    pub repack: bool,
 }
 
 impl Default for ModelOptions {
@@ -129,6 +134,7 @@ impl Default for ModelOptions {
             n_gpu_layers: 0,
             use_mmap: true,
             vocab_only: false,
+            repack: true,
         }
     }
 }
@@ -157,6 +163,7 @@ impl RefModel {
             let mut p = sys::llama_model_default_params();
             p.n_gpu_layers = opts.n_gpu_layers;
             p.vocab_only = opts.vocab_only;
+            p.use_extra_bufts = opts.repack;
             p.load_mode = if opts.use_mmap {
                 sys::LLAMA_LOAD_MODE_MMAP
             } else {
@@ -559,6 +566,20 @@ impl<'m> RefContext<'m> {
             }
         }
         Ok(out)
+    }
+
+    /// Keeps the first `n` positions of the KV cache and removes the rest,
+    /// so the next decode may continue at position `n`.
+    pub fn truncate(&mut self, n: usize) {
+        let n = n.min(self.n_past());
+        // SAFETY: ctx is valid; the memory handle belongs to it. Removing a
+        // tail of one sequence from a non-recurrent cache does not fail.
+        unsafe {
+            let mem = sys::llama_get_memory(self.ctx.as_ptr());
+            sys::llama_memory_seq_rm(mem, 0, n as i32, -1);
+        }
+        self.n_past = n as i32;
+        self.n_outputs = 0;
     }
 
     /// Empties the KV cache.

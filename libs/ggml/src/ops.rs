@@ -39,6 +39,14 @@ impl Context {
     pub fn swiglu(&self, gate: Tensor, up: Tensor) -> Tensor {
         self.wrap(unsafe { sys::ggml_swiglu_split(self.ptr(), gate.raw(), up.raw()) })
     }
+    /// GeGLU, fused: `gelu(gate) * up` (same shapes; GELU's tanh approximation).
+    pub fn geglu(&self, gate: Tensor, up: Tensor) -> Tensor {
+        self.wrap(unsafe { sys::ggml_geglu_split(self.ptr(), gate.raw(), up.raw()) })
+    }
+    /// Element-wise `tanh(x)`.
+    pub fn tanh(&self, a: Tensor) -> Tensor {
+        self.wrap(unsafe { sys::ggml_tanh(self.ptr(), a.raw()) })
+    }
     /// Softmax over `ne[0]` of `a * scale + mask` (mask `[ne0, ≥ne1]`, f16 or f32).
     pub fn soft_max_ext(&self, a: Tensor, mask: Option<Tensor>, scale: f32) -> Tensor {
         let m = mask.map_or(std::ptr::null_mut(), |m| m.raw());

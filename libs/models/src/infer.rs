@@ -322,7 +322,7 @@ pub fn infer(
         let mo = ModelOptions {
             n_gpu_layers: opts.gpu_layers,
             use_mmap: !opts.no_mmap,
-            vocab_only: false,
+            ..Default::default()
         };
         let m = RefModel::load(&opts.model, &mo).map_err(|e| format!("{path}: {e}"))?;
         let kv = match opts.kv_type {

@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use ggml::{Buffer, Context, Tensor, Type};
 
+pub mod gemma3;
 pub mod infer;
 pub mod llama;
 
@@ -242,7 +243,7 @@ pub struct Loaded {
 
 /// Whether the native engine implements this architecture.
 pub fn supports(arch: &str) -> bool {
-    matches!(arch, "llama")
+    matches!(arch, "llama" | "gemma3")
 }
 
 /// Maps (or reads) a GGUF file and builds its model.
@@ -288,6 +289,11 @@ pub fn build(
     let model: Box<dyn engine::session::Model> = match meta.arch.as_str() {
         "llama" => Box::new(Owned {
             model: llama::Model::load(&meta, &w)?,
+            _ctx: ctx,
+            _buf: buf,
+        }),
+        "gemma3" => Box::new(Owned {
+            model: gemma3::Model::load(&meta, &w)?,
             _ctx: ctx,
             _buf: buf,
         }),

@@ -231,6 +231,7 @@ impl engine::session::Model for Model {
             n_head_kv: c.n_head_kv,
             head_dim_k: c.head_dim,
             head_dim_v: c.head_dim,
+            n_swa: 0,
         }
     }
     fn n_ctx_train(&self) -> usize {
