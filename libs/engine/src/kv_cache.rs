@@ -208,6 +208,26 @@ impl KvCache {
         (self.k_rot, self.v_rot) = (rot(self.n_rot_k), rot(self.n_rot_v));
     }
 
+    /// Cells a batch of `n_tokens` at `pos0` attends to (the graph's shape
+    /// depends on it and on `n_tokens` only).
+    pub fn n_kv_for_batch(&self, pos0: usize, n_tokens: usize) -> usize {
+        n_kv_for(pos0 + n_tokens, self.n_ctx)
+    }
+
+    /// Like [`KvCache::start_forward`] for a batch whose graph has the same
+    /// shape as the last one (same `n_tokens` and [`KvCache::n_kv_for_batch`]):
+    /// keeps the input tensors, so a graph built for that batch can run again
+    /// after [`KvCache::write_inputs`].
+    pub fn reuse_forward(&mut self, pos0: usize, n_tokens: usize) {
+        let built = self.k_idx.map(|t| t.ne()[0] as usize);
+        assert!(
+            built == Some(n_tokens) && self.n_kv_for_batch(pos0, n_tokens) == self.n_kv,
+            "batch {pos0}+{n_tokens} does not have the shape of the last one"
+        );
+        self.pos0 = pos0;
+        self.n_tokens = n_tokens;
+    }
+
     /// Fills the inputs created by [`KvCache::start_forward`] (after allocation).
     pub fn write_inputs(&self) {
         let cells: Vec<i64> = (self.pos0..self.pos0 + self.n_tokens)

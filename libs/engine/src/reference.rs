@@ -397,6 +397,9 @@ pub fn default_threads() -> i32 {
 /// A llama.cpp context (KV cache and compute buffers) over a [`RefModel`].
 pub struct RefContext<'m> {
     ctx: NonNull<sys::llama_context>,
+    /// Persistent worker threads, as llama-cli and llama-bench attach them
+    /// (without one, every graph computation starts and joins its threads).
+    threadpool: *mut sys::ggml_threadpool,
     model: &'m RefModel,
     n_ctx: u32,
     n_batch: u32,
@@ -428,10 +431,19 @@ impl<'m> RefContext<'m> {
             sys::llama_init_from_model(model.model.as_ptr(), p)
         };
         let ctx = NonNull::new(ctx).ok_or(ErrorKind::Context(opts.n_ctx))?;
-        // SAFETY: ctx is valid.
-        let n_ctx = unsafe { sys::llama_n_ctx(ctx.as_ptr()) };
+        // SAFETY: ctx is valid; the pool outlives its attachment (freed after
+        // the context in Drop); a null pool leaves llama.cpp's default.
+        let (n_ctx, threadpool) = unsafe {
+            let mut tpp = sys::ggml_threadpool_params_default(opts.n_threads.max(1));
+            let tp = sys::ggml_threadpool_new(&mut tpp);
+            if !tp.is_null() {
+                sys::llama_attach_threadpool(ctx.as_ptr(), tp, tp);
+            }
+            (sys::llama_n_ctx(ctx.as_ptr()), tp)
+        };
         Ok(RefContext {
             ctx,
+            threadpool,
             model,
             n_ctx,
             n_batch: opts.n_batch.max(1),
@@ -620,8 +632,14 @@ impl<'m> RefContext<'m> {
 
 impl Drop for RefContext<'_> {
     fn drop(&mut self) {
-        // SAFETY: ctx came from llama_init_from_model and is freed once.
-        unsafe { sys::llama_free(self.ctx.as_ptr()) }
+        // SAFETY: ctx came from llama_init_from_model and is freed once,
+        // before the thread pool it uses.
+        unsafe {
+            sys::llama_free(self.ctx.as_ptr());
+            if !self.threadpool.is_null() {
+                sys::ggml_threadpool_free(self.threadpool);
+            }
+        }
     }
 }
 

@@ -2,10 +2,13 @@
 //!
 //! A [`Session`] owns the backend (thread pool), the KV cache and the compute
 //! buffer. [`Session::decode`] feeds tokens in batches of `n_batch` and
-//! returns the logits of the last one. The graph of each step is rebuilt in a
-//! reused metadata arena (cheap: about a thousand nodes) and placed in a
-//! compute buffer reserved once for the worst case, so a step allocates no
-//! tensor memory.
+//! returns the logits of the last one. A graph is built in a reused metadata
+//! arena and placed in a compute buffer reserved once for the worst case, so
+//! a step allocates no tensor memory. Every per-step value (tokens,
+//! positions, cache cells, mask) is a graph input, so the graph depends only
+//! on the batch length and the number of cells attended (a multiple of 256):
+//! generation reuses one graph for 256 steps at a time, building and
+//! allocating nothing, and only writes the inputs.
 
 use ggml::{Allocator, Backend, Context, Graph, Tensor, Type};
 
@@ -80,6 +83,19 @@ pub struct Session<'m> {
     n_batch: usize,
     history: Vec<i32>,
     logits: Vec<f32>,
+    /// The last graph built and allocated, for a batch of this shape.
+    last: Option<Built>,
+    graphs_built: usize,
+}
+
+/// A built and allocated graph and the shape of the batches it fits.
+#[derive(Clone, Copy)]
+struct Built {
+    n_tokens: usize,
+    n_kv: usize,
+    graph: Graph,
+    inp: Inputs,
+    logits: Tensor,
 }
 
 impl<'m> Session<'m> {
@@ -110,6 +126,8 @@ impl<'m> Session<'m> {
             n_batch,
             history: vec![],
             logits: vec![],
+            last: None,
+            graphs_built: 0,
         };
         s.reserve()?;
         Ok(s)
@@ -126,6 +144,7 @@ impl<'m> Session<'m> {
     }
 
     fn build(&mut self, pos0: usize, n: usize) -> (Graph, Inputs, Tensor) {
+        self.last = None; // its tensors live in the arena reset here
         self.ctx.reset();
         let ctx = &self.ctx;
         let g = ctx.graph(self.model.max_nodes());
@@ -144,6 +163,12 @@ impl<'m> Session<'m> {
     /// Context length.
     pub fn n_ctx(&self) -> usize {
         self.kv.n_ctx()
+    }
+
+    /// How many graphs [`Session::decode`] has built so far (the others ran
+    /// again a graph built before).
+    pub fn graphs_built(&self) -> usize {
+        self.graphs_built
     }
 
     /// Tokens in the cache.
@@ -168,8 +193,28 @@ impl<'m> Session<'m> {
         let n_vocab = self.model.n_vocab();
         for chunk in tokens.chunks(self.n_batch) {
             let pos0 = self.history.len();
-            let (g, inp, logits) = self.build(pos0, chunk.len());
-            self.alloc.alloc(&g)?;
+            let (n, n_kv) = (chunk.len(), self.kv.n_kv_for_batch(pos0, chunk.len()));
+            let b = match self.last {
+                Some(b) if b.n_tokens == n && b.n_kv == n_kv => {
+                    self.kv.reuse_forward(pos0, n);
+                    b
+                }
+                _ => {
+                    let (graph, inp, logits) = self.build(pos0, n);
+                    self.alloc.alloc(&graph)?;
+                    self.graphs_built += 1;
+                    let b = Built {
+                        n_tokens: n,
+                        n_kv,
+                        graph,
+                        inp,
+                        logits,
+                    };
+                    self.last = Some(b);
+                    b
+                }
+            };
+            let (g, inp, logits) = (b.graph, b.inp, b.logits);
             inp.tokens.set_i32(chunk);
             let pos: Vec<i32> = (pos0..pos0 + chunk.len()).map(|p| p as i32).collect();
             inp.pos.set_i32(&pos);
@@ -198,6 +243,15 @@ impl<'m> Session<'m> {
         kept.extend_from_slice(&self.history[keep + discard..]);
         self.clear();
         self.decode(&kept)
+    }
+
+    /// Keeps the first `n` tokens and forgets the rest, so that the next
+    /// [`Session::decode`] continues after them (a chat reusing the cache of
+    /// a shared prefix). Cell `i` holds position `i`, and a batch only
+    /// attends to cells up to its own positions, so shortening the history
+    /// is enough: the cells past it are overwritten before they are read.
+    pub fn truncate(&mut self, n: usize) {
+        self.history.truncate(n);
     }
 
     /// Forgets the whole sequence.

@@ -445,7 +445,9 @@ mod ops;
 
 // ---- graphs ----
 
-/// A computation graph in a [`Context`].
+/// A computation graph in a [`Context`] (a handle, valid while the context
+/// lives and is not reset, like [`Tensor`]).
+#[derive(Clone, Copy)]
 pub struct Graph {
     raw: NonNull<sys::ggml_cgraph>,
 }

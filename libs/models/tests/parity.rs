@@ -140,3 +140,22 @@ fn gemma3_greedy_tokens_match_llama_cpp_f16_cache() {
 fn gemma3_greedy_tokens_match_llama_cpp_q8_0_cache() {
     check(GEMMA3, KvType::Q8_0, RefKv::Q8_0, true, 3);
 }
+
+#[test]
+fn generation_reuses_one_graph_per_256_cells() {
+    let path = pipeline_tests::real_model(SMOLLM2);
+    let loaded = models::load(&path, &Default::default()).unwrap();
+    let so = SessionOptions {
+        n_ctx: 1024,
+        n_threads: THREADS,
+        ..Default::default()
+    };
+    let mut sess = Session::new(loaded.model.as_ref(), &so).unwrap();
+    let mut t = argmax(sess.decode(&[1, 504, 3575, 282, 4649, 314]).unwrap());
+    assert_eq!(sess.graphs_built(), 1, "the prompt's graph");
+    while sess.history().len() < 300 {
+        t = argmax(sess.decode(&[t]).unwrap());
+    }
+    // one graph for steps attending 256 cells, one for 512
+    assert_eq!(sess.graphs_built(), 3);
+}
