@@ -337,6 +337,66 @@ impl KvCache {
         (k, v)
     }
 
+    /// Whether [`KvCache::shift_cells`] can move cells (an f16 cache; a
+    /// quantized one stores keys Hadamard-rotated, which RoPE does not
+    /// commute with).
+    pub fn can_shift_cells(&self) -> bool {
+        self.ty == Type::F16
+    }
+
+    /// Moves the `n` cells from `from` to `to` (`to < from`) in every layer,
+    /// keys passed through `rerotate(k [head_dim, n_head_kv, n] f32, layer)`
+    /// (RoPE by the position change); the copies are added to `g`. A source
+    /// is copied out before its destination is written, so the ranges may
+    /// overlap. Returns `false` (nothing added) when `rerotate` declines.
+    pub fn shift_cells(
+        &self,
+        ctx: &Context,
+        g: &Graph,
+        (from, to, n): (usize, usize, usize),
+        mut rerotate: impl FnMut(Tensor, usize) -> Option<Tensor>,
+    ) -> bool {
+        assert!(self.can_shift_cells() && to < from && from + n <= self.n_ctx);
+        let s = self.shape;
+        let (hk, hv, nh) = (s.head_dim_k, s.head_dim_v, s.n_head_kv);
+        let es = self.ty.type_size();
+        let mut copies = vec![];
+        for layer in 0..s.n_layer {
+            let k = self.k[layer];
+            let rows = |cell: usize| {
+                ctx.view_3d(
+                    k,
+                    [hk as i64, nh as i64, n as i64],
+                    self.ty.row_size(hk),
+                    k.nb()[1],
+                    cell * k.nb()[1],
+                )
+            };
+            let Some(kr) = rerotate(ctx.cast(rows(from), Type::F32), layer) else {
+                return false;
+            };
+            copies.push(ctx.cpy(kr, rows(to)));
+            let v = self.v[layer];
+            let (src, dst) = if self.flash {
+                let rows = |cell: usize| {
+                    ctx.view_2d(v, [(hv * nh) as i64, n as i64], v.nb()[1], cell * v.nb()[1])
+                };
+                (rows(from), rows(to))
+            } else {
+                // transposed: cells are columns of [n_ctx, hv * nh]
+                let cols = |cell: usize| {
+                    ctx.view_2d(v, [n as i64, (hv * nh) as i64], v.nb()[1], cell * es)
+                };
+                (cols(from), cols(to))
+            };
+            copies.push(ctx.cpy(ctx.cont(src), dst));
+        }
+        for c in copies {
+            g.expand(c);
+        }
+        true
+    }
+
     /// Rotates queries `[head_dim, n_head, n_tokens]` like the cached keys.
     pub fn rotate_q(&self, ctx: &Context, q: Tensor) -> Tensor {
         self.k_rot.map_or(q, |h| ctx.hadamard_rotate(q, h))

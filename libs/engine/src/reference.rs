@@ -594,6 +594,21 @@ impl<'m> RefContext<'m> {
         self.n_outputs = 0;
     }
 
+    /// llama.cpp's context shift: forgets positions `keep..keep + discard`
+    /// and moves the later ones down by `discard` (their keys are re-rotated
+    /// at the next decode, llama.cpp's K-shift).
+    pub fn shift(&mut self, keep: usize, discard: usize) {
+        let n = self.n_past();
+        let (keep, discard) = (keep.min(n), discard.min(n - keep.min(n)));
+        // SAFETY: ctx is valid; the memory handle belongs to it.
+        unsafe {
+            let mem = sys::llama_get_memory(self.ctx.as_ptr());
+            sys::llama_memory_seq_rm(mem, 0, keep as i32, (keep + discard) as i32);
+            sys::llama_memory_seq_add(mem, 0, (keep + discard) as i32, -1, -(discard as i32));
+        }
+        self.n_past = (n - discard) as i32; // the last logits stay readable
+    }
+
     /// Empties the KV cache.
     pub fn clear(&mut self) {
         // SAFETY: ctx is valid; the memory handle belongs to it.

@@ -27,6 +27,19 @@ pub trait Model {
     fn max_nodes(&self) -> usize {
         4096 + 64 * self.kv_shape().n_layer
     }
+    /// Re-rotates cached keys `k [head_dim, n_head_kv, n] f32` of `layer` by
+    /// `delta [n] i32` positions (RoPE with this layer's parameters), so a
+    /// context shift can move cells instead of computing them again; `None`
+    /// (the default) when the model cannot, and the session re-decodes.
+    fn shift_keys(
+        &self,
+        _ctx: &Context,
+        _k: Tensor,
+        _delta: Tensor,
+        _layer: usize,
+    ) -> Option<Tensor> {
+        None
+    }
     /// Builds the forward pass of one batch into `g`, returning the logits
     /// `[n_vocab, n_out]` of the tokens listed in `inp.out_ids`.
     fn forward(&self, ctx: &Context, g: &Graph, inp: &Inputs, kv: &KvCache) -> Tensor;
@@ -229,9 +242,11 @@ impl<'m> Session<'m> {
     }
 
     /// Makes room when the context is full, like Ollama: keeps the first
-    /// `num_keep` tokens, drops half of the rest (the oldest), and rebuilds
-    /// the cache from the tokens kept. Returns the logits of the last kept
-    /// token.
+    /// `num_keep` tokens and drops half of the rest (the oldest). The cells
+    /// of the tokens kept after the gap move down and their keys are rotated
+    /// back by the gap (as llama.cpp's K-shift does), so nothing is computed
+    /// again; for models or caches that cannot (a quantized cache), the cache
+    /// is rebuilt from the tokens kept. Returns the logits of the last token.
     pub fn shift(&mut self, num_keep: usize) -> Result<&[f32]> {
         let n = self.history.len();
         let keep = num_keep.min(n.saturating_sub(1));
@@ -239,10 +254,41 @@ impl<'m> Session<'m> {
         if discard == 0 {
             return Err(Error::invalid("context shift would drop nothing".into()));
         }
+        if self.shift_cells(keep, discard)? {
+            self.history.drain(keep..keep + discard);
+            return Ok(&self.logits);
+        }
         let mut kept = self.history[..keep].to_vec();
         kept.extend_from_slice(&self.history[keep + discard..]);
         self.clear();
         self.decode(&kept)
+    }
+
+    /// Moves cells `keep + discard..` to `keep..`, re-rotating their keys;
+    /// `false` when the model or cache cannot.
+    fn shift_cells(&mut self, keep: usize, discard: usize) -> Result<bool> {
+        if !self.kv.can_shift_cells() {
+            return Ok(false);
+        }
+        let moved = self.history.len() - keep - discard;
+        self.last = None;
+        self.ctx.reset();
+        let ctx = &self.ctx;
+        let g = ctx.graph(self.model.max_nodes());
+        let delta = ctx.tensor(Type::I32, &[moved as i64]).set_input();
+        let model = self.model;
+        let ok = self
+            .kv
+            .shift_cells(ctx, &g, (keep + discard, keep, moved), |k, layer| {
+                model.shift_keys(ctx, k, delta, layer)
+            });
+        if !ok {
+            return Ok(false);
+        }
+        self.alloc.alloc(&g)?;
+        delta.set_i32(&vec![-(discard as i32); moved]);
+        self.backend.compute(&g)?;
+        Ok(true)
     }
 
     /// Keeps the first `n` tokens and forgets the rest, so that the next

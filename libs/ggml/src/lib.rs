@@ -492,6 +492,7 @@ impl Backend {
     /// The CPU backend with `n_threads` worker threads in a persistent pool
     /// (no threads are created per graph).
     pub fn cpu(n_threads: usize) -> Result<Backend, Error> {
+        errors_only_logs();
         let n = n_threads.clamp(1, 512) as c_int;
         // SAFETY: plain constructors; null checked.
         unsafe {
@@ -577,6 +578,117 @@ impl Buffer {
         unsafe {
             let base = sys::ggml_backend_buffer_get_base(self.raw.as_ptr()) as *mut u8;
             sys::ggml_backend_tensor_alloc(self.raw.as_ptr(), t.raw(), base.add(offset).cast());
+        }
+    }
+}
+
+/// The CPU backend's extra weight buffer types (`CPU_REPACK` on x86 and
+/// ARM): a weight uploaded into one is rearranged into interleaved blocks
+/// that its matrix kernels read faster (Q4_0 and Q4_K on AVX2, more on ARM).
+/// llama.cpp uses them by default; the data is a copy, not the mapped file.
+pub struct Repack {
+    dev: sys::ggml_backend_dev_t,
+    bufts: Vec<sys::ggml_backend_buffer_type_t>,
+}
+
+impl Repack {
+    /// The extra buffer types of the CPU device (empty when the build or the
+    /// CPU has none).
+    pub fn cpu() -> Repack {
+        errors_only_logs();
+        // SAFETY: registry lookups; the proc address has the documented type.
+        unsafe {
+            let dev = sys::ggml_backend_dev_by_type(sys::GGML_BACKEND_DEVICE_TYPE_CPU);
+            let mut bufts = vec![];
+            if !dev.is_null() {
+                let reg = sys::ggml_backend_dev_backend_reg(dev);
+                let f = sys::ggml_backend_reg_get_proc_address(
+                    reg,
+                    c"ggml_backend_dev_get_extra_bufts".as_ptr(),
+                );
+                if !f.is_null() {
+                    let f: unsafe extern "C" fn(
+                        sys::ggml_backend_dev_t,
+                    )
+                        -> *mut sys::ggml_backend_buffer_type_t = std::mem::transmute(f);
+                    let mut p = f(dev);
+                    while !p.is_null() && !(*p).is_null() {
+                        bufts.push(*p);
+                        p = p.add(1);
+                    }
+                }
+            }
+            Repack { dev, bufts }
+        }
+    }
+
+    /// The first extra buffer type whose kernels take `mul_mat(w, x)` for
+    /// this weight (`w` not yet allocated), as llama.cpp picks it.
+    pub fn choose(&self, w: Tensor) -> Option<RepackType> {
+        if self.bufts.is_empty() || w.is_allocated() {
+            return None;
+        }
+        let ne = w.ne();
+        let scratch = Context::new(4);
+        let x = scratch.tensor(Type::F32, &[ne[0], 512, ne[2], ne[3]]);
+        let op = scratch.mul_mat(w, x);
+        self.bufts.iter().copied().find_map(|buft| {
+            // SAFETY: as llama.cpp does, give the weight a dummy buffer of
+            // the type for the check and take it away again; nothing reads it.
+            let ok = unsafe {
+                let dummy = sys::ggml_backend_buft_alloc_buffer(buft, 0);
+                if dummy.is_null() {
+                    return None;
+                }
+                (*w.raw()).buffer = dummy;
+                let ok = sys::ggml_backend_dev_supports_op(self.dev, op.raw());
+                (*w.raw()).buffer = std::ptr::null_mut();
+                sys::ggml_backend_buffer_free(dummy);
+                ok
+            };
+            ok.then_some(RepackType(buft))
+        })
+    }
+}
+
+/// One extra weight buffer type (see [`Repack`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct RepackType(sys::ggml_backend_buffer_type_t);
+
+impl RepackType {
+    /// Allocates one buffer of this type for `items` (unallocated tensors)
+    /// and uploads each from its bytes in ggml's plain layout (exactly the
+    /// tensor's size); the upload repacks.
+    pub fn upload(self, items: &[(Tensor, &[u8])]) -> Result<Buffer, Error> {
+        // SAFETY: sizes come from ggml for these tensors; every tensor is
+        // placed inside the buffer at an aligned offset, then written with
+        // exactly its own byte count.
+        unsafe {
+            let align = sys::ggml_backend_buft_get_alignment(self.0).max(1);
+            let sizes: Vec<usize> = items
+                .iter()
+                .map(|(t, _)| {
+                    sys::ggml_backend_buft_get_alloc_size(self.0, t.raw()).next_multiple_of(align)
+                })
+                .collect();
+            let total: usize = sizes.iter().sum();
+            let raw = sys::ggml_backend_buft_alloc_buffer(self.0, total.max(1));
+            let raw = NonNull::new(raw).ok_or(Error {
+                kind: ErrorKind::Alloc(total),
+            })?;
+            let buf = Buffer { raw, _owner: None };
+            let base = sys::ggml_backend_buffer_get_base(raw.as_ptr()) as *mut u8;
+            let mut off = 0;
+            for ((t, bytes), size) in items.iter().zip(&sizes) {
+                assert_eq!(bytes.len(), t.n_bytes(), "upload of {t:?}");
+                let s = sys::ggml_backend_tensor_alloc(raw.as_ptr(), t.raw(), base.add(off).cast());
+                if s != 0 {
+                    return err(ErrorKind::Alloc(*size));
+                }
+                sys::ggml_backend_tensor_set(t.raw(), bytes.as_ptr().cast(), 0, bytes.len());
+                off += size;
+            }
+            Ok(buf)
         }
     }
 }
@@ -713,6 +825,26 @@ pub fn quiet_logs() {
     }
     // SAFETY: a valid callback that ignores everything.
     unsafe { sys::ggml_log_set(Some(drop_log), std::ptr::null_mut()) }
+}
+
+/// Keeps ggml's errors on stderr and drops its debug and info chatter (one
+/// line per repacked tensor, buffer sizes); installed once by [`Backend::cpu`]
+/// and [`Repack::cpu`] (a logger set later, such as llama.cpp's, replaces it).
+fn errors_only_logs() {
+    unsafe extern "C" fn log(
+        level: sys::ggml_log_level,
+        text: *const std::ffi::c_char,
+        _user: *mut c_void,
+    ) {
+        if level == sys::GGML_LOG_LEVEL_ERROR && !text.is_null() {
+            // SAFETY: ggml passes a NUL-terminated string.
+            let t = unsafe { std::ffi::CStr::from_ptr(text) };
+            eprint!("{}", t.to_string_lossy());
+        }
+    }
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    // SAFETY: a valid callback; ggml copies the pointer.
+    ONCE.call_once(|| unsafe { sys::ggml_log_set(Some(log), std::ptr::null_mut()) });
 }
 
 #[cfg(test)]

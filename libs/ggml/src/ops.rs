@@ -39,6 +39,11 @@ impl Context {
     pub fn swiglu(&self, gate: Tensor, up: Tensor) -> Tensor {
         self.wrap(unsafe { sys::ggml_swiglu_split(self.ptr(), gate.raw(), up.raw()) })
     }
+    /// SwiGLU of gate and up stacked in one tensor: `a [2n, m]` → `[n, m]`,
+    /// `silu(a[..n]) * a[n..]` row by row (Phi-3's fused `ffn_up`).
+    pub fn swiglu_stacked(&self, a: Tensor) -> Tensor {
+        self.wrap(unsafe { sys::ggml_swiglu(self.ptr(), a.raw()) })
+    }
     /// GeGLU, fused: `gelu(gate) * up` (same shapes; GELU's tanh approximation).
     pub fn geglu(&self, gate: Tensor, up: Tensor) -> Tensor {
         self.wrap(unsafe { sys::ggml_geglu_split(self.ptr(), gate.raw(), up.raw()) })
@@ -87,6 +92,11 @@ impl Context {
     /// Converts `a` to type `ty`.
     pub fn cast(&self, a: Tensor, ty: Type) -> Tensor {
         self.wrap(unsafe { sys::ggml_cast(self.ptr(), a.raw(), ty.0) })
+    }
+    /// Copies `a` into `b` (same element count; `b` may be a strided view and
+    /// of another type, e.g. f32 into an f16 cache); returns the `b` view.
+    pub fn cpy(&self, a: Tensor, b: Tensor) -> Tensor {
+        self.wrap(unsafe { sys::ggml_cpy(self.ptr(), a.raw(), b.raw()) })
     }
     /// A contiguous copy of `a` (after a permute or transpose).
     pub fn cont(&self, a: Tensor) -> Tensor {

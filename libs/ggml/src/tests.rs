@@ -166,3 +166,92 @@ fn hadamard_is_orthonormal_and_rotation_round_trips() {
         assert!((g - w).abs() < 1e-4, "{g} vs {w}");
     }
 }
+
+/// Q4_0 blocks (f16 scale, 16 bytes of nibbles) with pseudo-random values,
+/// and their dequantized values.
+fn q4_0_blocks(n_blocks: usize) -> (Vec<u8>, Vec<f32>) {
+    let (mut bytes, mut vals, mut s) = (vec![], vec![], 0x1234_5678_u32);
+    let mut next = || {
+        s ^= s << 13;
+        s ^= s >> 17;
+        s ^= s << 5;
+        s
+    };
+    for _ in 0..n_blocks {
+        let d = 0.01 + (next() % 100) as f32 / 1000.0; // rounded to f16 below
+        let d16 = half_bits(d);
+        let d = half_value(d16);
+        bytes.extend(d16.to_le_bytes());
+        let q: Vec<u8> = (0..32).map(|_| (next() % 16) as u8).collect();
+        for i in 0..16 {
+            bytes.push(q[i] | (q[i + 16] << 4));
+        }
+        vals.extend(q.iter().map(|&v| (v as f32 - 8.0) * d));
+    }
+    (bytes, vals)
+}
+
+fn half_bits(x: f32) -> u16 {
+    // SAFETY: pure conversion.
+    unsafe { sys::ggml_fp32_to_fp16(x) }
+}
+
+fn half_value(h: u16) -> f32 {
+    // SAFETY: pure conversion.
+    unsafe { sys::ggml_fp16_to_fp32(h) }
+}
+
+#[test]
+fn repacked_weights_multiply_like_plain_ones() {
+    let (k, m, n) = (256usize, 16usize, 3usize);
+    let (wbytes, wvals) = q4_0_blocks(k * m / 32);
+    let x: Vec<f32> = (0..k * n)
+        .map(|i| ((i * 13 % 17) as f32 - 8.0) / 8.0)
+        .collect();
+    let repack = Repack::cpu();
+    let ctx = Context::new(16);
+    let plain_w = ctx.tensor(Type::Q4_0, &[k as i64, m as i64]);
+    let packed_w = ctx.tensor(Type::Q4_0, &[k as i64, m as i64]);
+    let chosen = repack.choose(packed_w);
+    if std::is_x86_feature_detected!("avx2") {
+        assert!(chosen.is_some(), "AVX2 has repacked Q4_0 kernels");
+    }
+    let plain_f32 = ctx.tensor(Type::F32, &[k as i64, m as i64]);
+    assert!(repack.choose(plain_f32).is_none(), "f32 is never repacked");
+    let aligned = AlignedBytes::read_exact(&wbytes[..], wbytes.len()).unwrap();
+    let host = Buffer::from_host_bytes(Arc::new(aligned)).unwrap();
+    host.place(plain_w, 0);
+    let _packed_buf = match chosen {
+        Some(rt) => rt.upload(&[(packed_w, &wbytes[..])]).unwrap(),
+        None => {
+            let aligned = AlignedBytes::read_exact(&wbytes[..], wbytes.len()).unwrap();
+            let b = Buffer::from_host_bytes(Arc::new(aligned)).unwrap();
+            b.place(packed_w, 0);
+            b
+        }
+    };
+    let backend = Backend::cpu(1).unwrap();
+    let xt = ctx.tensor(Type::F32, &[k as i64, n as i64]).set_input();
+    let (a, b) = (ctx.mul_mat(plain_w, xt), ctx.mul_mat(packed_w, xt));
+    let g = ctx.graph(16);
+    g.expand(a);
+    g.expand(b);
+    let mut alloc = Allocator::new(&backend);
+    alloc.alloc(&g).unwrap();
+    xt.set_f32(&x);
+    backend.compute(&g).unwrap();
+    let (a, b) = (a.to_f32(), b.to_f32());
+    for j in 0..n {
+        for i in 0..m {
+            let exact: f32 = (0..k).map(|l| wvals[i * k + l] * x[j * k + l]).sum();
+            let (pa, pb) = (a[j * m + i], b[j * m + i]);
+            // both quantize x to 8 bits: close to the exact product, and to each other
+            let tol = 0.02 * exact.abs().max(1.0);
+            assert!((pa - exact).abs() < tol, "plain {pa} vs {exact}");
+            assert!(
+                (pb - pa).abs() < 1e-3 * pa.abs().max(1.0),
+                "repacked {pb} vs plain {pa}"
+            );
+        }
+    }
+}

@@ -159,12 +159,12 @@ impl Attention {
     fn load(w: &Weights, p: &str, c: &Config) -> Result<Attention> {
         let (e, q, kv) = (c.n_embd, c.n_head * c.head_dim, c.n_head_kv * c.head_dim);
         Ok(Attention {
-            wq: w.get(&format!("{p}.attn_q.weight"), &[e, q])?,
-            wk: w.get(&format!("{p}.attn_k.weight"), &[e, kv])?,
-            wv: w.get(&format!("{p}.attn_v.weight"), &[e, kv])?,
+            wq: w.mat(&format!("{p}.attn_q.weight"), &[e, q])?,
+            wk: w.mat(&format!("{p}.attn_k.weight"), &[e, kv])?,
+            wv: w.mat(&format!("{p}.attn_v.weight"), &[e, kv])?,
             q_norm: w.get(&format!("{p}.attn_q_norm.weight"), &[c.head_dim])?,
             k_norm: w.get(&format!("{p}.attn_k_norm.weight"), &[c.head_dim])?,
-            wo: w.get(&format!("{p}.attn_output.weight"), &[q, e])?,
+            wo: w.mat(&format!("{p}.attn_output.weight"), &[q, e])?,
         })
     }
 
@@ -214,9 +214,9 @@ pub struct Mlp {
 impl Mlp {
     fn load(w: &Weights, p: &str, c: &Config) -> Result<Mlp> {
         Ok(Mlp {
-            gate: w.get(&format!("{p}.ffn_gate.weight"), &[c.n_embd, c.n_ff])?,
-            up: w.get(&format!("{p}.ffn_up.weight"), &[c.n_embd, c.n_ff])?,
-            down: w.get(&format!("{p}.ffn_down.weight"), &[c.n_ff, c.n_embd])?,
+            gate: w.mat(&format!("{p}.ffn_gate.weight"), &[c.n_embd, c.n_ff])?,
+            up: w.mat(&format!("{p}.ffn_up.weight"), &[c.n_embd, c.n_ff])?,
+            down: w.mat(&format!("{p}.ffn_down.weight"), &[c.n_ff, c.n_embd])?,
         })
     }
 
@@ -274,7 +274,13 @@ impl Model {
             .map(|i| Block::load(w, &format!("blk.{i}"), &cfg))
             .collect::<Result<_>>()?;
         let output_norm = w.get("output_norm.weight", &[e])?;
-        let output = w.opt("output.weight", &[e, nv])?.unwrap_or(tok_embd);
+        // Tied embeddings (SmolLM2, Gemma, many small models have no
+        // output.weight): a second handle on the same bytes, which may be
+        // repacked for mul_mat while the embeddings stay for get_rows.
+        let output = match w.opt_mat("output.weight", &[e, nv])? {
+            Some(t) => t,
+            None => w.mat("token_embd.weight", &[e, nv])?,
+        };
         Ok(Model {
             cfg,
             tok_embd,
@@ -306,6 +312,16 @@ impl engine::session::Model for Model {
     }
     fn n_ctx_train(&self) -> usize {
         self.cfg.n_ctx_train
+    }
+
+    fn shift_keys(&self, ctx: &Context, k: Tensor, delta: Tensor, layer: usize) -> Option<Tensor> {
+        let c = &self.cfg;
+        let rope = if c.is_local[layer] {
+            &c.rope_local
+        } else {
+            &c.rope_global
+        };
+        Some(ctx.rope(k, delta, None, rope))
     }
 
     // ---- forward ----

@@ -263,16 +263,7 @@ pub fn infer(
         num_predict: opts.num_predict,
         num_keep: opts.num_keep,
     };
-    let native = match opts.engine {
-        EngineChoice::Auto => supports(&arch),
-        EngineChoice::Native if !supports(&arch) => {
-            return Err(format!(
-            "architecture {arch:?} is not supported by the native engine (try --engine llama.cpp)"
-        ))
-        }
-        EngineChoice::Native => true,
-        EngineChoice::LlamaCpp => false,
-    };
+    let native = use_native(opts.engine, &arch)?;
     if !native {
         on_event(Event::Notice(&format!(
             "infer: running {arch} with llama.cpp's engine"
@@ -305,64 +296,69 @@ pub fn infer(
             &opts.model,
             &LoadOptions {
                 no_mmap: opts.no_mmap,
+                ..Default::default()
             },
         )
         .map_err(|e| format!("{path}: {e}"))?;
-        let so = SessionOptions {
-            n_ctx: opts.n_ctx,
-            n_batch: opts.n_batch,
-            n_threads: opts.n_threads,
-            kv_type: opts.kv_type,
-            flash_attn: opts.flash_attn,
-        };
-        let mut sess = Session::new(loaded.model.as_ref(), &so).map_err(|e| e.to_string())?;
+        let mut sess = Session::new(loaded.model.as_ref(), &session_options(opts))
+            .map_err(|e| e.to_string())?;
         run(&mut sess, &mut summary)?;
     } else {
         summary.engine = "llama.cpp";
-        let mo = ModelOptions {
-            n_gpu_layers: opts.gpu_layers,
-            use_mmap: !opts.no_mmap,
-            ..Default::default()
-        };
-        let m = RefModel::load(&opts.model, &mo).map_err(|e| format!("{path}: {e}"))?;
-        let kv = match opts.kv_type {
-            KvType::F16 => engine::reference::KvType::F16,
-            KvType::Q8_0 => engine::reference::KvType::Q8_0,
-            KvType::Q4_0 => engine::reference::KvType::Q4_0,
-        };
-        let n_ctx = opts.n_ctx.min(m.n_ctx_train()) as u32;
-        let co = ContextOptions {
-            n_ctx,
-            n_batch: opts.n_batch as u32,
-            n_threads: opts.n_threads as i32,
-            type_k: kv,
-            type_v: kv,
-            flash_attn: opts.flash_attn || opts.kv_type != KvType::F16,
-        };
-        let ctx = RefContext::new(&m, &co).map_err(|e| e.to_string())?;
-        let mut dec = RefDecode {
-            ctx,
-            history: vec![],
-            logits: vec![],
-        };
+        let m = ref_model(opts)?;
+        let mut dec = RefDecode::new(&m, opts)?;
         run(&mut dec, &mut summary)?;
     }
     summary.total_duration = t0.elapsed();
     Ok(summary)
 }
 
+/// Whether `engine` runs `arch` natively; an error when the native engine
+/// is asked for and does not support it.
+pub(crate) fn use_native(engine: EngineChoice, arch: &str) -> Result<bool, String> {
+    match engine {
+        EngineChoice::Auto => Ok(supports(arch)),
+        EngineChoice::Native if !supports(arch) => Err(format!(
+            "architecture {arch:?} is not supported by the native engine (try --engine llama.cpp)"
+        )),
+        EngineChoice::Native => Ok(true),
+        EngineChoice::LlamaCpp => Ok(false),
+    }
+}
+
+/// The native session's options from `opts`.
+pub(crate) fn session_options(opts: &InferOptions) -> SessionOptions {
+    SessionOptions {
+        n_ctx: opts.n_ctx,
+        n_batch: opts.n_batch,
+        n_threads: opts.n_threads,
+        kv_type: opts.kv_type,
+        flash_attn: opts.flash_attn,
+    }
+}
+
+/// Loads the model with llama.cpp's engine.
+pub(crate) fn ref_model(opts: &InferOptions) -> Result<RefModel, String> {
+    let mo = ModelOptions {
+        n_gpu_layers: opts.gpu_layers,
+        use_mmap: !opts.no_mmap,
+        ..Default::default()
+    };
+    RefModel::load(&opts.model, &mo).map_err(|e| format!("{}: {e}", opts.model.display()))
+}
+
 /// Streams token text: complete UTF-8 characters only, stop strings cut.
-struct Output<'a> {
-    tok: &'a Tokenizer,
-    utf8: StreamDecoder,
-    stop: StopBuffer,
-    on_event: &'a mut dyn FnMut(Event) -> std::io::Result<()>,
-    io: Option<std::io::Error>,
+pub(crate) struct Output<'a> {
+    pub(crate) tok: &'a Tokenizer,
+    pub(crate) utf8: StreamDecoder,
+    pub(crate) stop: StopBuffer,
+    pub(crate) on_event: &'a mut dyn FnMut(Event) -> std::io::Result<()>,
+    pub(crate) io: Option<std::io::Error>,
 }
 
 impl Output<'_> {
     /// Emits a token's text; `false` ends generation (stop string or I/O error).
-    fn token(&mut self, id: i32) -> bool {
+    pub(crate) fn token(&mut self, id: i32) -> bool {
         let piece = self.tok.token_to_piece(id as u32, false).to_vec();
         let text = self.utf8.push(&piece);
         let (text, stopped) = self.stop.push(&text);
@@ -372,7 +368,7 @@ impl Output<'_> {
         }
         !stopped
     }
-    fn finish(&mut self) -> std::io::Result<()> {
+    pub(crate) fn finish(&mut self) -> std::io::Result<()> {
         let rest = self.utf8.finish();
         let (mut text, stopped) = self.stop.push(&rest);
         if !stopped {
@@ -386,10 +382,34 @@ impl Output<'_> {
 }
 
 /// llama.cpp's engine behind [`Decode`].
-struct RefDecode<'m> {
-    ctx: RefContext<'m>,
-    history: Vec<i32>,
-    logits: Vec<f32>,
+pub(crate) struct RefDecode<'m> {
+    pub(crate) ctx: RefContext<'m>,
+    pub(crate) history: Vec<i32>,
+    pub(crate) logits: Vec<f32>,
+}
+
+impl<'m> RefDecode<'m> {
+    /// A llama.cpp context for `m` as `opts` asks.
+    pub(crate) fn new(m: &'m RefModel, opts: &InferOptions) -> Result<RefDecode<'m>, String> {
+        let kv = match opts.kv_type {
+            KvType::F16 => engine::reference::KvType::F16,
+            KvType::Q8_0 => engine::reference::KvType::Q8_0,
+            KvType::Q4_0 => engine::reference::KvType::Q4_0,
+        };
+        let co = ContextOptions {
+            n_ctx: opts.n_ctx.min(m.n_ctx_train()) as u32,
+            n_batch: opts.n_batch as u32,
+            n_threads: opts.n_threads as i32,
+            type_k: kv,
+            type_v: kv,
+            flash_attn: opts.flash_attn || opts.kv_type != KvType::F16,
+        };
+        Ok(RefDecode {
+            ctx: RefContext::new(m, &co).map_err(|e| e.to_string())?,
+            history: vec![],
+            logits: vec![],
+        })
+    }
 }
 
 impl Decode for RefDecode<'_> {

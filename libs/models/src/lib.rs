@@ -16,9 +16,14 @@ use std::sync::Arc;
 
 use ggml::{Buffer, Context, Tensor, Type};
 
+pub mod chat;
 pub mod gemma3;
 pub mod infer;
 pub mod llama;
+pub mod mistral3;
+pub mod phi3;
+pub mod qwen2;
+pub mod qwen3;
 
 // ---- errors ----
 
@@ -165,11 +170,16 @@ impl<'g, 'a> Meta<'g, 'a> {
 
 // ---- weights ----
 
-/// Creates weight tensors that read their data in place from the file bytes.
+/// Creates weight tensors that read their data in place from the file bytes
+/// (or, for matrices the CPU backend repacks, from a repacked copy).
 pub struct Weights<'g, 'a> {
     gg: &'g gguf::Gguf<'a>,
     ctx: &'g Context,
     buf: &'g Buffer,
+    bytes: &'g [u8],
+    repack: Option<ggml::Repack>,
+    /// Matrices waiting for [`Weights::upload_repacked`]: where their bytes are.
+    pending: std::cell::RefCell<Vec<(ggml::RepackType, Tensor, std::ops::Range<usize>)>>,
 }
 
 impl Weights<'_, '_> {
@@ -180,6 +190,20 @@ impl Weights<'_, '_> {
     }
     /// Like [`Weights::get`], but `None` when the file has no such tensor.
     pub fn opt(&self, name: &str, dims: &[usize]) -> Result<Option<Tensor>> {
+        self.load(name, dims, false)
+    }
+    /// A matrix used only as the first operand of `mul_mat` (a projection),
+    /// which the CPU backend may repack for its faster kernels.
+    pub fn mat(&self, name: &str, dims: &[usize]) -> Result<Tensor> {
+        self.opt_mat(name, dims)?
+            .ok_or_else(|| Error::tensor(format!("cannot find tensor {name} in gguf")))
+    }
+    /// Like [`Weights::mat`], but `None` when the file has no such tensor.
+    pub fn opt_mat(&self, name: &str, dims: &[usize]) -> Result<Option<Tensor>> {
+        self.load(name, dims, true)
+    }
+
+    fn load(&self, name: &str, dims: &[usize], matrix: bool) -> Result<Option<Tensor>> {
         let Some(info) = self.gg.tensor(name) else {
             return Ok(None);
         };
@@ -217,18 +241,60 @@ impl Weights<'_, '_> {
         });
         let start =
             start.ok_or_else(|| Error::tensor(format!("tensor {name} lies outside the file")))?;
-        self.buf.place(t, start);
+        match self
+            .repack
+            .as_ref()
+            .filter(|_| matrix)
+            .and_then(|r| r.choose(t))
+        {
+            Some(rt) => self
+                .pending
+                .borrow_mut()
+                .push((rt, t, start..start + t.n_bytes())),
+            None => self.buf.place(t, start),
+        }
         Ok(Some(t))
+    }
+
+    /// Copies the matrices chosen for repacking into buffers of their types
+    /// (the copy repacks them); the buffers must outlive the model.
+    fn upload_repacked(&self) -> Result<Vec<Buffer>> {
+        let pending = self.pending.take();
+        let mut types: Vec<ggml::RepackType> = pending.iter().map(|p| p.0).collect();
+        types.dedup();
+        types
+            .into_iter()
+            .map(|rt| {
+                let items: Vec<(Tensor, &[u8])> = pending
+                    .iter()
+                    .filter(|p| p.0 == rt)
+                    .map(|(_, t, r)| (*t, &self.bytes[r.clone()]))
+                    .collect();
+                Ok(rt.upload(&items)?)
+            })
+            .collect()
     }
 }
 
 // ---- registry ----
 
 /// How to load a model.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct LoadOptions {
     /// Read the file into memory instead of mapping it.
     pub no_mmap: bool,
+    /// Let the CPU backend repack the matrices it has faster kernels for (a
+    /// copy of those weights; llama.cpp's default, see [`ggml::Repack`]).
+    pub repack: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            no_mmap: false,
+            repack: true,
+        }
+    }
 }
 
 /// A loaded model with the file bytes its weights point into.
@@ -243,7 +309,10 @@ pub struct Loaded {
 
 /// Whether the native engine implements this architecture.
 pub fn supports(arch: &str) -> bool {
-    matches!(arch, "llama" | "gemma3")
+    matches!(
+        arch,
+        "llama" | "gemma3" | "mistral3" | "phi3" | "qwen2" | "qwen3"
+    )
 }
 
 /// Maps (or reads) a GGUF file and builds its model.
@@ -265,7 +334,7 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<Loaded> {
         Arc::new(unsafe { memmap2::Mmap::map(&file) }.map_err(io)?)
     };
     let gg = gguf::parse((*bytes).as_ref())?;
-    let model = build(&gg, bytes.clone())?;
+    let model = build_with(&gg, bytes.clone(), opts)?;
     Ok(Loaded {
         model,
         arch: gg.architecture().unwrap_or_default().to_string(),
@@ -273,47 +342,70 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<Loaded> {
     })
 }
 
-/// Builds the model of a parsed GGUF whose bytes are `bytes`.
+/// Builds the model of a parsed GGUF whose bytes are `bytes`, with the
+/// default [`LoadOptions`].
 pub fn build(
     gg: &gguf::Gguf<'_>,
     bytes: Arc<dyn AsRef<[u8]> + Send + Sync>,
 ) -> Result<Box<dyn engine::session::Model>> {
+    build_with(gg, bytes, &LoadOptions::default())
+}
+
+/// Builds the model of a parsed GGUF whose bytes are `bytes`.
+pub fn build_with(
+    gg: &gguf::Gguf<'_>,
+    bytes: Arc<dyn AsRef<[u8]> + Send + Sync>,
+    opts: &LoadOptions,
+) -> Result<Box<dyn engine::session::Model>> {
     let meta = Meta::new(gg)?;
-    let ctx = Context::new(gg.tensors().len() + 8);
-    let buf = Buffer::from_host_bytes(bytes)?;
+    // two tensors may share a name (an output tied to the embeddings)
+    let ctx = Context::new(2 * gg.tensors().len() + 8);
+    let buf = Buffer::from_host_bytes(bytes.clone())?;
     let w = Weights {
         gg,
         ctx: &ctx,
         buf: &buf,
+        bytes: (*bytes).as_ref(),
+        repack: opts.repack.then(ggml::Repack::cpu),
+        pending: Default::default(),
     };
     let model: Box<dyn engine::session::Model> = match meta.arch.as_str() {
-        "llama" => Box::new(Owned {
-            model: llama::Model::load(&meta, &w)?,
-            _ctx: ctx,
-            _buf: buf,
-        }),
-        "gemma3" => Box::new(Owned {
-            model: gemma3::Model::load(&meta, &w)?,
-            _ctx: ctx,
-            _buf: buf,
-        }),
+        "llama" => Box::new(llama::Model::load(&meta, &w)?),
+        "gemma3" => Box::new(gemma3::Model::load(&meta, &w)?),
+        "mistral3" => Box::new(mistral3::Model::load(&meta, &w)?),
+        "phi3" => Box::new(phi3::Model::load(&meta, &w)?),
+        "qwen2" => Box::new(qwen2::Model::load(&meta, &w)?),
+        "qwen3" => Box::new(qwen3::Model::load(&meta, &w)?),
         other => {
             return Err(Error {
                 kind: ErrorKind::Unsupported(other.to_string()),
             })
         }
     };
-    Ok(model)
+    let repacked = w.upload_repacked()?;
+    Ok(Box::new(Owned {
+        model,
+        _ctx: ctx,
+        _buf: buf,
+        _repacked: repacked,
+    }))
 }
 
-/// A model together with the context and buffer its weight handles point into.
+/// A model together with the context and buffers its weight handles point into.
 struct Owned<M> {
     model: M,
     _ctx: Context,
     _buf: Buffer,
+    _repacked: Vec<Buffer>,
 }
 
-impl<M: engine::session::Model> engine::session::Model for Owned<M> {
+impl<M: std::ops::Deref<Target = dyn engine::session::Model>> engine::session::Model for Owned<M> {
+    fn max_nodes(&self) -> usize {
+        self.model.max_nodes()
+    }
+    fn shift_keys(&self, ctx: &Context, k: Tensor, delta: Tensor, layer: usize) -> Option<Tensor> {
+        self.model.shift_keys(ctx, k, delta, layer)
+    }
     fn n_vocab(&self) -> usize {
         self.model.n_vocab()
     }

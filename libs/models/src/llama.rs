@@ -101,10 +101,10 @@ impl Attention {
     fn load(w: &Weights, p: &str, c: &Config) -> Result<Attention> {
         let (e, q, kv) = (c.n_embd, c.n_head * c.head_dim, c.n_head_kv * c.head_dim);
         Ok(Attention {
-            wq: w.get(&format!("{p}.attn_q.weight"), &[e, q])?,
-            wk: w.get(&format!("{p}.attn_k.weight"), &[e, kv])?,
-            wv: w.get(&format!("{p}.attn_v.weight"), &[e, kv])?,
-            wo: w.get(&format!("{p}.attn_output.weight"), &[q, e])?,
+            wq: w.mat(&format!("{p}.attn_q.weight"), &[e, q])?,
+            wk: w.mat(&format!("{p}.attn_k.weight"), &[e, kv])?,
+            wv: w.mat(&format!("{p}.attn_v.weight"), &[e, kv])?,
+            wo: w.mat(&format!("{p}.attn_output.weight"), &[q, e])?,
             rope_freqs: w.opt("rope_freqs.weight", &[c.rope.n_dims as usize / 2])?,
             cfg: c.clone(),
         })
@@ -148,9 +148,9 @@ pub struct Mlp {
 impl Mlp {
     fn load(w: &Weights, p: &str, c: &Config) -> Result<Mlp> {
         Ok(Mlp {
-            gate: w.get(&format!("{p}.ffn_gate.weight"), &[c.n_embd, c.n_ff])?,
-            up: w.get(&format!("{p}.ffn_up.weight"), &[c.n_embd, c.n_ff])?,
-            down: w.get(&format!("{p}.ffn_down.weight"), &[c.n_ff, c.n_embd])?,
+            gate: w.mat(&format!("{p}.ffn_gate.weight"), &[c.n_embd, c.n_ff])?,
+            up: w.mat(&format!("{p}.ffn_up.weight"), &[c.n_embd, c.n_ff])?,
+            down: w.mat(&format!("{p}.ffn_down.weight"), &[c.n_ff, c.n_embd])?,
         })
     }
 
@@ -203,8 +203,13 @@ impl Model {
             .map(|i| Block::load(w, &format!("blk.{i}"), &cfg))
             .collect::<Result<_>>()?;
         let output_norm = w.get("output_norm.weight", &[e])?;
-        // Tied embeddings: SmolLM2 and many small models have no output.weight.
-        let output = w.opt("output.weight", &[e, nv])?.unwrap_or(tok_embd);
+        // Tied embeddings (SmolLM2, Gemma, many small models have no
+        // output.weight): a second handle on the same bytes, which may be
+        // repacked for mul_mat while the embeddings stay for get_rows.
+        let output = match w.opt_mat("output.weight", &[e, nv])? {
+            Some(t) => t,
+            None => w.mat("token_embd.weight", &[e, nv])?,
+        };
         Ok(Model {
             cfg,
             tok_embd,
@@ -236,6 +241,11 @@ impl engine::session::Model for Model {
     }
     fn n_ctx_train(&self) -> usize {
         self.cfg.n_ctx_train
+    }
+
+    fn shift_keys(&self, ctx: &Context, k: Tensor, delta: Tensor, layer: usize) -> Option<Tensor> {
+        let a = &self.blocks[layer].attn;
+        Some(ctx.rope(k, delta, a.rope_freqs, &self.cfg.rope))
     }
 
     // ---- forward ----

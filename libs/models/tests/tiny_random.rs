@@ -2,9 +2,11 @@
 //! a GGUF here, run by our engine and by llama.cpp's: same greedy tokens.
 //! Broken variants of it must fail to load with an error naming the problem.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+mod common;
 
+use std::path::Path;
+
+use common::Writer;
 use engine::reference::{ContextOptions, ModelOptions, RefContext, RefModel};
 use engine::session::{Session, SessionOptions};
 
@@ -12,108 +14,8 @@ const N_EMBD: usize = 128;
 const N_FF: usize = 256;
 const N_LAYER: usize = 2;
 
-fn smollm2() -> PathBuf {
-    pipeline_tests::real_model("SmolLM2-135M-Instruct.Q4_1.gguf")
-}
-
-// ---- a small GGUF writer ----
-
-#[derive(Default)]
-struct Writer {
-    kv: Vec<u8>,
-    n_kv: u64,
-    tensors: Vec<(String, Vec<u64>, Vec<f32>)>,
-}
-
-fn put_str(b: &mut Vec<u8>, s: &str) {
-    b.extend((s.len() as u64).to_le_bytes());
-    b.extend(s.as_bytes());
-}
-
-impl Writer {
-    fn key(&mut self, k: &str, ty: u32) {
-        put_str(&mut self.kv, k);
-        self.kv.extend(ty.to_le_bytes());
-        self.n_kv += 1;
-    }
-    fn u32(&mut self, k: &str, v: u32) {
-        self.key(k, 4);
-        self.kv.extend(v.to_le_bytes());
-    }
-    fn f32(&mut self, k: &str, v: f32) {
-        self.key(k, 6);
-        self.kv.extend(v.to_le_bytes());
-    }
-    fn str(&mut self, k: &str, v: &str) {
-        self.key(k, 8);
-        put_str(&mut self.kv, v);
-    }
-    /// Copies a value as stored in another file.
-    fn copy(&mut self, k: &str, v: &gguf::Value) {
-        let id = |t: gguf::ValueType| {
-            (0..13)
-                .find(|&i| gguf::ValueType::from_id(i) == Some(t))
-                .expect("type id")
-        };
-        match v {
-            gguf::Value::Str(s) => self.str(k, s),
-            gguf::Value::U32(x) => self.u32(k, *x),
-            gguf::Value::Bool(x) => {
-                self.key(k, 7);
-                self.kv.push(*x as u8);
-            }
-            gguf::Value::Array(a) => {
-                self.key(k, 9);
-                self.kv.extend(id(a.elem_type()).to_le_bytes());
-                self.kv.extend((a.len() as u64).to_le_bytes());
-                self.kv.extend(a.raw_bytes());
-            }
-            other => panic!("copy of {k}: unhandled {}", other.type_name()),
-        }
-    }
-    fn tensor(&mut self, name: &str, dims: &[u64], rng: &mut u64, scale: f32, offset: f32) {
-        let n: u64 = dims.iter().product();
-        let data = (0..n)
-            .map(|_| {
-                *rng ^= *rng << 13;
-                *rng ^= *rng >> 7;
-                *rng ^= *rng << 17;
-                offset + scale * ((*rng >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0)
-            })
-            .collect();
-        self.tensors.push((name.into(), dims.to_vec(), data));
-    }
-    fn write(&self, path: &Path) {
-        let mut b = Vec::new();
-        b.extend(b"GGUF");
-        b.extend(3u32.to_le_bytes());
-        b.extend((self.tensors.len() as u64).to_le_bytes());
-        b.extend(self.n_kv.to_le_bytes());
-        b.extend(&self.kv);
-        let mut off = 0u64;
-        for (name, dims, data) in &self.tensors {
-            put_str(&mut b, name);
-            b.extend((dims.len() as u32).to_le_bytes());
-            dims.iter().for_each(|d| b.extend(d.to_le_bytes()));
-            b.extend(0u32.to_le_bytes()); // F32
-            b.extend(off.to_le_bytes());
-            off += (data.len() as u64 * 4).div_ceil(32) * 32;
-        }
-        b.resize(b.len().div_ceil(32) * 32, 0);
-        for (_, _, data) in &self.tensors {
-            data.iter().for_each(|x| b.extend(x.to_le_bytes()));
-            b.resize(b.len().div_ceil(32) * 32, 0);
-        }
-        std::fs::File::create(path)
-            .and_then(|mut f| f.write_all(&b))
-            .expect("write gguf");
-    }
-}
-
 /// Writes the tiny model, leaving out tensor `skip` and overriding `head_count`.
 fn tiny(path: &Path, skip: &str, head_count: u32) {
-    let bytes = std::fs::read(smollm2()).unwrap();
-    let src = gguf::parse(&bytes).unwrap();
     let mut w = Writer::default();
     w.str("general.architecture", "llama");
     w.u32("llama.context_length", 512);
@@ -124,16 +26,7 @@ fn tiny(path: &Path, skip: &str, head_count: u32) {
     w.u32("llama.attention.head_count_kv", 2);
     w.f32("llama.rope.freq_base", 500000.0);
     w.f32("llama.attention.layer_norm_rms_epsilon", 1e-5);
-    for (k, v) in src.metadata() {
-        if k.starts_with("tokenizer.") && *k != "tokenizer.chat_template" {
-            w.copy(k, v);
-        }
-    }
-    let nv = src
-        .get("tokenizer.ggml.tokens")
-        .and_then(gguf::Value::as_array)
-        .unwrap()
-        .len() as u64;
+    let nv = w.smollm2_vocab();
     let (e, f, kvd) = (N_EMBD as u64, N_FF as u64, 64u64);
     let mut rng = 0x1234_5678_9abc_def1u64;
     let mut t = |w: &mut Writer, name: &str, dims: &[u64], scale: f32, offset: f32| {

@@ -1,12 +1,15 @@
 //! `infer`: run a model on a prompt and stream the answer.
 
-use std::io::Write;
+use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use clap::Parser;
+use models::chat::{chat, ChatOptions};
 use models::infer::{infer, EngineChoice, Event, InferOptions};
 use protocol::{media, Line};
+
+mod term;
 
 /// Generate text with a GGUF model, streaming it to stdout.
 ///
@@ -15,6 +18,12 @@ use protocol::{media, Line};
 /// or from --model. Without --raw the prompt is rendered with the model's chat
 /// template (the template layer, else the GGUF's), after the system prompt
 /// (--system, else the system layer) and the messages layer.
+///
+/// With --chat, or with no prompt when a terminal is attached, it chats like
+/// `ollama run`: turns are read from the terminal (even while stdin carries
+/// the pipeline documents), the conversation and its cache are kept between
+/// turns, and /? lists the commands. With --model and stdin not a terminal,
+/// --chat reads the turns from stdin, one line each (for scripts and tests).
 #[derive(Parser, Debug)]
 #[command(
     name = "infer",
@@ -90,27 +99,39 @@ struct Args {
     /// Print JSON Lines events and a final record instead of plain text.
     #[arg(long)]
     json: bool,
-    /// Print timing statistics on stderr, like `ollama run --verbose`.
+    /// Print timing statistics on stderr, like `ollama run --verbose` (in a
+    /// chat after each answer, with it).
     #[arg(long)]
     verbose: bool,
+    /// Chat interactively (the prompt, if any, is the first turn).
+    #[arg(long, conflicts_with_all = ["json", "raw"])]
+    chat: bool,
 }
 
 fn main() -> std::process::ExitCode {
     cli::main(|| {
         let a: Args = cli::parse_args();
         let mut o = InferOptions::default();
+        let mut params = None;
         if let Some(m) = &a.model {
             o.model = m.clone();
         } else {
-            model_from_stdin(&mut o)?;
+            params = model_from_stdin(&mut o)?;
         }
-        o.prompt = match (&a.prompt, &a.prompt_file) {
-            (Some(p), _) => p.clone(),
-            (None, Some(f)) => std::fs::read_to_string(f)
-                .with_context(|| format!("reading prompt file {}", f.display()))?,
-            (None, None) if !a.words.is_empty() => a.words.join(" "),
-            _ => bail!("no prompt: give -p, --prompt-file or words"),
+        let prompt = match (&a.prompt, &a.prompt_file) {
+            (Some(p), _) => Some(p.clone()),
+            (None, Some(f)) => Some(
+                std::fs::read_to_string(f)
+                    .with_context(|| format!("reading prompt file {}", f.display()))?,
+            ),
+            (None, None) if !a.words.is_empty() => Some(a.words.join(" ")),
+            _ => None,
         };
+        let chatting = a.chat || (prompt.is_none() && !a.json && !a.raw && term::attached());
+        if !chatting && prompt.is_none() {
+            bail!("no prompt: give -p, --prompt-file, words or --chat");
+        }
+        o.prompt = prompt.unwrap_or_default();
         let s = &mut o.sampler;
         set(&mut s.temperature, a.temperature);
         set(&mut s.top_k, a.top_k);
@@ -139,6 +160,9 @@ fn main() -> std::process::ExitCode {
         };
         if o.n_ctx == 0 || o.n_threads == 0 {
             bail!("--ctx and --threads must be at least 1");
+        }
+        if chatting {
+            return run_chat(o, params, &a);
         }
         let mut out = std::io::stdout().lock();
         let json = a.json;
@@ -176,6 +200,28 @@ fn main() -> std::process::ExitCode {
     })
 }
 
+/// Chats on the terminal, or over stdin lines when --model frees stdin
+/// and it is not a terminal.
+fn run_chat(o: InferOptions, params: Option<String>, a: &Args) -> anyhow::Result<cli::Outcome> {
+    let co = ChatOptions {
+        infer: o,
+        params_layer: params,
+        verbose: a.verbose,
+    };
+    let mut out = std::io::stdout().lock();
+    let r = if a.model.is_some() && !std::io::stdin().is_terminal() {
+        let mut lines = std::io::stdin().lock().lines().map_while(Result::ok);
+        chat(&co, &mut lines, &mut out, &term::INTERRUPT)
+    } else {
+        let mut t = term::Term::open()?;
+        term::catch_ctrl_c()?;
+        chat(&co, &mut t, &mut out, &term::INTERRUPT)
+    };
+    r.map_err(anyhow::Error::msg)
+        .with_context(|| format!("chatting with {}", co.infer.model.display()))?;
+    Ok(cli::Outcome::Ok)
+}
+
 /// Overrides `dst` when the flag was given.
 fn set<T>(dst: &mut T, v: Option<T>) {
     if let Some(v) = v {
@@ -183,8 +229,9 @@ fn set<T>(dst: &mut T, v: Option<T>) {
     }
 }
 
-/// Takes the model path, params, template, system and messages from the first model document on stdin.
-fn model_from_stdin(o: &mut InferOptions) -> anyhow::Result<()> {
+/// Takes the model path, params, template, system and messages from the
+/// first model document on stdin; returns the params layer.
+fn model_from_stdin(o: &mut InferOptions) -> anyhow::Result<Option<String>> {
     if !cli::stdin_has_data() {
         bail!("no model: give --model FILE.gguf or pipe documents from resolve");
     }
@@ -201,7 +248,8 @@ fn model_from_stdin(o: &mut InferOptions) -> anyhow::Result<()> {
                 doc.name
             )
         })?;
-        if let Some(p) = doc.layer(media::PARAMS).and_then(|l| l.text.as_deref()) {
+        let params = doc.layer(media::PARAMS).and_then(|l| l.text.clone());
+        if let Some(p) = params.as_deref() {
             o.apply_params(p)
                 .map_err(anyhow::Error::msg)
                 .with_context(|| format!("params of {}", doc.name))?;
@@ -213,7 +261,7 @@ fn model_from_stdin(o: &mut InferOptions) -> anyhow::Result<()> {
                 .map_err(anyhow::Error::msg)
                 .with_context(|| format!("messages of {}", doc.name))?;
         }
-        return Ok(());
+        return Ok(params);
     }
     bail!("no model document on stdin")
 }
