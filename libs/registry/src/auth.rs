@@ -245,8 +245,9 @@ impl Credentials {
     /// Credentials for `host` (`host[:port]` as in the model name):
     /// `$LLPIPE_REGISTRY_USERNAME`/`$LLPIPE_REGISTRY_PASSWORD` when both are
     /// set, else the `auths` entry of `docker_config` (default
-    /// `$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`).
-    /// Credential helpers (`credsStore`) are not supported.
+    /// `$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`),
+    /// through its credential helpers when it names them
+    /// ([`from_docker_config`]).
     pub fn lookup(host: &str, docker_config: Option<&Path>) -> Result<Option<Credentials>, Error> {
         if let (Ok(u), Ok(p)) = (
             std::env::var("LLPIPE_REGISTRY_USERNAME"),
@@ -279,9 +280,22 @@ fn default_docker_config() -> Option<PathBuf> {
         .map(|h| PathBuf::from(h).join(".docker").join("config.json"))
 }
 
-/// Reads the `auths` entry for `host` from a docker `config.json`.
-/// A missing file is no credentials; an unreadable or malformed one is an error.
+/// Credentials for `host` from a docker `config.json`, as the docker CLI
+/// finds them: the helper `credHelpers` names for the host, else the
+/// `credsStore` helper, run as `docker-credential-<name> get` (found on
+/// `PATH`); when there is no helper or it has nothing for the host, the
+/// host's `auths` entry. A missing file is no credentials; an unreadable or
+/// malformed one, or a helper that fails, is an error.
 pub fn from_docker_config(path: &Path, host: &str) -> Result<Option<Credentials>, Error> {
+    config_credentials(path, host, None)
+}
+
+/// [`from_docker_config`] with helpers searched in `search_path` instead of `$PATH`.
+fn config_credentials(
+    path: &Path,
+    host: &str,
+    search_path: Option<&std::ffi::OsStr>,
+) -> Result<Option<Credentials>, Error> {
     use std::io::Read;
     let bad = |why: String| Error::Auth(format!("docker config {}: {why}", path.display()));
     let file = match std::fs::File::open(path) {
@@ -294,24 +308,46 @@ pub fn from_docker_config(path: &Path, host: &str) -> Result<Option<Credentials>
         .read_to_end(&mut bytes)
         .map_err(|e| bad(e.to_string()))?;
     let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
-    let Some(auths) = v.get("auths").and_then(|a| a.as_object()) else {
-        return Ok(None);
-    };
+    let hub = matches!(
+        host,
+        "docker.io" | "registry-1.docker.io" | "index.docker.io"
+    );
     // Docker Hub is stored under its legacy index URL.
     let mut keys = vec![
         host.to_string(),
         format!("https://{host}"),
         format!("http://{host}"),
     ];
-    if matches!(
-        host,
-        "docker.io" | "registry-1.docker.io" | "index.docker.io"
-    ) {
+    if hub {
         keys.push("https://index.docker.io/v1/".into());
     }
+    let matches = |k: &str| {
+        keys.iter()
+            .any(|want| want == k || want == k.trim_end_matches('/'))
+    };
+    let helper = v
+        .get("credHelpers")
+        .and_then(|h| h.as_object())
+        .and_then(|h| h.iter().find(|(k, _)| matches(k)))
+        .map(|(_, name)| name)
+        .or_else(|| v.get("credsStore"))
+        .and_then(|n| n.as_str())
+        .filter(|n| !n.is_empty());
+    if let Some(name) = helper {
+        let server = if hub {
+            "https://index.docker.io/v1/"
+        } else {
+            host
+        };
+        if let Some(c) = helper_credentials(name, server, search_path)? {
+            return Ok(Some(c));
+        }
+    }
+    let Some(auths) = v.get("auths").and_then(|a| a.as_object()) else {
+        return Ok(None);
+    };
     for (k, entry) in auths {
-        let k_host = k.trim_end_matches('/');
-        if !keys.iter().any(|want| want == k || want == k_host) {
+        if !matches(k) {
             continue;
         }
         if let Some(tok) = entry
@@ -353,6 +389,101 @@ pub fn from_docker_config(path: &Path, host: &str) -> Result<Option<Credentials>
         }
     }
     Ok(None)
+}
+
+/// How long a credential helper may take (it may be waiting on a keychain).
+const HELPER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Runs `docker-credential-<name> get` with `server` on stdin. `None` when
+/// the helper has no credentials for it ("credentials not found").
+fn helper_credentials(
+    name: &str,
+    server: &str,
+    search_path: Option<&std::ffi::OsStr>,
+) -> Result<Option<Credentials>, Error> {
+    use std::io::{Read, Write};
+    use std::process::{Command, Stdio};
+    let program = format!("docker-credential-{name}");
+    let fail =
+        |why: String| Error::Auth(format!("credential helper {program} for {server}: {why}"));
+    // The name comes from a file: it must not turn into a path.
+    if !name
+        .bytes()
+        .all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(&c))
+        || name.starts_with('.')
+    {
+        return Err(Error::Auth(format!(
+            "docker config names an invalid credential helper {name:?}"
+        )));
+    }
+    let mut cmd = Command::new(&program);
+    if let Some(p) = search_path {
+        cmd.env("PATH", p);
+    }
+    let mut child = cmd
+        .arg("get")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| fail(format!("cannot run it: {e}")))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(server.as_bytes());
+    }
+    // Read both pipes on threads (capped), so a chatty helper cannot block.
+    let capped = |r: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(r) = r {
+                let _ = r.take(64 << 10).read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let out = capped(
+        child
+            .stdout
+            .take()
+            .map(|r| Box::new(r) as Box<dyn Read + Send>),
+    );
+    let err = capped(
+        child
+            .stderr
+            .take()
+            .map(|r| Box::new(r) as Box<dyn Read + Send>),
+    );
+    let start = std::time::Instant::now();
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(st)) => break st,
+            Ok(None) if start.elapsed() > HELPER_TIMEOUT => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(fail(format!("no answer in {} s", HELPER_TIMEOUT.as_secs())));
+            }
+            Ok(None) => std::thread::sleep(std::time::Duration::from_millis(5)),
+            Err(e) => return Err(fail(e.to_string())),
+        }
+    };
+    let out = out.join().unwrap_or_default();
+    let err = err.join().unwrap_or_default();
+    if !status.success() {
+        let msg = String::from_utf8_lossy(if out.is_empty() { &err } else { &out });
+        let msg = msg.trim();
+        if msg.contains("credentials not found") {
+            return Ok(None);
+        }
+        let msg: String = msg.chars().filter(|c| !c.is_control()).take(200).collect();
+        return Err(fail(format!("{status}: {msg}")));
+    }
+    let v: serde_json::Value =
+        serde_json::from_slice(&out).map_err(|e| fail(format!("bad JSON answer: {e}")))?;
+    let field = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("").to_string();
+    let (username, password) = (field("Username"), field("Secret"));
+    if password.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(Credentials { username, password }))
 }
 
 /// `scheme://host:port` of a URL, with the port made explicit.
@@ -536,5 +667,93 @@ mod tests {
             .is_none());
         assert!(!format!("{c:?}").contains("s3cret"));
         assert_eq!(c.basic_header(), format!("Basic {auth}"));
+    }
+
+    /// A fake `docker-credential-*` helper in a temp dir used as the search path.
+    fn helper(dir: &Path, name: &str, script: &str) {
+        use std::os::unix::fs::PermissionsExt;
+        let p = dir.join(format!("docker-credential-{name}"));
+        std::fs::write(&p, format!("#!/bin/sh\n{script}\n")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    #[test]
+    fn credential_helpers() {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("bin");
+        std::fs::create_dir(&bin).unwrap();
+        // answers for 127.0.0.1:5000 only; logs what it was asked
+        let asked = bin.join("asked");
+        let store_script = r#"[ "$1" = get ] || exit 3
+read -r url
+echo "$url" >> ASKED
+if [ "$url" = "127.0.0.1:5000" ]; then
+  echo '{"ServerURL":"127.0.0.1:5000","Username":"bob","Secret":"from-store"}'
+else
+  echo "credentials not found in native keychain"; exit 1
+fi"#;
+        helper(
+            &bin,
+            "store",
+            &store_script.replace("ASKED", &format!("'{}'", asked.display())),
+        );
+        helper(
+            &bin,
+            "special",
+            r#"echo '{"Username":"carol","Secret":"special"}'"#,
+        );
+        helper(&bin, "broken", "echo 'keychain locked' >&2; exit 5");
+        let p = dir.path().join("config.json");
+        let auth = base64::engine::general_purpose::STANDARD.encode("alice:from-auths");
+        std::fs::write(
+            &p,
+            format!(
+                r#"{{"credsStore":"store","credHelpers":{{"special.example":"special","broken.example":"broken"}},
+                "auths":{{"127.0.0.1:5000":{{}},"other:1":{{"auth":"{auth}"}}}}}}"#
+            ),
+        )
+        .unwrap();
+        let get = |host: &str| config_credentials(&p, host, Some(bin.as_os_str()));
+        let c = get("127.0.0.1:5000").unwrap().unwrap();
+        assert_eq!(
+            (c.username.as_str(), c.password.as_str()),
+            ("bob", "from-store")
+        );
+        // credHelpers wins over credsStore for its host
+        let c = get("special.example").unwrap().unwrap();
+        assert_eq!(
+            (c.username.as_str(), c.password.as_str()),
+            ("carol", "special")
+        );
+        // the store has nothing: the auths entry, then nothing
+        assert_eq!(get("other:1").unwrap().unwrap().password, "from-auths");
+        assert_eq!(get("nobody.example").unwrap(), None);
+        // Docker Hub is asked for under its index URL
+        assert_eq!(get("docker.io").unwrap(), None);
+        let asked = std::fs::read_to_string(&asked).unwrap();
+        assert_eq!(
+            asked.lines().collect::<Vec<_>>(),
+            [
+                "127.0.0.1:5000",
+                "other:1",
+                "nobody.example",
+                "https://index.docker.io/v1/"
+            ]
+        );
+        // a failing helper is a one-line error naming it and the host
+        let e = get("broken.example").unwrap_err().to_string();
+        assert!(
+            e.contains("docker-credential-broken")
+                && e.contains("broken.example")
+                && e.contains("keychain locked")
+                && !e.contains('\n'),
+            "{e}"
+        );
+        // a missing helper is an error too, and names never become paths
+        for (store, want) in [("missing", "cannot run"), ("../../bin/sh", "invalid")] {
+            std::fs::write(&p, format!(r#"{{"credsStore":"{store}"}}"#)).unwrap();
+            let e = get("x.example").unwrap_err().to_string();
+            assert!(e.contains(want), "{e}");
+        }
     }
 }

@@ -9,6 +9,7 @@ use std::sync::Mutex;
 use url::Url;
 
 use crate::auth::{check_realm, origin, parse_www_authenticate, Credentials};
+use crate::http1;
 use crate::{Error, RemoteOptions, Result};
 
 /// Largest token response read.
@@ -28,8 +29,45 @@ pub(crate) enum Body<'a> {
     },
 }
 
+/// A response from either transport: ureq (https, requests with a body)
+/// or [`http1`] (bodiless GET/HEAD over plain http).
+pub(crate) enum Response {
+    Ureq(ureq::Response),
+    Http1(http1::Response),
+}
+
+impl Response {
+    pub fn status(&self) -> u16 {
+        match self {
+            Response::Ureq(r) => r.status(),
+            Response::Http1(r) => r.status(),
+        }
+    }
+    /// The first header of that name (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        match self {
+            Response::Ureq(r) => r.header(name),
+            Response::Http1(r) => r.header(name),
+        }
+    }
+    /// Every header of that name.
+    pub fn all(&self, name: &str) -> Vec<&str> {
+        match self {
+            Response::Ureq(r) => r.all(name),
+            Response::Http1(r) => r.all(name),
+        }
+    }
+    pub fn into_reader(self) -> Box<dyn Read + Send> {
+        match self {
+            Response::Ureq(r) => Box::new(r.into_reader()),
+            Response::Http1(r) => Box::new(r.into_reader()),
+        }
+    }
+}
+
 pub(crate) struct Session {
     agent: ureq::Agent,
+    http1: http1::Config,
     /// `scheme://host[:port]`, no path.
     pub base: Url,
     pub insecure: bool,
@@ -71,15 +109,21 @@ impl Session {
                 Credentials::lookup(&host, opts.docker_config.as_deref())?
             }
         };
+        let user_agent = concat!("llpipe/", env!("CARGO_PKG_VERSION"));
         let agent = ureq::AgentBuilder::new()
             .redirects(0)
             .timeout_connect(opts.connect_timeout)
             .timeout_read(opts.stall_timeout)
             .timeout_write(opts.stall_timeout)
-            .user_agent(concat!("llpipe/", env!("CARGO_PKG_VERSION")))
+            .user_agent(user_agent)
             .build();
         Ok(Session {
             agent,
+            http1: http1::Config {
+                connect_timeout: opts.connect_timeout,
+                io_timeout: opts.stall_timeout,
+                user_agent: user_agent.into(),
+            },
             base,
             insecure,
             creds,
@@ -109,27 +153,20 @@ impl Session {
         headers: &[(&str, String)],
         body: &Body,
         what: &str,
-    ) -> Result<ureq::Response> {
+    ) -> Result<Response> {
         let mut auth_rounds = 0;
         loop {
             let mut cur = url.clone();
-            let mut creds_ok = true;
+            let mut creds_ok = same_origin(&cur, &self.base);
             let mut hops = 0;
             let resp = loop {
-                if origin(&cur) != origin(&self.base) {
-                    // once off the origin, never send credentials again in this chain
-                    creds_ok = false;
-                }
-                let mut req = self.agent.request_url(method, &cur);
-                for (k, v) in headers {
-                    req = req.set(k, v);
-                }
+                let mut hdrs = headers.to_vec();
                 if creds_ok {
                     if let Some(a) = self.authz.lock().unwrap_or_else(|p| p.into_inner()).clone() {
-                        req = req.set("Authorization", &a);
+                        hdrs.push(("Authorization", a));
                     }
                 }
-                let r = self.send(req, body, &cur, what)?;
+                let r = self.send(method, &cur, &hdrs, body, what)?;
                 if matches!(r.status(), 301 | 302 | 303 | 307 | 308)
                     && matches!(method, "GET" | "HEAD")
                 {
@@ -144,17 +181,11 @@ impl Session {
                         what: what.into(),
                         why: format!("{} without Location", r.status()),
                     })?;
-                    let next = cur.join(loc).map_err(|e| Error::Protocol {
-                        what: what.into(),
-                        why: format!("bad redirect Location: {e}"),
-                    })?;
-                    if next.scheme() != "https" && !(self.insecure && next.scheme() == "http") {
-                        return Err(Error::Protocol {
+                    (cur, creds_ok) = next_hop(&self.base, &cur, loc, self.insecure, creds_ok)
+                        .map_err(|why| Error::Protocol {
                             what: what.into(),
-                            why: format!("refusing redirect to non-https {next}"),
-                        });
-                    }
-                    cur = next;
+                            why,
+                        })?;
                     continue;
                 }
                 break r;
@@ -181,13 +212,45 @@ impl Session {
         }
     }
 
+    /// One request, no redirects or auth: bodiless GET/HEAD over plain http
+    /// through [`http1`], everything else through ureq.
     fn send(
         &self,
-        req: ureq::Request,
-        body: &Body,
+        method: &str,
         url: &Url,
+        headers: &[(&str, String)],
+        body: &Body,
         what: &str,
-    ) -> Result<ureq::Response> {
+    ) -> Result<Response> {
+        if matches!(body, Body::None) && matches!(method, "GET" | "HEAD") && url.scheme() == "http"
+        {
+            return http1::request(method, url, headers, &self.http1)
+                .map(Response::Http1)
+                .map_err(|f| {
+                    let registry = registry_of(url);
+                    let what = what.to_string();
+                    match f {
+                        http1::Failure::Dns(detail) => Error::Dns {
+                            registry,
+                            what,
+                            detail,
+                        },
+                        http1::Failure::Net(detail) => Error::Net {
+                            registry,
+                            what,
+                            detail,
+                        },
+                        http1::Failure::Protocol(why) => Error::Protocol {
+                            what,
+                            why: format!("registry {registry}: {why}"),
+                        },
+                    }
+                });
+        }
+        let mut req = self.agent.request_url(method, url);
+        for (k, v) in headers {
+            req = req.set(k, v);
+        }
         let r = match body {
             Body::None => req.call(),
             Body::Bytes(b) => req.send_bytes(b),
@@ -201,15 +264,14 @@ impl Session {
             }
         };
         match r {
-            Ok(r) => Ok(r),
-            Err(ureq::Error::Status(_, r)) => Ok(r),
+            Ok(r) => Ok(Response::Ureq(r)),
+            Err(ureq::Error::Status(_, r)) => Ok(Response::Ureq(r)),
             Err(ureq::Error::Transport(t)) => Err(self.transport_error(&t, url, what)),
         }
     }
 
     fn transport_error(&self, t: &ureq::Transport, url: &Url, what: &str) -> Error {
-        let registry = format!("{}://{}", url.scheme(), url.host_str().unwrap_or(""))
-            + &url.port().map(|p| format!(":{p}")).unwrap_or_default();
+        let registry = registry_of(url);
         let detail = t.to_string();
         let lower = detail.to_ascii_lowercase();
         match t.kind() {
@@ -250,12 +312,12 @@ impl Session {
                 }
                 q.append_pair("scope", b.param("scope").unwrap_or(&self.scope));
             }
-            let mut req = self.agent.request_url("GET", &u);
+            let mut hdrs = Vec::new();
             if let Some(c) = &self.creds {
-                req = req.set("Authorization", &c.basic_header());
+                hdrs.push(("Authorization", c.basic_header()));
             }
             let what_tok = format!("{what}: token from {realm}");
-            let resp = self.send(req, &Body::None, &u, &what_tok)?;
+            let resp = self.send("GET", &u, &hdrs, &Body::None, &what_tok)?;
             match resp.status() {
                 200 => {}
                 401 | 403 => {
@@ -295,7 +357,7 @@ impl Session {
     }
 
     /// Turns a non-success status into an error naming `what`.
-    pub fn status_error(&self, resp: ureq::Response, what: &str) -> Error {
+    pub fn status_error(&self, resp: Response, what: &str) -> Error {
         let registry = self.name();
         let what = what.to_string();
         match resp.status() {
@@ -318,7 +380,7 @@ impl Session {
 
 /// `: CODE message` from a registry JSON error body, read only when it
 /// declares a small Content-Length (a lying length must not make us wait).
-fn error_detail(resp: ureq::Response) -> String {
+fn error_detail(resp: Response) -> String {
     let small = resp
         .header("content-length")
         .and_then(|l| l.parse::<u64>().ok())
@@ -353,7 +415,7 @@ fn error_detail(resp: ureq::Response) -> String {
 
 /// Reads a body of at most `cap` bytes; more is an error. A compressed body
 /// is refused (we never decompress).
-pub(crate) fn read_capped(resp: ureq::Response, cap: u64, what: &str) -> Result<Vec<u8>> {
+pub(crate) fn read_capped(resp: Response, cap: u64, what: &str) -> Result<Vec<u8>> {
     if let Some(enc) = resp
         .header("content-encoding")
         .filter(|e| !e.eq_ignore_ascii_case("identity"))
@@ -392,6 +454,39 @@ pub(crate) fn read_capped(resp: ureq::Response, cap: u64, what: &str) -> Result<
     Ok(buf)
 }
 
+fn same_origin(a: &Url, b: &Url) -> bool {
+    origin(a) == origin(b)
+}
+
+/// Where a redirect from `cur` to `location` leads, and whether credentials
+/// may go there: only while the whole chain stays on the registry's origin
+/// (scheme, host and port: an https → http hop on the same host is another
+/// origin). Once the chain leaves the origin, credentials stay off for the
+/// rest of it, even back on the origin. A hop to anything but https is
+/// refused unless the registry is insecure, and then only to http.
+fn next_hop(
+    base: &Url,
+    cur: &Url,
+    location: &str,
+    insecure: bool,
+    creds_ok: bool,
+) -> std::result::Result<(Url, bool), String> {
+    let next = cur
+        .join(location)
+        .map_err(|e| format!("bad redirect Location: {e}"))?;
+    if next.scheme() != "https" && !(insecure && next.scheme() == "http") {
+        return Err(format!("refusing redirect to non-https {next}"));
+    }
+    let creds = creds_ok && same_origin(&next, base);
+    Ok((next, creds))
+}
+
+/// `scheme://host[:port]` of a URL, for messages.
+fn registry_of(url: &Url) -> String {
+    format!("{}://{}", url.scheme(), url.host_str().unwrap_or(""))
+        + &url.port().map(|p| format!(":{p}")).unwrap_or_default()
+}
+
 /// Reads `file[pos..end]` with positioned reads (no shared file offset).
 struct RangeReader<'a> {
     file: &'a File,
@@ -415,5 +510,73 @@ impl Read for RangeReader<'_> {
         }
         self.pos += k as u64;
         Ok(k)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn u(s: &str) -> Url {
+        Url::parse(s).unwrap()
+    }
+
+    /// Redirect rules, including the https → http downgrade (no TLS server
+    /// with a trusted certificate exists in the tests, so the rule is
+    /// checked here; the fault tests cover cross-host redirects end to end).
+    #[test]
+    fn redirects_never_carry_credentials_off_the_origin() {
+        let base = u("https://reg.example/");
+        let cur = u("https://reg.example/v2/m/blobs/sha256:ab");
+        // same origin, relative or absolute: credentials stay
+        for loc in [
+            "/v2/other",
+            "https://reg.example/x",
+            "https://reg.example:443/x",
+        ] {
+            assert!(next_hop(&base, &cur, loc, false, true).unwrap().1, "{loc}");
+        }
+        // https → http on the same host: refused outright unless insecure …
+        for loc in ["http://reg.example/x", "http://reg.example:443/x"] {
+            let e = next_hop(&base, &cur, loc, false, true).unwrap_err();
+            assert!(e.contains("non-https"), "{e}");
+            // … and without credentials when insecure
+            let (next, creds) = next_hop(&base, &cur, loc, true, true).unwrap();
+            assert_eq!((next.scheme(), creds), ("http", false), "{loc}");
+        }
+        // other schemes are never followed
+        for loc in ["ftp://reg.example/x", "file:///etc/passwd", "data:,x"] {
+            assert!(next_hop(&base, &cur, loc, true, true).is_err(), "{loc}");
+        }
+        // another host or port: no credentials
+        for loc in [
+            "https://cdn.example/x",
+            "https://reg.example:8443/x",
+            "//evil.example/x",
+        ] {
+            assert!(!next_hop(&base, &cur, loc, false, true).unwrap().1, "{loc}");
+        }
+        // back on the origin after leaving it: still none
+        let off = u("https://cdn.example/x");
+        assert!(
+            !next_hop(&base, &off, "https://reg.example/y", false, false)
+                .unwrap()
+                .1
+        );
+        // an insecure http registry keeps credentials on its own origin only;
+        // an upgrade to https is another origin too
+        let hbase = u("http://127.0.0.1:5000/");
+        let hcur = u("http://127.0.0.1:5000/v2/x");
+        assert!(next_hop(&hbase, &hcur, "/v2/y", true, true).unwrap().1);
+        assert!(
+            !next_hop(&hbase, &hcur, "https://127.0.0.1:5000/v2/y", true, true)
+                .unwrap()
+                .1
+        );
+        assert!(
+            !next_hop(&hbase, &hcur, "http://127.0.0.1:5001/v2/y", true, true)
+                .unwrap()
+                .1
+        );
     }
 }

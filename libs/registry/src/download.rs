@@ -12,14 +12,28 @@
 //! counter and re-hashes what is there. The trailer is cut off before the
 //! rename. An exclusive `flock` on the partial file makes concurrent
 //! fetchers of the same blob wait for one download.
+//!
+//! ## Hashing without reading twice
+//!
+//! One hasher thread hashes the blob in order. `claimed` is the hash
+//! frontier: every byte before it is hashed or queued for the hasher. A
+//! worker that has just written the bytes starting exactly at the frontier
+//! claims them (compare-and-swap) and hands its buffer to the hasher, which
+//! hashes it without reading the file. Bytes written ahead of the frontier
+//! (later parts) are published through the counters and, once the frontier
+//! reaches them, claimed by the hasher and read back from the page cache.
+//! A worker claims only bytes it has not yet published and the hasher only
+//! published ones, so no byte is hashed twice or skipped.
 
+use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Read};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Condvar, Mutex};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TryRecvError};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use indicatif::ProgressBar;
@@ -34,8 +48,14 @@ use crate::{io_err, Error, FetchOptions, Result};
 pub const PARTIAL_SUFFIX: &str = "-partial";
 const MAGIC: &[u8; 8] = b"LLPPART1";
 const HEADER: u64 = 32;
-const CHUNK: usize = 256 << 10;
+/// Bytes a worker receives before it writes them out and hands them on.
+const CHUNK: usize = 1 << 20;
+/// Bytes the hasher reads back from the file at once.
 const HASH_CHUNK: usize = 4 << 20;
+/// In-order buffers queued for the hasher (each `CHUNK` bytes).
+const QUEUE: usize = 8;
+/// With fsync, a worker starts writeback of what it wrote every this many bytes.
+const FLUSH_EVERY: u64 = 8 << 20;
 
 /// What one blob download did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -194,6 +214,7 @@ fn transfer(
     opts: &FetchOptions,
     pb: Option<&ProgressBar>,
 ) -> (Result<Digest>, u64) {
+    let (tx, rx) = sync_channel(QUEUE);
     let shared = Shared {
         job,
         file,
@@ -201,7 +222,9 @@ fn transfer(
         done: done.into_iter().map(AtomicU64::new).collect(),
         failed: AtomicBool::new(false),
         error: Mutex::new(None),
-        wake: (Mutex::new(()), Condvar::new()),
+        claimed: AtomicU64::new(0),
+        tx,
+        pool: Mutex::new(Vec::new()),
         fetched: AtomicU64::new(0),
         next: AtomicUsize::new(0),
         opts,
@@ -212,7 +235,7 @@ fn transfer(
         .collect();
     let workers = opts.parallel.clamp(1, 64).min(pending.len().max(1));
     let got = std::thread::scope(|s| {
-        let hasher = s.spawn(|| shared.hash());
+        let hasher = s.spawn(|| shared.hash(rx));
         for _ in 0..workers {
             s.spawn(|| shared.work(&pending));
         }
@@ -332,17 +355,57 @@ fn load_state(f: &File, size: u64) -> Option<(u64, Vec<u64>)> {
     Some((ps, done))
 }
 
+/// Starts the partial file over: zero counters, blocks reserved up front.
+///
+/// Never truncates to 0 bytes: on ext4 that marks the file for a flush of
+/// all its dirty pages at close (`auto_da_alloc`), which the download would
+/// pay for. Stale bytes left in the data area are harmless: no counter
+/// claims them.
 fn fresh_state(f: &File, path: &Path, size: u64, part_size: u64) -> Result<(u64, Vec<u64>)> {
     let n = parts(size, part_size);
-    f.set_len(0).map_err(io_err(path))?;
     f.set_len(size + HEADER + 8 * n).map_err(io_err(path))?;
-    let mut h = Vec::with_capacity(HEADER as usize);
+    preallocate(f, size);
+    let mut h = Vec::with_capacity(usize::try_from(HEADER + 8 * n).unwrap_or(0));
     h.extend_from_slice(MAGIC);
     for w in [size, part_size, n] {
         h.extend_from_slice(&w.to_le_bytes());
     }
+    h.resize(h.capacity(), 0);
     f.write_all_at(&h, size).map_err(io_err(path))?;
     Ok((part_size, vec![0; usize::try_from(n).unwrap_or(0)]))
+}
+
+/// Reserves the data area's blocks (best effort): the page-cache writes
+/// then skip ext4's per-page delayed-allocation bookkeeping, and the space
+/// is ours before the first byte arrives.
+fn preallocate(f: &File, size: u64) {
+    #[cfg(target_os = "linux")]
+    if let Ok(len) = libc::off_t::try_from(size) {
+        // SAFETY: fallocate on a file descriptor we own; mode 0 only allocates
+        // (and never shrinks the file); failure (EOPNOTSUPP, ENOSPC) is ignored
+        // and left to the writes to report.
+        unsafe {
+            libc::fallocate(f.as_raw_fd(), 0, 0, len);
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (f, size);
+}
+
+/// Starts writing `len` bytes at `off` to disk without waiting (Linux
+/// `sync_file_range(SYNC_FILE_RANGE_WRITE)`), so the fsync before the rename
+/// finds most of the blob already written instead of all of it. Only a hint:
+/// durability still comes from that fsync.
+fn start_writeback(f: &File, off: u64, len: u64) {
+    #[cfg(target_os = "linux")]
+    if let (Ok(off), Ok(len)) = (libc::off64_t::try_from(off), libc::off64_t::try_from(len)) {
+        // SAFETY: a hint on a file descriptor we own; errors are ignored.
+        unsafe {
+            libc::sync_file_range(f.as_raw_fd(), off, len, libc::SYNC_FILE_RANGE_WRITE);
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (f, off, len);
 }
 
 fn check_free_space(dir: &Path, need: u64) -> Result<()> {
@@ -366,14 +429,32 @@ fn check_free_space(dir: &Path, need: u64) -> Result<()> {
     Ok(())
 }
 
+/// A buffer handed to the hasher: `buf[..len]` are the blob's bytes at `pos`.
+struct Chunk {
+    pos: u64,
+    buf: Vec<u8>,
+    len: usize,
+}
+
+enum Msg {
+    Chunk(Chunk),
+    /// Something changed (bytes published at the frontier, a failure): look again.
+    Wake,
+}
+
 struct Shared<'a> {
     job: &'a BlobJob<'a>,
     file: &'a File,
     part_size: u64,
+    /// Bytes written per part (mirrors the counters in the trailer).
     done: Vec<AtomicU64>,
     failed: AtomicBool,
     error: Mutex<Option<Error>>,
-    wake: (Mutex<()>, Condvar),
+    /// The hash frontier: bytes before it are hashed or queued for the hasher.
+    claimed: AtomicU64,
+    tx: SyncSender<Msg>,
+    /// Buffers the hasher is done with, for the workers to reuse.
+    pool: Mutex<Vec<Vec<u8>>>,
     fetched: AtomicU64,
     next: AtomicUsize,
     opts: &'a FetchOptions,
@@ -392,52 +473,97 @@ impl Shared<'_> {
             *slot = Some(e);
         }
         self.failed.store(true, Ordering::SeqCst);
-        self.wake.1.notify_all();
+        let _ = self.tx.try_send(Msg::Wake);
     }
 
-    fn notify(&self) {
-        let _g = self.wake.0.lock().unwrap_or_else(|p| p.into_inner());
-        self.wake.1.notify_all();
+    fn buffer(&self) -> Vec<u8> {
+        self.pool
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop()
+            .unwrap_or_else(|| vec![0u8; CHUNK])
     }
 
-    /// Hashes the blob in order, following the workers; `None` if stopped.
-    fn hash(&self) -> Option<Digest> {
+    /// Hashes the blob in order (see the module doc); `None` if stopped.
+    fn hash(&self, rx: Receiver<Msg>) -> Option<Digest> {
         let mut h = Hasher::new();
-        let mut buf = vec![0u8; HASH_CHUNK];
+        let mut scratch = Vec::new();
+        // in-order chunks that arrived before the one at `pos` (two workers
+        // may claim adjacent ranges and send them in either order)
+        let mut early: BTreeMap<u64, Chunk> = BTreeMap::new();
         let mut pos = 0u64;
+        let partial = || {
+            PathBuf::from(format!(
+                "{}{PARTIAL_SUFFIX}",
+                self.job.digest.blob_file_name()
+            ))
+        };
         while pos < self.job.size {
             if self.failed.load(Ordering::SeqCst) {
                 return None;
             }
-            let i = usize::try_from(pos / self.part_size).unwrap_or(usize::MAX);
-            let start = i as u64 * self.part_size;
-            let avail = start + self.done.get(i).map_or(0, |d| d.load(Ordering::Acquire));
-            if pos < avail {
-                let n = usize::try_from(avail - pos)
-                    .unwrap_or(HASH_CHUNK)
-                    .min(HASH_CHUNK);
-                if let Err(e) = self.file.read_exact_at(&mut buf[..n], pos) {
-                    self.fail(Error::Io {
-                        path: PathBuf::from(format!(
-                            "{}{PARTIAL_SUFFIX}",
-                            self.job.digest.blob_file_name()
-                        )),
-                        source: e,
-                    });
-                    return None;
+            if let Some(c) = early.remove(&pos) {
+                h.update(&c.buf[..c.len]);
+                pos += c.len as u64;
+                self.pool
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(c.buf);
+                continue;
+            }
+            let msg = match rx.try_recv() {
+                Ok(m) => Some(m),
+                Err(TryRecvError::Empty) => None,
+                Err(TryRecvError::Disconnected) => return None,
+            };
+            if let Some(m) = msg {
+                if let Msg::Chunk(c) = m {
+                    early.insert(c.pos, c);
                 }
-                h.update(&buf[..n]);
-                pos += n as u64;
-            } else {
-                let g = self.wake.0.lock().unwrap_or_else(|p| p.into_inner());
-                let _ = self.wake.1.wait_timeout(g, Duration::from_millis(20));
+                continue;
+            }
+            // Nothing queued: published bytes at the frontier are ours to read back.
+            if self.claimed.load(Ordering::SeqCst) == pos {
+                let i = usize::try_from(pos / self.part_size).unwrap_or(usize::MAX);
+                let start = i as u64 * self.part_size;
+                let avail = start + self.done.get(i).map_or(0, |d| d.load(Ordering::SeqCst));
+                if avail > pos {
+                    let n = usize::try_from(avail - pos)
+                        .unwrap_or(HASH_CHUNK)
+                        .min(HASH_CHUNK);
+                    let end = pos + n as u64;
+                    if self
+                        .claimed
+                        .compare_exchange(pos, end, Ordering::SeqCst, Ordering::SeqCst)
+                        .is_ok()
+                    {
+                        scratch.resize(HASH_CHUNK, 0);
+                        if let Err(e) = self.file.read_exact_at(&mut scratch[..n], pos) {
+                            self.fail(Error::Io {
+                                path: partial(),
+                                source: e,
+                            });
+                            return None;
+                        }
+                        h.update(&scratch[..n]);
+                        pos = end;
+                    }
+                    continue;
+                }
+            }
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(Msg::Chunk(c)) => {
+                    early.insert(c.pos, c);
+                }
+                Ok(Msg::Wake) | Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return None,
             }
         }
         Some(h.finish())
     }
 
     fn work(&self, pending: &[usize]) {
-        let mut buf = vec![0u8; CHUNK];
+        let mut buf = self.buffer();
         loop {
             if self.failed.load(Ordering::SeqCst) {
                 return;
@@ -451,7 +577,7 @@ impl Shared<'_> {
         }
     }
 
-    fn run_part(&self, i: usize, buf: &mut [u8]) -> Result<()> {
+    fn run_part(&self, i: usize, buf: &mut Vec<u8>) -> Result<()> {
         let len = self.part_len(i);
         let mut fails = 0u32;
         loop {
@@ -496,8 +622,51 @@ impl Shared<'_> {
         }
     }
 
+    /// Writes `buf[..k]` at `pos` (part `i`), hands it to the hasher when it
+    /// sits at the hash frontier, then publishes it in the part's counter.
+    fn land(&self, i: usize, pos: u64, buf: &mut Vec<u8>, k: usize) -> Result<()> {
+        let p = partial_name(self.job);
+        self.file.write_all_at(&buf[..k], pos).map_err(io_err(&p))?;
+        let end = pos + k as u64;
+        let in_order = self
+            .claimed
+            .compare_exchange(pos, end, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok();
+        if in_order {
+            // Send first, refill after: between the claim and the send a
+            // worker must not stall, or later chunks pile up in the hasher.
+            let chunk = Chunk {
+                pos,
+                buf: std::mem::take(buf),
+                len: k,
+            };
+            let sent = self.tx.send(Msg::Chunk(chunk));
+            *buf = self.buffer();
+            if sent.is_err() {
+                return Err(Error::Protocol {
+                    what: self.job.what.clone(),
+                    why: "hasher stopped".into(),
+                });
+            }
+        }
+        let d = self.done[i].fetch_add(k as u64, Ordering::SeqCst) + k as u64;
+        let slot = self.job.size + HEADER + 8 * i as u64;
+        self.file
+            .write_all_at(&d.to_le_bytes(), slot)
+            .map_err(io_err(&p))?;
+        // The hasher may have reached `pos` meanwhile and found nothing: wake it.
+        if !in_order && self.claimed.load(Ordering::SeqCst) == pos {
+            let _ = self.tx.try_send(Msg::Wake);
+        }
+        self.fetched.fetch_add(k as u64, Ordering::Relaxed);
+        if let Some(pb) = self.pb {
+            pb.inc(k as u64);
+        }
+        Ok(())
+    }
+
     /// One GET of the rest of part `i`, from `done` bytes into it.
-    fn fetch_range(&self, i: usize, done: u64, len: u64, buf: &mut [u8]) -> Result<()> {
+    fn fetch_range(&self, i: usize, done: u64, len: u64, buf: &mut Vec<u8>) -> Result<()> {
         let job = self.job;
         let what = &job.what;
         let proto = |why: String| Error::Protocol {
@@ -557,7 +726,7 @@ impl Shared<'_> {
         let chunked_or_close = resp.header("content-length").is_none();
         let mut body = resp.into_reader();
         let mut pos = from;
-        let slot = self.job.size + HEADER + 8 * i as u64;
+        let mut flushed = from;
         let net = |detail: String| Error::Net {
             registry: job.session.name(),
             what: what.clone(),
@@ -570,9 +739,9 @@ impl Shared<'_> {
             let n = buf
                 .len()
                 .min(usize::try_from(to + 1 - pos).unwrap_or(usize::MAX));
-            // Fill the buffer from several reads (the HTTP client hands out
-            // 8 KiB at a time), so each write, counter update and wake-up
-            // covers up to CHUNK bytes.
+            // Fill the buffer from several reads (ureq hands out 8 KiB at a
+            // time, a socket what has arrived), so each write, counter update
+            // and hand-over covers up to CHUNK bytes.
             let mut k = 0;
             let mut failure = None;
             while k < n {
@@ -596,18 +765,12 @@ impl Shared<'_> {
                 }
             }
             if k > 0 {
-                let p = partial_name(job);
-                self.file.write_all_at(&buf[..k], pos).map_err(io_err(&p))?;
+                self.land(i, pos, buf, k)?;
                 pos += k as u64;
-                let d = self.done[i].fetch_add(k as u64, Ordering::AcqRel) + k as u64;
-                self.file
-                    .write_all_at(&d.to_le_bytes(), slot)
-                    .map_err(io_err(&p))?;
-                self.fetched.fetch_add(k as u64, Ordering::Relaxed);
-                if let Some(pb) = self.pb {
-                    pb.inc(k as u64);
+                if self.opts.fsync && (pos - flushed >= FLUSH_EVERY || pos > to) {
+                    start_writeback(self.file, flushed, pos - flushed);
+                    flushed = pos;
                 }
-                self.notify();
             }
             if let Some(f) = failure {
                 return Err(net(f));
@@ -698,5 +861,14 @@ mod tests {
         // a counter larger than its part is garbage
         f.write_all_at(&5u64.to_le_bytes(), 10 + HEADER).unwrap();
         assert!(load_state(&f, 10).is_none());
+        // starting over (without truncating to 0) zeroes every counter, for
+        // a longer and a shorter trailer alike
+        f.write_all_at(&[0xff; 40], 10 + HEADER).unwrap();
+        assert_eq!(fresh_state(&f, &p, 10, 2).unwrap(), (2, vec![0; 5]));
+        assert_eq!(load_state(&f, 10), Some((2, vec![0; 5])));
+        f.write_all_at(&[0xff; 40], 10 + HEADER).unwrap();
+        assert_eq!(fresh_state(&f, &p, 10, 10).unwrap(), (10, vec![0]));
+        assert_eq!(load_state(&f, 10), Some((10, vec![0])));
+        assert_eq!(f.metadata().unwrap().len(), 10 + HEADER + 8);
     }
 }

@@ -40,6 +40,14 @@
 //! * a blob is hashed while it downloads into `blobs/sha256-<hex>-partial`
 //!   and renamed to `blobs/sha256-<hex>` only when the digest matches.
 //!
+//! ## Transports
+//!
+//! https, and every request with a body, goes through ureq (rustls).
+//! Bodiless `GET`/`HEAD` over plain http (local registries) go through a
+//! small HTTP/1.1 client of our own that reads bodies straight into the
+//! caller's buffer (ureq reads 8 KiB per syscall); redirects, auth and the
+//! credential rules above are the same for both.
+//!
 //! ```no_run
 //! use registry::{fetch_blob, resolve_remote, FetchOptions, RemoteOptions};
 //! let (name, base) = registry::parse_name("http://127.0.0.1:5000/library/smollm2:135m")?;
@@ -56,6 +64,7 @@ mod auth;
 mod client;
 mod download;
 mod fetch;
+mod http1;
 mod push;
 mod resolve;
 

@@ -8,7 +8,7 @@ use protocol::{Digest, Name};
 use store::Store;
 use url::Url;
 
-use crate::client::{Body, Session};
+use crate::client::{Body, Response, Session};
 use crate::resolve::{check_manifest, session_for};
 use crate::{io_err, Error, RemoteOptions, Result};
 
@@ -158,7 +158,7 @@ fn open_blob(store: &Store, d: &Digest, size: u64) -> Result<File> {
     Ok(f)
 }
 
-fn location(session: &Session, resp: &ureq::Response, what: &str) -> Result<Url> {
+fn location(session: &Session, resp: &Response, what: &str) -> Result<Url> {
     let loc = resp.header("location").ok_or_else(|| Error::Protocol {
         what: what.into(),
         why: format!("{} without Location", resp.status()),

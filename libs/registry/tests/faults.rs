@@ -185,6 +185,37 @@ fn pulls_and_writes_manifest_last() {
     assert_eq!((r2.blobs_fetched, blob_gets(&srv)), (0, before));
 }
 
+/// Parts larger than a worker's buffer, not aligned to it, fetched by one
+/// to several workers: bytes reach the hasher from buffers (in order) and
+/// from the file (ahead of the frontier); any slip is a digest mismatch.
+#[test]
+fn multi_megabyte_parts_hash_in_order() {
+    let m = Arc::new(model(5_500_000));
+    let srv = registry_server(m.clone(), |_, _, _, _| {});
+    for (parallel, part) in [
+        (1, None),
+        (1, Some(1_500_001)),
+        (3, Some(1_500_001)),
+        (8, Some(700_000)),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path());
+        let mut o = opts(&store, &srv.url());
+        o.parallel = parallel;
+        o.part_size = part;
+        let (_, r) = pull(&m, &store, &o).unwrap();
+        assert!(
+            r.bytes_fetched >= 5_500_000 && r.bytes_fetched < 5_600_000,
+            "{r:?}"
+        );
+        assert_eq!(
+            std::fs::read(store.blob_path(&m.big)).unwrap(),
+            m.blobs[&m.big.to_string()],
+            "parallel {parallel}, part {part:?}"
+        );
+    }
+}
+
 #[test]
 fn reset_mid_body_resumes_from_what_was_written() {
     let m = Arc::new(model(400_000));
@@ -653,6 +684,59 @@ fn tls_failure_is_reported_as_tls() {
     let e = resolve_remote(&Name::parse("h/n/m:t").unwrap(), &o.remote).unwrap_err();
     assert!(matches!(e, Error::Tls { .. }), "{e:?}");
     assert!(e.to_string().contains("TLS"), "{e}");
+}
+
+/// A self-signed certificate is a TLS error naming model and registry, on
+/// one line, and no request reaches the server.
+#[test]
+fn self_signed_certificate_is_a_tls_error() {
+    let tls = self_signed_tls_server();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path());
+    let mut o = opts(&store, &tls.url());
+    o.remote.insecure = false;
+    let e = resolve_remote(&Name::parse("h/n/m:t").unwrap(), &o.remote).unwrap_err();
+    let msg = e.to_string();
+    assert!(matches!(e, Error::Tls { .. }), "{e:?}");
+    assert!(
+        msg.contains("TLS") && msg.contains("n/m:t") && msg.contains(&tls.url()),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("certificate") || msg.contains("Certificate"),
+        "{msg}"
+    );
+    assert!(!msg.contains('\n'), "{msg}");
+    assert!(!e.is_retryable());
+}
+
+/// A host that cannot resolve (RFC 6761 reserves `.invalid`) is a DNS
+/// error naming model and registry, over https (ureq) and http (our client).
+#[test]
+fn unresolvable_host_is_a_dns_error() {
+    for base in [
+        "https://nonexistent.invalid",
+        "http://nonexistent.invalid:5000",
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path());
+        let o = opts(&store, base);
+        let e = resolve_remote(
+            &Name::parse("nonexistent.invalid/n/m:t").unwrap(),
+            &o.remote,
+        )
+        .unwrap_err();
+        let msg = e.to_string();
+        assert!(matches!(e, Error::Dns { .. }), "{base}: {e:?}");
+        assert!(
+            msg.contains("cannot resolve")
+                && msg.contains("n/m:t")
+                && msg.contains(base)
+                && !msg.contains('\n'),
+            "{msg}"
+        );
+        assert!(files_under(dir.path()).is_empty());
+    }
 }
 
 #[test]

@@ -133,3 +133,125 @@ fn errors_are_one_line_naming_model_and_registry() {
         text(&out.stderr)
     );
 }
+
+/// DNS and TLS failures: exit 2 and one line naming the model and the registry.
+#[test]
+fn dns_and_tls_failures_are_one_line_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in [
+        "nonexistent.invalid/library/m:t",
+        "http://nonexistent.invalid:5000/library/m:t",
+    ] {
+        let out = run(&[name], "", dir.path());
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(
+            err.contains("cannot resolve registry host")
+                && err.contains("nonexistent.invalid")
+                && err.contains("library/m:t"),
+            "{err}"
+        );
+    }
+    let tls = self_signed_tls_server();
+    let out = run(&[&format!("{}/library/m:t", tls.url())], "", dir.path());
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("TLS failure")
+            && err.contains(&tls.url())
+            && err.contains("library/m:t")
+            && err.to_lowercase().contains("certificate"),
+        "{err}"
+    );
+    // https to a plain-http server: a TLS failure too, not a hang or a parse error
+    let srv = serve(|_, mut c| c.respond(200, &[], b"plain http"));
+    let url = srv.url().replace("http://", "https://");
+    let out = run(&[&format!("{url}/library/m:t")], "", dir.path());
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("TLS failure") && err.contains(&url), "{err}");
+    assert!(common::files_under(dir.path()).is_empty());
+}
+
+/// `credsStore` in the docker config: the helper found on PATH supplies the
+/// credentials for a registry that requires Basic auth.
+#[test]
+fn credentials_from_a_docker_credential_helper_on_path() {
+    use std::os::unix::fs::PermissionsExt;
+    let config = b"{}".to_vec();
+    let weights = bytes(5_000, 9);
+    let manifest = manifest_for(&config, &[(media::MODEL, &weights)]);
+    let blobs: Vec<(String, Vec<u8>)> = [config, weights]
+        .into_iter()
+        .map(|b| (Digest::of_bytes(&b).to_string(), b))
+        .collect();
+    // "Basic " + base64("bob:hunter2")
+    let want = "Basic Ym9iOmh1bnRlcjI=";
+    let srv = serve(move |req, mut c| {
+        if req.header("authorization") != Some(want) {
+            return c.respond(
+                401,
+                &[("WWW-Authenticate", r#"Basic realm="test""#.into())],
+                b"",
+            );
+        }
+        if req.path.contains("/manifests/") {
+            return c.respond(
+                200,
+                &[("Content-Type", media::DOCKER_MANIFEST.into())],
+                manifest.as_bytes(),
+            );
+        }
+        match blobs.iter().find(|(d, _)| req.path.ends_with(d.as_str())) {
+            Some((_, b)) => c.blob(req, b),
+            None => c.respond(404, &[], b""),
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let host = srv.addr.to_string();
+    let helper = bin.join("docker-credential-fake");
+    std::fs::write(
+        &helper,
+        format!(
+            "#!/bin/sh\nread -r url\nif [ \"$1\" = get ] && [ \"$url\" = \"{host}\" ]; then\n  echo '{{\"ServerURL\":\"{host}\",\"Username\":\"bob\",\"Secret\":\"hunter2\"}}'\nelse\n  echo 'credentials not found in native keychain'; exit 1\nfi\n"
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let docker = dir.path().join("docker");
+    std::fs::create_dir(&docker).unwrap();
+    std::fs::write(docker.join("config.json"), r#"{"credsStore":"fake"}"#).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let pull = |config_dir: &std::path::Path| {
+        Command::new(env!("CARGO_BIN_EXE_fetch-blob"))
+            .args(["--no-fsync", &format!("{}/library/m:t", srv.url())])
+            .env("OLLAMA_MODELS", dir.path().join("store"))
+            .env("DOCKER_CONFIG", config_dir)
+            .env("PATH", &path)
+            .env_remove("LLPIPE_REGISTRY_USERNAME")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    // without the helper: 401
+    let out = pull(std::path::Path::new("/nonexistent"));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("401"), "{}", text(&out.stderr));
+    let out = pull(&docker);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let doc = Line::parse(text(&out.stdout).trim())
+        .unwrap()
+        .model()
+        .unwrap()
+        .unwrap();
+    assert!(doc.blobs().all(|b| b.present));
+}

@@ -109,3 +109,26 @@ fn bad_names_exit_2_and_create_nothing() {
         assert!(t.files().is_empty(), "{bad}: wrote {:?}", t.files());
     }
 }
+
+/// A registry host that cannot resolve (RFC 6761 `.invalid`): exit 2, one
+/// line naming the model and the registry, nothing written.
+#[test]
+fn unresolvable_registry_is_one_line_exit_2() {
+    for args in [
+        &["nonexistent.invalid/library/m:t"][..],
+        &["--insecure", "nonexistent.invalid:5000/library/m:t"][..],
+    ] {
+        let t = TestStore::new();
+        let (code, stdout, stderr) = out3(&t.run(bin("resolve"), args, b""));
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        assert!(stdout.is_empty());
+        assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+        assert!(
+            stderr.contains("cannot resolve registry host")
+                && stderr.contains("nonexistent.invalid")
+                && stderr.contains("library/m:t"),
+            "{stderr}"
+        );
+        assert!(t.files().is_empty(), "wrote {:?}", t.files());
+    }
+}

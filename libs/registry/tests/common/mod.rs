@@ -275,3 +275,86 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
 
 #[allow(unused_imports)]
 pub use pipeline_tests::{docker_registry, docker_registry_with, free_port, DockerRegistry};
+
+// ---- a TLS server with a self-signed certificate ----
+
+/// `openssl s_server` on 127.0.0.1 with a fresh self-signed certificate
+/// (valid for IP 127.0.0.1, so the only fault is the unknown issuer).
+/// Killed on drop.
+pub struct TlsServer {
+    pub port: u16,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl TlsServer {
+    pub fn url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for TlsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn self_signed_tls_server() -> TlsServer {
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "1", "-subj", "/CN=llpipe-test"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap_or_else(|e| {
+            panic!("the TLS tests need the openssl command (apt-get install -y openssl): {e}")
+        });
+    assert!(made.success(), "openssl req failed");
+    for _ in 0..5 {
+        let port = free_port();
+        let mut child = Command::new("openssl")
+            .args(["s_server", "-quiet", "-www", "-accept"])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("-cert")
+            .arg(&cert)
+            .arg("-key")
+            .arg(&key)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        for _ in 0..100 {
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return TlsServer {
+                    port,
+                    child,
+                    _dir: dir,
+                };
+            }
+            if child.try_wait().unwrap().is_some() {
+                break; // port taken meanwhile: try another
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    panic!("openssl s_server did not start");
+}
