@@ -693,9 +693,15 @@ impl RepackType {
     }
 }
 
-/// 64-byte aligned owned bytes (for reading a file into memory with `--no-mmap`).
+/// Alignment of [`AlignedBytes`]: a transparent huge page.
+const HUGE_PAGE: usize = 2 << 20;
+
+/// Owned bytes aligned to 2 MiB, in anonymous memory the kernel is asked to
+/// back with huge pages (for reading a file into memory with `--no-mmap`).
 pub struct AlignedBytes {
-    ptr: NonNull<u8>,
+    map: NonNull<u8>, // start of the mapping, `map_len` bytes
+    map_len: usize,
+    ptr: NonNull<u8>, // aligned start of the data, `len` bytes
     len: usize,
 }
 
@@ -707,12 +713,38 @@ unsafe impl Sync for AlignedBytes {}
 impl AlignedBytes {
     /// Reads all of `r` (exactly `len` bytes) into a new aligned allocation.
     pub fn read_exact(mut r: impl std::io::Read, len: usize) -> std::io::Result<AlignedBytes> {
-        let layout =
-            std::alloc::Layout::from_size_align(len.max(1), 64).map_err(std::io::Error::other)?;
-        // SAFETY: non-zero size layout.
-        let ptr = NonNull::new(unsafe { std::alloc::alloc_zeroed(layout) })
-            .ok_or_else(|| std::io::Error::other(format!("cannot allocate {len} bytes")))?;
-        let me = AlignedBytes { ptr, len };
+        let too_big = || std::io::Error::other(format!("cannot allocate {len} bytes"));
+        let map_len = len.max(1).checked_add(HUGE_PAGE).ok_or_else(too_big)?;
+        // SAFETY: a fresh private anonymous mapping (zero-filled by the
+        // kernel, so every byte is initialised); checked for failure.
+        let map = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                map_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if map == libc::MAP_FAILED {
+            return Err(too_big());
+        }
+        let map = NonNull::new(map.cast::<u8>()).ok_or_else(too_big)?;
+        let ptr = map.as_ptr() as usize;
+        let aligned = ptr.next_multiple_of(HUGE_PAGE);
+        // SAFETY: `aligned..aligned + len` lies inside the mapping.
+        let ptr = unsafe { NonNull::new_unchecked(map.as_ptr().add(aligned - ptr)) };
+        let me = AlignedBytes {
+            map,
+            map_len,
+            ptr,
+            len,
+        };
+        // Weights are streamed through on every token: 2 MiB pages cut the
+        // TLB misses of that walk (a hint; the kernel may ignore it).
+        // SAFETY: the range is inside our mapping.
+        unsafe { libc::madvise(ptr.as_ptr().cast(), len, libc::MADV_HUGEPAGE) };
         // SAFETY: we own `len` initialised (zeroed) bytes.
         r.read_exact(unsafe { std::slice::from_raw_parts_mut(ptr.as_ptr(), len) })?;
         Ok(me)
@@ -728,10 +760,8 @@ impl AsRef<[u8]> for AlignedBytes {
 
 impl Drop for AlignedBytes {
     fn drop(&mut self) {
-        let layout = std::alloc::Layout::from_size_align(self.len.max(1), 64)
-            .expect("layout was valid at allocation");
-        // SAFETY: allocated with this layout.
-        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), layout) }
+        // SAFETY: our own mapping, unmapped once.
+        unsafe { libc::munmap(self.map.as_ptr().cast(), self.map_len) };
     }
 }
 

@@ -68,7 +68,11 @@ fn main() {
             .expect("tokenizer");
         drop(bytes);
         let t0 = Instant::now();
-        let loaded = models::load(&model, &Default::default()).expect("load");
+        let lo = models::LoadOptions {
+            no_mmap: arg("--no-mmap", "false") == "true",
+            ..Default::default()
+        };
+        let loaded = models::load(&model, &lo).expect("load");
         let so = SessionOptions {
             n_ctx: 1024,
             n_batch: 512,

@@ -247,3 +247,26 @@ fn context_shift_matches_llama_cpp_smollm2() {
 fn context_shift_matches_llama_cpp_gemma3() {
     context_shift_matches_llama_cpp(GEMMA3, 2.0);
 }
+
+#[test]
+fn no_mmap_reads_weights_into_memory_with_the_same_results() {
+    let path = pipeline_tests::real_model(GEMMA3);
+    let so = SessionOptions {
+        n_ctx: 256,
+        n_threads: THREADS,
+        ..Default::default()
+    };
+    let prompt = [2, 818, 5279, 529, 7001, 563]; // <bos> and five text tokens
+    let logits = |no_mmap: bool| {
+        let lo = models::LoadOptions {
+            no_mmap,
+            ..Default::default()
+        };
+        let loaded = models::load(&path, &lo).unwrap();
+        let mut sess = Session::new(loaded.model.as_ref(), &so).unwrap();
+        sess.decode(&prompt).unwrap().to_vec()
+    };
+    let (mapped, read) = (logits(false), logits(true));
+    assert_eq!(mapped.len(), read.len());
+    assert!(mapped == read, "the same weights give the same logits");
+}
