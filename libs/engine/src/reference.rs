@@ -387,6 +387,14 @@ impl Default for ContextOptions {
     }
 }
 
+/// Whether llama.cpp can offload layers here (a GPU backend built in and a
+/// device found).
+pub fn supports_gpu_offload() -> bool {
+    init_backend();
+    // SAFETY: a query with no arguments, after backend initialisation.
+    unsafe { sys::llama_supports_gpu_offload() }
+}
+
 /// Number of threads to use by default: the available parallelism.
 pub fn default_threads() -> i32 {
     std::thread::available_parallelism()

@@ -270,6 +270,12 @@ pub fn infer(
         )))
         .map_err(|e| e.to_string())?;
     }
+    if let Some(why) = gpu_layers_ignored(opts.gpu_layers, native) {
+        on_event(Event::Notice(&format!(
+            "infer: --gpu-layers ignored: {why}"
+        )))
+        .map_err(|e| e.to_string())?;
+    }
     let mut out = Output {
         tok: &tok,
         utf8: StreamDecoder::new(),
@@ -311,6 +317,21 @@ pub fn infer(
     }
     summary.total_duration = t0.elapsed();
     Ok(summary)
+}
+
+/// Why `--gpu-layers n` will not offload anything, if it will not: the
+/// native engine runs on the CPU, and a build without a GPU backend (or a
+/// CUDA build without a device) makes llama.cpp fall back silently.
+pub(crate) fn gpu_layers_ignored(n: i32, native: bool) -> Option<&'static str> {
+    if n == 0 {
+        None
+    } else if native {
+        Some("the native engine runs on the CPU (use --engine llama.cpp)")
+    } else if !engine::reference::supports_gpu_offload() {
+        Some("no GPU backend in this build or no GPU found")
+    } else {
+        None
+    }
 }
 
 /// Whether `engine` runs `arch` natively; an error when the native engine

@@ -274,3 +274,40 @@ fn system_flag_overrides_the_system_layer_and_messages_come_first() {
     assert_eq!(prompt_tokens(&[]), want("Be brief."));
     assert_eq!(prompt_tokens(&["--system", flag]), want(flag));
 }
+
+#[test]
+fn gpu_layers_that_offload_nothing_say_so() {
+    let model = smollm2();
+    let m = model.to_str().unwrap();
+    let args = [
+        "--model",
+        m,
+        "--raw",
+        "-p",
+        "Hi",
+        "-n",
+        "1",
+        "--gpu-layers",
+        "8",
+    ];
+    let o = infer(&args);
+    assert!(o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("infer: --gpu-layers ignored: the native engine runs on the CPU"),
+        "{err}"
+    );
+    // llama.cpp's engine: a CPU-only build offloads nothing either
+    let o = infer(&[&args[..], &["--engine", "llama.cpp"]].concat());
+    assert!(o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    if !engine::reference::supports_gpu_offload() {
+        assert!(
+            err.contains("--gpu-layers ignored: no GPU backend"),
+            "{err}"
+        );
+    }
+    // without the flag, no such notice
+    let o = infer(&args[..7]);
+    assert!(!String::from_utf8_lossy(&o.stderr).contains("--gpu-layers"));
+}
