@@ -39,10 +39,10 @@ use engine::tokenizer::{StreamDecoder, Tokenizer};
 use serde_json::{Map, Value};
 
 use crate::infer::{
-    encode_prompt, ref_model, session_options, use_native, Event, InferOptions, Message, Output,
-    RefDecode, Summary,
+    encode_prompt, load_options, ref_model, session_options, use_native, Event, InferOptions,
+    Message, Output, RefDecode, Summary,
 };
-use crate::{load, LoadOptions};
+use crate::load;
 
 /// What a [`LineSource`] read.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -157,14 +157,7 @@ pub fn chat(
     let first = (!o.prompt.is_empty()).then_some(o.prompt.as_str());
     let io = |e: std::io::Error| e.to_string();
     if use_native(o.engine, &arch)? {
-        let loaded = load(
-            &o.model,
-            &LoadOptions {
-                no_mmap: o.no_mmap,
-                ..Default::default()
-            },
-        )
-        .map_err(|e| format!("{path}: {e}"))?;
+        let loaded = load(&o.model, &load_options(o)).map_err(|e| format!("{path}: {e}"))?;
         let mut sess =
             Session::new(loaded.model.as_ref(), &session_options(o)).map_err(|e| e.to_string())?;
         state.run(&mut sess, first, input, out, interrupt)?;

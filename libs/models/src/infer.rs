@@ -298,14 +298,7 @@ pub fn infer(
     };
     if native {
         summary.engine = "native";
-        let loaded = load(
-            &opts.model,
-            &LoadOptions {
-                no_mmap: opts.no_mmap,
-                ..Default::default()
-            },
-        )
-        .map_err(|e| format!("{path}: {e}"))?;
+        let loaded = load(&opts.model, &load_options(opts)).map_err(|e| format!("{path}: {e}"))?;
         let mut sess = Session::new(loaded.model.as_ref(), &session_options(opts))
             .map_err(|e| e.to_string())?;
         run(&mut sess, &mut summary)?;
@@ -344,6 +337,14 @@ pub(crate) fn use_native(engine: EngineChoice, arch: &str) -> Result<bool, Strin
         )),
         EngineChoice::Native => Ok(true),
         EngineChoice::LlamaCpp => Ok(false),
+    }
+}
+
+/// How the native engine loads the model of `opts`.
+pub(crate) fn load_options(opts: &InferOptions) -> LoadOptions {
+    LoadOptions {
+        no_mmap: opts.no_mmap,
+        ..Default::default()
     }
 }
 

@@ -260,8 +260,13 @@ impl Weights<'_, '_> {
     /// (the copy repacks them); the buffers must outlive the model.
     fn upload_repacked(&self) -> Result<Vec<Buffer>> {
         let pending = self.pending.take();
-        let mut types: Vec<ggml::RepackType> = pending.iter().map(|p| p.0).collect();
-        types.dedup();
+        // each type once, in first-seen order (a model may mix several)
+        let mut types: Vec<ggml::RepackType> = vec![];
+        for (rt, _, _) in &pending {
+            if !types.contains(rt) {
+                types.push(*rt);
+            }
+        }
         types
             .into_iter()
             .map(|rt| {
