@@ -5,6 +5,8 @@
 # the ratios ours/llama.cpp. Each engine runs in its own process so RSS is its own.
 #
 #   scripts/bench-infer.sh [MODEL.gguf|all] [THREADS] [KV_TYPE] [REPS] [ROUNDS]
+#   GPU_LAYERS=-1 scripts/bench-infer.sh ...   # both engines on the GPU (GPU builds)
+#   BENCH_BIN=path/to/bench scripts/bench-infer.sh ...  # a prebuilt bench example
 #
 # "all" (the default) runs SmolLM2-135M (llama) and Gemma3-270M. Our engine
 # runs twice: mapping the file (the default: fastest load) and with
@@ -19,8 +21,13 @@ THREADS=${2:-2}
 KV=${3:-f16}
 REPS=${4:-2}
 ROUNDS=${5:-3}
-cargo build -q --release -p models --example bench
-BIN=target/release/examples/bench
+GPU_LAYERS=${GPU_LAYERS:-0}
+if [ -n "${BENCH_BIN:-}" ]; then
+  BIN=$BENCH_BIN
+else
+  cargo build -q --release -p models --example bench
+  BIN=target/release/examples/bench
+fi
 if [ "${1:-all}" = all ]; then
   set -- "$DIR/SmolLM2-135M-Instruct.Q4_1.gguf" "$DIR/gemma-3-270m-q4_k_m.gguf"
 else
@@ -32,9 +39,9 @@ for MODEL in "$@"; do
 # them alike; each figure is the best over the rounds.
 OURS=""; HUGE=""; PEER=""
 for _ in $(seq "$ROUNDS"); do
-  OURS="$OURS$("$BIN" --model "$MODEL" --engine native --threads "$THREADS" --kv-type "$KV" --reps "$REPS") "
-  HUGE="$HUGE$("$BIN" --model "$MODEL" --engine native --no-mmap true --threads "$THREADS" --kv-type "$KV" --reps "$REPS") "
-  PEER="$PEER$("$BIN" --model "$MODEL" --engine llama.cpp --threads "$THREADS" --kv-type "$KV" --reps "$REPS") "
+  OURS="$OURS$("$BIN" --model "$MODEL" --engine native --threads "$THREADS" --kv-type "$KV" --reps "$REPS" --gpu-layers "$GPU_LAYERS") "
+  HUGE="$HUGE$("$BIN" --model "$MODEL" --engine native --no-mmap true --threads "$THREADS" --kv-type "$KV" --reps "$REPS" --gpu-layers "$GPU_LAYERS") "
+  PEER="$PEER$("$BIN" --model "$MODEL" --engine llama.cpp --threads "$THREADS" --kv-type "$KV" --reps "$REPS" --gpu-layers "$GPU_LAYERS") "
 done
 python3 - "$OURS" "$HUGE" "$PEER" "$MODEL" <<'PY'
 import json, sys
@@ -47,7 +54,7 @@ def best(runs):
         b[k] = min(r[k] for r in rs)
     return b
 o, h, p = (best(a) for a in sys.argv[1:4])
-print(f"model {sys.argv[4].rsplit('/', 1)[-1]}  threads {o['threads']}  kv {o['kv']}  (load {open('/proc/loadavg').read().split()[0]})")
+print(f"model {sys.argv[4].rsplit('/', 1)[-1]}  on {o['device']}  threads {o['threads']}  kv {o['kv']}  (load {open('/proc/loadavg').read().split()[0]})")
 print(f"{'':24}{'native':>10}{'--no-mmap':>11}{'llama.cpp':>11}{'ratio':>7}{'ratio':>11}")
 for k, label, better in [("pp512", "pp512 (t/s)", "higher"), ("tg128", "tg128 (t/s)", "higher"),
                          ("load_first_token_ms", "load+first token (ms)", "lower"), ("peak_rss_kb", "peak RSS (KiB)", "lower")]:

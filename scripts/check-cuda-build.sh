@@ -5,6 +5,14 @@
 #
 #   scripts/check-cuda-build.sh            # sm_90 (H100/H200), 2 cmake jobs, niced
 #   CUDA_ARCH="80;90" scripts/check-cuda-build.sh
+#   GPU_BUNDLE=1 scripts/check-cuda-build.sh  # also the GPU checks' binaries, packed
+#
+# With GPU_BUNDLE=1 it also builds the GPU parity tests (libs/models/tests/
+# parity.rs, gpu_*), ggml's unit tests and the benchmark example with the
+# cuda feature, and packs them with infer into target/cuda-check/gpu-bundle.tar.xz
+# (one xz stream with a dictionary larger than the four binaries, which share
+# ggml-cuda's kernels; Python's lzma unpacks it) for scripts/gpu-check.sh on
+# a GPU machine.
 #
 # Environment: CUDA_ARCH (CMAKE_CUDA_ARCHITECTURES, default 90), JOBS (default 2),
 # LLPIPE_CUDA_CACHE (default ~/.cache/llpipe/cuda), LLPIPE_MODELS_DIR.
@@ -110,6 +118,31 @@ say "CMAKE_CUDA_ARCHITECTURES=$ARCH CMAKE_BUILD_PARALLEL_LEVEL=$JOBS (nice -n 19
 nice -n 19 cargo build --release -p infer --features cuda --target-dir "$TARGET_DIR" ||
     fail "cargo build"
 BUILT=$(date +%s)
+
+if [ "${GPU_BUNDLE:-0}" = 1 ]; then
+    say "building the GPU checks: parity and ggml tests, bench example (cuda)"
+    json=$TARGET_DIR/gpu-tests.json
+    nice -n 19 cargo test --release --no-run --features models/cuda,ggml/cuda \
+        -p models --test parity -p ggml --lib --target-dir "$TARGET_DIR" \
+        --message-format=json > "$json" || fail "cargo test --no-run"
+    nice -n 19 cargo build --release -p models --example bench --features models/cuda \
+        --target-dir "$TARGET_DIR" || fail "cargo build --example bench"
+    bundle=$TARGET_DIR/gpu-bundle
+    rm -rf "$bundle" && mkdir -p "$bundle"
+    cp "$BIN" "$TARGET_DIR/release/examples/bench" "$bundle/"
+    python3 - "$json" "$bundle" <<'PY'
+import json, shutil, sys
+for line in open(sys.argv[1]):
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
+        name = {"parity": "parity-tests", "ggml": "ggml-tests"}.get(m["target"]["name"])
+        if name:  # --lib also selects models' own unit tests: not needed there
+            shutil.copy(m["executable"], f"{sys.argv[2]}/{name}")
+PY
+    strip "$bundle"/*
+    tar -C "$TARGET_DIR" -cf - gpu-bundle | xz -T1 --lzma2=preset=6,dict=512MiB > "$bundle.tar.xz"
+    say "packed $(ls "$bundle" | tr '\n' ' ')into $bundle.tar.xz ($(du -m "$bundle.tar.xz" | cut -f1) MiB)"
+fi
 
 # 4. The result.
 [ -x "$BIN" ] || fail "no binary at $BIN"

@@ -10,7 +10,7 @@
 //! generation reuses one graph for 256 steps at a time, building and
 //! allocating nothing, and only writes the inputs.
 
-use ggml::{Allocator, Backend, Context, Graph, Tensor, Type};
+use ggml::{Allocator, Backend, Context, Device, Graph, Tensor, Type};
 
 use crate::kv_cache::{KvCache, KvShape, KvType};
 use crate::{Error, Result};
@@ -23,6 +23,12 @@ pub trait Model {
     fn kv_shape(&self) -> KvShape;
     /// Context length the model was trained with.
     fn n_ctx_train(&self) -> usize;
+    /// The GPU holding the weights, if they were loaded into one: the
+    /// session then keeps its cache there and computes there. `None` (the
+    /// default): the CPU.
+    fn device(&self) -> Option<Device> {
+        None
+    }
     /// Upper bound on graph nodes for one forward pass.
     fn max_nodes(&self) -> usize {
         4096 + 64 * self.kv_shape().n_layer
@@ -65,7 +71,7 @@ pub struct SessionOptions {
     pub n_ctx: usize,
     /// Tokens per forward pass while reading a prompt.
     pub n_batch: usize,
-    /// CPU threads.
+    /// CPU threads (unused when the model lives on a GPU).
     pub n_threads: usize,
     /// Cache element type.
     pub kv_type: KvType,
@@ -119,7 +125,10 @@ impl<'m> Session<'m> {
         if opts.n_batch == 0 {
             return Err(Error::invalid("batch size must be at least 1".into()));
         }
-        let backend = Backend::cpu(opts.n_threads)?;
+        let backend = match model.device() {
+            Some(dev) => Backend::on(dev)?,
+            None => Backend::cpu(opts.n_threads)?,
+        };
         let kv = KvCache::init(
             &backend,
             model.kv_shape(),
@@ -152,6 +161,7 @@ impl<'m> Session<'m> {
         let n = self.n_batch;
         let pos0 = self.kv.n_ctx() - n;
         let (g, _, _) = self.build(pos0, n);
+        self.backend.check_supports(&g)?;
         self.alloc.reserve(&g)?;
         Ok(())
     }
@@ -282,7 +292,7 @@ impl<'m> Session<'m> {
             .shift_cells(ctx, &g, (keep + discard, keep, moved), |k, layer| {
                 model.shift_keys(ctx, k, delta, layer)
             });
-        if !ok {
+        if !ok || self.backend.check_supports(&g).is_err() {
             return Ok(false);
         }
         self.alloc.alloc(&g)?;

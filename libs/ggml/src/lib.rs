@@ -2,7 +2,8 @@
 //!
 //! What the engine needs and nothing more: a [`Context`] that holds tensor
 //! metadata and builds graphs (ops are its methods, each a few lines over the
-//! C function), a CPU [`Backend`] with a persistent thread pool, [`Buffer`]s
+//! C function), a CPU [`Backend`] with a persistent thread pool (or one on a
+//! GPU [`Device`] in a GPU build), [`Buffer`]s
 //! (one can wrap caller-owned bytes, e.g. a memory-mapped GGUF, so weights are
 //! read in place), and an [`Allocator`] that places a graph's intermediate
 //! tensors in one reusable compute buffer.
@@ -60,6 +61,8 @@ pub enum ErrorKind {
     Compute(i32),
     /// Bytes given for a buffer are not aligned to 32 bytes.
     Misaligned,
+    /// The backend cannot compute an operation (backend, op, tensor name).
+    Unsupported(String, String, String),
 }
 
 impl fmt::Display for Error {
@@ -69,6 +72,9 @@ impl fmt::Display for Error {
             ErrorKind::Alloc(n) => write!(f, "cannot allocate a ggml buffer of {n} bytes"),
             ErrorKind::Compute(s) => write!(f, "ggml graph computation failed with status {s}"),
             ErrorKind::Misaligned => write!(f, "buffer bytes are not 32-byte aligned"),
+            ErrorKind::Unsupported(b, op, t) => {
+                write!(f, "ggml backend {b} cannot compute {op} (tensor {t:?})")
+            }
         }
     }
 }
@@ -437,6 +443,21 @@ impl Context {
         unsafe { sys::ggml_backend_buffer_clear(raw.as_ptr(), 0) };
         Ok(Buffer { raw, _owner: None })
     }
+    /// Allocates every tensor of this context that has no memory yet in one
+    /// new buffer in `dev`'s memory (not cleared: the caller writes them all).
+    pub fn alloc_tensors_on(&self, dev: Device) -> Result<Buffer, Error> {
+        // SAFETY: live context; the device's buffer type lives as long as ggml.
+        let b = unsafe {
+            sys::ggml_backend_alloc_ctx_tensors_from_buft(
+                self.ptr(),
+                sys::ggml_backend_dev_buffer_type(dev.raw),
+            )
+        };
+        let raw = NonNull::new(b).ok_or(Error {
+            kind: ErrorKind::Alloc(0),
+        })?;
+        Ok(Buffer { raw, _owner: None })
+    }
 }
 
 // ---- ops: see ops.rs ----
@@ -467,7 +488,8 @@ impl Graph {
 
 // ---- backend ----
 
-/// A compute backend: the CPU, with a thread pool kept for its lifetime.
+/// A compute backend: the CPU, with a thread pool kept for its lifetime, or
+/// a GPU [`Device`].
 pub struct Backend {
     raw: sys::ggml_backend_t,
     pool: *mut sys::ggml_threadpool,
@@ -509,6 +531,40 @@ impl Backend {
             Ok(Backend { raw, pool })
         }
     }
+    /// A backend computing on `dev` (a GPU: tensors of its graphs must live
+    /// in that device's memory).
+    pub fn on(dev: Device) -> Result<Backend, Error> {
+        // SAFETY: the device handle comes from ggml's registry; null checked.
+        let raw = unsafe { sys::ggml_backend_dev_init(dev.raw, std::ptr::null()) };
+        if raw.is_null() {
+            return err(ErrorKind::Backend(dev.name()));
+        }
+        Ok(Backend {
+            raw,
+            pool: std::ptr::null_mut(),
+        })
+    }
+    /// The backend's name (`CPU`, `CUDA0`, ...).
+    pub fn name(&self) -> String {
+        // SAFETY: live backend; ggml returns a static string.
+        unsafe { cstr(sys::ggml_backend_name(self.raw)) }
+    }
+    /// Fails, naming the first operation of `g` this backend cannot compute
+    /// (a GPU backend lacks some op/type pairs the CPU has).
+    pub fn check_supports(&self, g: &Graph) -> Result<(), Error> {
+        for i in 0..g.n_nodes() {
+            // SAFETY: i < n_nodes; live backend and graph.
+            unsafe {
+                let t = sys::ggml_graph_node(g.raw.as_ptr(), i as c_int);
+                if !sys::ggml_backend_supports_op(self.raw, t) {
+                    let op = cstr(sys::ggml_op_desc(t));
+                    let name = cstr((*t).name.as_ptr());
+                    return err(ErrorKind::Unsupported(self.name(), op, name));
+                }
+            }
+        }
+        Ok(())
+    }
     /// Computes every node of `g` (all its tensors must be allocated).
     pub fn compute(&self, g: &Graph) -> Result<(), Error> {
         // SAFETY: live backend and graph.
@@ -517,6 +573,66 @@ impl Backend {
             return err(ErrorKind::Compute(s));
         }
         Ok(())
+    }
+}
+
+/// A NUL-terminated C string owned by ggml, as a Rust string ("" for null).
+///
+/// # Safety
+/// `p` is null or points to a NUL-terminated string.
+unsafe fn cstr(p: *const std::ffi::c_char) -> String {
+    if p.is_null() {
+        return String::new();
+    }
+    CStr::from_ptr(p).to_string_lossy().into_owned()
+}
+
+// ---- devices ----
+
+/// An accelerator ggml was built with (CUDA, Metal or Vulkan builds), as
+/// ggml's backend registry lists it. A plain handle: devices live as long
+/// as the process.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Device {
+    raw: sys::ggml_backend_dev_t,
+}
+
+// SAFETY: a device handle is an immutable registry entry.
+unsafe impl Send for Device {}
+// SAFETY: as above.
+unsafe impl Sync for Device {}
+
+impl Device {
+    /// The first GPU device; `None` in a CPU-only build or when the GPU
+    /// backend finds no device (no driver, no card).
+    pub fn gpu() -> Option<Device> {
+        errors_only_logs();
+        // SAFETY: registry lookup; null when there is none.
+        let raw = unsafe { sys::ggml_backend_dev_by_type(sys::GGML_BACKEND_DEVICE_TYPE_GPU) };
+        (!raw.is_null()).then_some(Device { raw })
+    }
+    /// ggml's name for the device (`CUDA0`, `Metal`, `Vulkan0`).
+    pub fn name(&self) -> String {
+        // SAFETY: live device; ggml returns a string it owns.
+        unsafe { cstr(sys::ggml_backend_dev_name(self.raw)) }
+    }
+    /// The driver's description (e.g. `NVIDIA H100 80GB HBM3`).
+    pub fn description(&self) -> String {
+        // SAFETY: as above.
+        unsafe { cstr(sys::ggml_backend_dev_description(self.raw)) }
+    }
+    /// Free and total memory in bytes.
+    pub fn memory(&self) -> (usize, usize) {
+        let (mut free, mut total) = (0usize, 0usize);
+        // SAFETY: live device; two out-parameters.
+        unsafe { sys::ggml_backend_dev_memory(self.raw, &mut free, &mut total) };
+        (free, total)
+    }
+}
+
+impl fmt::Debug for Device {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Device({} {})", self.name(), self.description())
     }
 }
 

@@ -255,3 +255,68 @@ fn repacked_weights_multiply_like_plain_ones() {
         }
     }
 }
+
+/// Weights uploaded to a GPU multiply like on the CPU. Without a GPU (a
+/// CPU-only build, or no device) it checks only that none is reported.
+#[test]
+fn gpu_weights_multiply_like_cpu_ones() {
+    let Some(dev) = Device::gpu() else {
+        eprintln!("gpu ggml: SKIPPED: no GPU (a CPU-only build, or no device found)");
+        return;
+    };
+    eprintln!("gpu ggml: on {} ({})", dev.description(), dev.name());
+    let (k, m, n) = (256usize, 16usize, 3usize);
+    let (wbytes, _) = q4_0_blocks(k * m / 32);
+    let x: Vec<f32> = (0..k * n)
+        .map(|i| ((i * 13 % 17) as f32 - 8.0) / 8.0)
+        .collect();
+    let mul = |backend: &Backend, on: Option<Device>| {
+        let wctx = Context::new(4);
+        let w = wctx.tensor(Type::Q4_0, &[k as i64, m as i64]);
+        let _wbuf = match on {
+            Some(d) => {
+                let b = wctx.alloc_tensors_on(d).unwrap();
+                w.set_bytes(&wbytes);
+                b
+            }
+            None => {
+                let aligned = AlignedBytes::read_exact(&wbytes[..], wbytes.len()).unwrap();
+                let b = Buffer::from_host_bytes(Arc::new(aligned)).unwrap();
+                b.place(w, 0);
+                b
+            }
+        };
+        let ctx = Context::new(8);
+        let xt = ctx.tensor(Type::F32, &[k as i64, n as i64]).set_input();
+        let y = ctx.mul_mat(w, xt);
+        let g = ctx.graph(8);
+        g.expand(y);
+        backend.check_supports(&g).unwrap();
+        let mut alloc = Allocator::new(backend);
+        alloc.alloc(&g).unwrap();
+        xt.set_f32(&x);
+        backend.compute(&g).unwrap();
+        y.to_f32()
+    };
+    let cpu = mul(&Backend::cpu(1).unwrap(), None);
+    let gpu_backend = Backend::on(dev).unwrap();
+    assert_ne!(gpu_backend.name(), "CPU");
+    let gpu = mul(&gpu_backend, Some(dev));
+    for (a, b) in gpu.iter().zip(&cpu) {
+        assert!(
+            (a - b).abs() < 1e-2 * b.abs().max(1.0),
+            "gpu {a} vs cpu {b}"
+        );
+    }
+}
+
+#[test]
+fn cpu_backend_supports_what_it_computes() {
+    let backend = Backend::cpu(1).unwrap();
+    assert_eq!(backend.name(), "CPU");
+    let ctx = Context::new(8);
+    let a = ctx.tensor(Type::F32, &[4, 4]);
+    let g = ctx.graph(8);
+    g.expand(ctx.mul_mat(a, a));
+    backend.check_supports(&g).unwrap();
+}

@@ -1,7 +1,8 @@
 //! One engine's figures on one GGUF, as a JSON line (run by scripts/bench-infer.sh):
 //! load-to-first-token, pp512 and tg128 (best of `--reps`), peak RSS.
 //!
-//! `bench --model FILE --engine native|llama.cpp [--threads 2] [--kv-type f16] [--reps 3]`
+//! `bench --model FILE --engine native|llama.cpp [--threads 2] [--kv-type f16] [--reps 3]
+//! [--no-mmap true] [--gpu-layers 0]` (`--gpu-layers -1`: the whole model on the GPU).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -59,6 +60,9 @@ fn main() {
     let threads: usize = arg("--threads", "2").parse().expect("--threads");
     let kv: KvType = arg("--kv-type", "f16").parse().expect("--kv-type");
     let reps: usize = arg("--reps", "3").parse().expect("--reps");
+    let gpu_layers: i32 = arg("--gpu-layers", "0").parse().expect("--gpu-layers");
+    let gpu = (gpu_layers != 0).then(|| ggml::Device::gpu().expect("--gpu-layers: no GPU found"));
+    let device = gpu.map_or("CPU".to_string(), |d| d.description());
     let (n_pp, n_tg) = (512, 128);
     let t0 = Instant::now();
     let (first_ms, pp, tg);
@@ -70,6 +74,7 @@ fn main() {
         let t0 = Instant::now();
         let lo = models::LoadOptions {
             no_mmap: arg("--no-mmap", "false") == "true",
+            gpu,
             ..Default::default()
         };
         let loaded = models::load(&model, &lo).expect("load");
@@ -110,7 +115,11 @@ fn main() {
             KvType::Q8_0 => RefKv::Q8_0,
             KvType::Q4_0 => RefKv::Q4_0,
         };
-        let m = RefModel::load(&model, &ModelOptions::default()).expect("load");
+        let mo = ModelOptions {
+            n_gpu_layers: if gpu_layers < 0 { 999 } else { gpu_layers },
+            ..Default::default()
+        };
+        let m = RefModel::load(&model, &mo).expect("load");
         let co = ContextOptions {
             n_ctx: 1024,
             n_batch: 512,
@@ -141,7 +150,7 @@ fn main() {
         });
     }
     println!(
-        "{{\"engine\":\"{engine_name}\",\"threads\":{threads},\"kv\":\"{kv:?}\",\"load_first_token_ms\":{first_ms:.1},\"pp512\":{pp:.1},\"tg128\":{tg:.1},\"peak_rss_kb\":{}}}",
+        "{{\"engine\":\"{engine_name}\",\"device\":{device:?},\"threads\":{threads},\"kv\":\"{kv:?}\",\"load_first_token_ms\":{first_ms:.1},\"pp512\":{pp:.1},\"tg128\":{tg:.1},\"peak_rss_kb\":{}}}",
         peak_rss_kb()
     );
 }

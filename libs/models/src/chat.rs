@@ -39,8 +39,8 @@ use engine::tokenizer::{StreamDecoder, Tokenizer};
 use serde_json::{Map, Value};
 
 use crate::infer::{
-    encode_prompt, load_options, ref_model, session_options, use_native, Event, InferOptions,
-    Message, Output, RefDecode, Summary,
+    block_count, encode_prompt, load_options, plan, ref_model, session_options, Event,
+    InferOptions, Message, Output, RefDecode, Summary,
 };
 use crate::load;
 
@@ -126,6 +126,7 @@ pub fn chat(
     let arch = gg.architecture().unwrap_or("").to_string();
     let tok = Tokenizer::from_gguf(&gg).map_err(|e| format!("tokenizer of {path}: {e}"))?;
     let gguf_template = gg.get_str("tokenizer.chat_template").map(str::to_owned);
+    let n_layer = block_count(&gg, &arch);
     let layers = gguf::show::Layers {
         template: o.template.clone(),
         ..Default::default()
@@ -156,13 +157,16 @@ pub fn chat(
     };
     let first = (!o.prompt.is_empty()).then_some(o.prompt.as_str());
     let io = |e: std::io::Error| e.to_string();
-    if use_native(o.engine, &arch)? {
-        let loaded = load(&o.model, &load_options(o)).map_err(|e| format!("{path}: {e}"))?;
+    let plan = plan(o, &arch, n_layer)?;
+    for notice in &plan.notices {
+        writeln!(out, "{notice}").map_err(io)?;
+    }
+    if plan.native {
+        let loaded = load(&o.model, &load_options(o, &plan)).map_err(|e| format!("{path}: {e}"))?;
         let mut sess =
             Session::new(loaded.model.as_ref(), &session_options(o)).map_err(|e| e.to_string())?;
         state.run(&mut sess, first, input, out, interrupt)?;
     } else {
-        writeln!(out, "infer: running {arch} with llama.cpp's engine").map_err(io)?;
         state.engine = "llama.cpp";
         let m = ref_model(o)?;
         let mut dec = RefDecode::new(&m, o)?;

@@ -73,7 +73,8 @@ pub struct InferOptions {
     pub flash_attn: bool,
     /// Read the model into memory instead of mapping it.
     pub no_mmap: bool,
-    /// Layers to offload to a GPU (GPU builds only; the native engine runs on the CPU).
+    /// Layers to offload to a GPU (GPU builds only). The native engine
+    /// offloads all layers or none: a partial offload runs on llama.cpp's.
     pub gpu_layers: i32,
     /// Which engine.
     pub engine: EngineChoice,
@@ -256,6 +257,7 @@ pub fn infer(
     let arch = gg.architecture().unwrap_or("").to_string();
     let tok = Tokenizer::from_gguf(&gg).map_err(|e| format!("tokenizer of {path}: {e}"))?;
     let template = gg.get_str("tokenizer.chat_template").map(str::to_owned);
+    let n_layer = block_count(&gg, &arch);
     drop(gg);
     let prompt = encode_prompt(&tok, template.as_deref(), opts)?;
     let mut sampler = Sampler::new(opts.sampler.clone()).map_err(|e| e.to_string())?;
@@ -263,19 +265,11 @@ pub fn infer(
         num_predict: opts.num_predict,
         num_keep: opts.num_keep,
     };
-    let native = use_native(opts.engine, &arch)?;
-    if !native {
-        on_event(Event::Notice(&format!(
-            "infer: running {arch} with llama.cpp's engine"
-        )))
-        .map_err(|e| e.to_string())?;
+    let plan = plan(opts, &arch, n_layer)?;
+    for notice in &plan.notices {
+        on_event(Event::Notice(notice)).map_err(|e| e.to_string())?;
     }
-    if let Some(why) = gpu_layers_ignored(opts.gpu_layers, native) {
-        on_event(Event::Notice(&format!(
-            "infer: --gpu-layers ignored: {why}"
-        )))
-        .map_err(|e| e.to_string())?;
-    }
+    let native = plan.native;
     let mut out = Output {
         tok: &tok,
         utf8: StreamDecoder::new(),
@@ -298,7 +292,8 @@ pub fn infer(
     };
     if native {
         summary.engine = "native";
-        let loaded = load(&opts.model, &load_options(opts)).map_err(|e| format!("{path}: {e}"))?;
+        let loaded =
+            load(&opts.model, &load_options(opts, &plan)).map_err(|e| format!("{path}: {e}"))?;
         let mut sess = Session::new(loaded.model.as_ref(), &session_options(opts))
             .map_err(|e| e.to_string())?;
         run(&mut sess, &mut summary)?;
@@ -312,19 +307,72 @@ pub fn infer(
     Ok(summary)
 }
 
-/// Why `--gpu-layers n` will not offload anything, if it will not: the
-/// native engine runs on the CPU, and a build without a GPU backend (or a
-/// CUDA build without a device) makes llama.cpp fall back silently.
-pub(crate) fn gpu_layers_ignored(n: i32, native: bool) -> Option<&'static str> {
-    if n == 0 {
-        None
-    } else if native {
-        Some("the native engine runs on the CPU (use --engine llama.cpp)")
-    } else if !engine::reference::supports_gpu_offload() {
-        Some("no GPU backend in this build or no GPU found")
-    } else {
-        None
+/// Which engine runs the model and where, with the notices to print.
+#[derive(Debug, Default)]
+pub(crate) struct Plan {
+    /// The native engine (else llama.cpp's).
+    pub(crate) native: bool,
+    /// The native engine's weights and compute go to this GPU.
+    pub(crate) gpu: Option<ggml::Device>,
+    /// One-line notices for stderr.
+    pub(crate) notices: Vec<String>,
+}
+
+/// The layer count of an `arch` GGUF (`<arch>.block_count`), if present.
+pub(crate) fn block_count(gg: &gguf::Gguf<'_>, arch: &str) -> Option<usize> {
+    gg.get_u64(&format!("{arch}.block_count"))
+        .and_then(|n| usize::try_from(n).ok())
+}
+
+/// Chooses the engine and device for `opts` and a model of `arch` with
+/// `n_layer` layers. `--gpu-layers N` (N < 0: all) with a GPU: the native
+/// engine offloads everything when N covers every layer; a partial offload
+/// runs on llama.cpp's engine, which splits layers between CPU and GPU
+/// (an error when `--engine native` was asked for). Without a GPU (a CPU
+/// build, or no device found) the flag is ignored, with a notice.
+pub(crate) fn plan(
+    opts: &InferOptions,
+    arch: &str,
+    n_layer: Option<usize>,
+) -> Result<Plan, String> {
+    let mut native = use_native(opts.engine, arch)?;
+    let mut notices = vec![];
+    let mut gpu = None;
+    if opts.gpu_layers != 0 {
+        let wanted = usize::try_from(opts.gpu_layers).unwrap_or(usize::MAX);
+        let all = n_layer.is_some_and(|n| wanted >= n);
+        match ggml::Device::gpu() {
+            None => notices.push(
+                "infer: --gpu-layers ignored: no GPU backend in this build or no GPU found".into(),
+            ),
+            Some(dev) if native && all => gpu = Some(dev),
+            Some(_) if native && opts.engine == EngineChoice::Native => {
+                return Err(format!(
+                    "the native engine offloads all layers or none: --gpu-layers {} of {} \
+                     (use --gpu-layers -1, or --engine llama.cpp to split layers)",
+                    opts.gpu_layers,
+                    n_layer.map_or("?".into(), |n| n.to_string())
+                ))
+            }
+            Some(_) if native => {
+                native = false;
+                notices.push(format!(
+                    "infer: offloading {} of {} layers: running on llama.cpp's engine, which splits layers",
+                    opts.gpu_layers,
+                    n_layer.map_or("?".into(), |n| n.to_string())
+                ));
+            }
+            Some(_) => {}
+        }
     }
+    if !native {
+        notices.insert(0, format!("infer: running {arch} with llama.cpp's engine"));
+    }
+    Ok(Plan {
+        native,
+        gpu,
+        notices,
+    })
 }
 
 /// Whether `engine` runs `arch` natively; an error when the native engine
@@ -340,10 +388,11 @@ pub(crate) fn use_native(engine: EngineChoice, arch: &str) -> Result<bool, Strin
     }
 }
 
-/// How the native engine loads the model of `opts`.
-pub(crate) fn load_options(opts: &InferOptions) -> LoadOptions {
+/// How the native engine loads the model of `opts` as `plan` decided.
+pub(crate) fn load_options(opts: &InferOptions, plan: &Plan) -> LoadOptions {
     LoadOptions {
         no_mmap: opts.no_mmap,
+        gpu: plan.gpu,
         ..Default::default()
     }
 }
@@ -362,7 +411,12 @@ pub(crate) fn session_options(opts: &InferOptions) -> SessionOptions {
 /// Loads the model with llama.cpp's engine.
 pub(crate) fn ref_model(opts: &InferOptions) -> Result<RefModel, String> {
     let mo = ModelOptions {
-        n_gpu_layers: opts.gpu_layers,
+        // llama.cpp counts layers; -1 (all) is more than any model has
+        n_gpu_layers: if opts.gpu_layers < 0 {
+            999
+        } else {
+            opts.gpu_layers
+        },
         use_mmap: !opts.no_mmap,
         ..Default::default()
     };

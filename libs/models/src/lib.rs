@@ -171,12 +171,16 @@ impl<'g, 'a> Meta<'g, 'a> {
 // ---- weights ----
 
 /// Creates weight tensors that read their data in place from the file bytes
-/// (or, for matrices the CPU backend repacks, from a repacked copy).
+/// (or, for matrices the CPU backend repacks, from a repacked copy; or, for a
+/// model loaded into a GPU, from a copy in the GPU's memory).
 pub struct Weights<'g, 'a> {
     gg: &'g gguf::Gguf<'a>,
     ctx: &'g Context,
-    buf: &'g Buffer,
+    /// The file bytes as a CPU buffer; `None` when the weights go to a GPU.
+    buf: Option<&'g Buffer>,
     bytes: &'g [u8],
+    /// Tensors to copy into the GPU by [`Weights::upload_to`]: where their bytes are.
+    uploads: std::cell::RefCell<Vec<(Tensor, std::ops::Range<usize>)>>,
     repack: Option<ggml::Repack>,
     /// Matrices waiting for [`Weights::upload_repacked`]: where their bytes are.
     pending: std::cell::RefCell<Vec<(ggml::RepackType, Tensor, std::ops::Range<usize>)>>,
@@ -237,23 +241,43 @@ impl Weights<'_, '_> {
             .and_then(|s| usize::try_from(s).ok());
         let start = start.filter(|s| {
             s.checked_add(t.n_bytes())
-                .is_some_and(|e| e <= self.buf.size())
+                .is_some_and(|e| e <= self.bytes.len())
         });
         let start =
             start.ok_or_else(|| Error::tensor(format!("tensor {name} lies outside the file")))?;
-        match self
-            .repack
-            .as_ref()
-            .filter(|_| matrix)
-            .and_then(|r| r.choose(t))
-        {
-            Some(rt) => self
-                .pending
-                .borrow_mut()
-                .push((rt, t, start..start + t.n_bytes())),
-            None => self.buf.place(t, start),
+        let range = start..start + t.n_bytes();
+        match (
+            self.buf,
+            self.repack
+                .as_ref()
+                .filter(|_| matrix)
+                .and_then(|r| r.choose(t)),
+        ) {
+            (None, _) => self.uploads.borrow_mut().push((t, range)),
+            (Some(_), Some(rt)) => self.pending.borrow_mut().push((rt, t, range)),
+            (Some(buf), None) => buf.place(t, start),
         }
         Ok(Some(t))
+    }
+
+    /// Allocates every weight in `dev`'s memory and copies it there from
+    /// the file bytes; the buffer must outlive the model.
+    fn upload_to(&self, dev: ggml::Device) -> Result<Buffer> {
+        let uploads = self.uploads.take();
+        let total: usize = uploads.iter().map(|(_, r)| r.len()).sum();
+        let buf = self.ctx.alloc_tensors_on(dev).map_err(|_| {
+            Error::tensor(format!(
+                "cannot allocate {} MiB for the weights on {} ({}, {} MiB free)",
+                total >> 20,
+                dev.name(),
+                dev.description(),
+                dev.memory().0 >> 20
+            ))
+        })?;
+        for (t, r) in uploads {
+            t.set_bytes(&self.bytes[r]);
+        }
+        Ok(buf)
     }
 
     /// Copies the matrices chosen for repacking into buffers of their types
@@ -291,6 +315,9 @@ pub struct LoadOptions {
     /// Let the CPU backend repack the matrices it has faster kernels for (a
     /// copy of those weights; llama.cpp's default, see [`ggml::Repack`]).
     pub repack: bool,
+    /// Copy every weight into this GPU's memory (the session then computes
+    /// there); `None`: the CPU.
+    pub gpu: Option<ggml::Device>,
 }
 
 impl Default for LoadOptions {
@@ -298,6 +325,7 @@ impl Default for LoadOptions {
         LoadOptions {
             no_mmap: false,
             repack: true,
+            gpu: None,
         }
     }
 }
@@ -365,13 +393,17 @@ pub fn build_with(
     let meta = Meta::new(gg)?;
     // two tensors may share a name (an output tied to the embeddings)
     let ctx = Context::new(2 * gg.tensors().len() + 8);
-    let buf = Buffer::from_host_bytes(bytes.clone())?;
+    let buf = match opts.gpu {
+        None => Some(Buffer::from_host_bytes(bytes.clone())?),
+        Some(_) => None,
+    };
     let w = Weights {
         gg,
         ctx: &ctx,
-        buf: &buf,
+        buf: buf.as_ref(),
         bytes: (*bytes).as_ref(),
-        repack: opts.repack.then(ggml::Repack::cpu),
+        uploads: Default::default(),
+        repack: (opts.repack && opts.gpu.is_none()).then(ggml::Repack::cpu),
         pending: Default::default(),
     };
     let model: Box<dyn engine::session::Model> = match meta.arch.as_str() {
@@ -388,25 +420,33 @@ pub fn build_with(
         }
     };
     let repacked = w.upload_repacked()?;
+    let on_gpu = opts.gpu.map(|dev| w.upload_to(dev)).transpose()?;
     Ok(Box::new(Owned {
         model,
+        device: opts.gpu,
         _ctx: ctx,
         _buf: buf,
         _repacked: repacked,
+        _gpu: on_gpu,
     }))
 }
 
 /// A model together with the context and buffers its weight handles point into.
 struct Owned<M> {
     model: M,
+    device: Option<ggml::Device>,
     _ctx: Context,
-    _buf: Buffer,
+    _buf: Option<Buffer>,
     _repacked: Vec<Buffer>,
+    _gpu: Option<Buffer>,
 }
 
 impl<M: std::ops::Deref<Target = dyn engine::session::Model>> engine::session::Model for Owned<M> {
     fn max_nodes(&self) -> usize {
         self.model.max_nodes()
+    }
+    fn device(&self) -> Option<ggml::Device> {
+        self.device
     }
     fn shift_keys(&self, ctx: &Context, k: Tensor, delta: Tensor, layer: usize) -> Option<Tensor> {
         self.model.shift_keys(ctx, k, delta, layer)

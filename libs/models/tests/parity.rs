@@ -1,6 +1,7 @@
 //! Token-for-token parity with llama.cpp's engine (in process, same ggml) on
 //! SmolLM2-135M (llama) and Gemma3-270M: greedy decoding of raw prompts, f16
-//! and q8_0 KV caches.
+//! and q8_0 KV caches; on the CPU, and on a GPU when the build has a GPU
+//! backend and the machine a device (`gpu_*` tests say SKIPPED otherwise).
 
 use std::path::PathBuf;
 
@@ -55,12 +56,30 @@ fn ours(sess: &mut Session, prompt: &[i32]) -> (Vec<i32>, Vec<f32>) {
 }
 
 fn check(model: &str, kv: KvType, ref_kv: RefKv, flash: bool, n_prompts: usize) {
+    check_on(None, model, kv, ref_kv, flash, n_prompts, 1e-2);
+}
+
+/// Both engines on `gpu` (the whole model) or the CPU; first-step logits
+/// must agree within `tolerance` and the greedy tokens exactly.
+fn check_on(
+    gpu: Option<ggml::Device>,
+    model: &str,
+    kv: KvType,
+    ref_kv: RefKv,
+    flash: bool,
+    n_prompts: usize,
+    tolerance: f32,
+) {
     let path: PathBuf = pipeline_tests::real_model(model);
     // Both engines with their defaults: both repack the weights the CPU
     // backend has faster kernels for (Gemma's Q4_K attn_output on AVX2), so
     // both use the same kernels. Were only one of them to repack, the
     // kernels would sum in another order and logits would drift by ~0.3.
-    let rm = RefModel::load(&path, &ModelOptions::default()).unwrap();
+    let mo = ModelOptions {
+        n_gpu_layers: if gpu.is_some() { 999 } else { 0 },
+        ..Default::default()
+    };
+    let rm = RefModel::load(&path, &mo).unwrap();
     let co = ContextOptions {
         n_ctx: 1024,
         n_batch: 512,
@@ -70,7 +89,11 @@ fn check(model: &str, kv: KvType, ref_kv: RefKv, flash: bool, n_prompts: usize) 
         flash_attn: flash,
     };
     let mut rc = RefContext::new(&rm, &co).unwrap();
-    let loaded = models::load(&path, &Default::default()).unwrap();
+    let lo = models::LoadOptions {
+        gpu,
+        ..Default::default()
+    };
+    let loaded = models::load(&path, &lo).unwrap();
     let so = SessionOptions {
         n_ctx: 1024,
         n_batch: 512,
@@ -79,7 +102,9 @@ fn check(model: &str, kv: KvType, ref_kv: RefKv, flash: bool, n_prompts: usize) 
         flash_attn: flash,
     };
     let mut sess = Session::new(loaded.model.as_ref(), &so).unwrap();
+    let where_ = gpu.map_or("CPU".into(), |d| d.description());
     let mut long_seen = false;
+    let mut failures = vec![];
     let all = prompts();
     let long = all.last().cloned().unwrap();
     for text in all.into_iter().take(n_prompts - 1).chain([long]) {
@@ -95,19 +120,26 @@ fn check(model: &str, kv: KvType, ref_kv: RefKv, flash: bool, n_prompts: usize) 
             .zip(&want_logits)
             .map(|(a, b)| (a - b).abs())
             .fold(0.0f32, f32::max);
+        let same = got.iter().zip(&want).take_while(|(a, b)| a == b).count();
         eprintln!(
-            "{model} {kv:?} {} prompt tokens: max |Δlogit| {diff:.2e}",
+            "{model} {kv:?} on {where_}: {} prompt tokens: max |Δlogit| {diff:.2e}, \
+             {same}/{N_GEN} tokens equal",
             prompt.len()
         );
-        assert!(
-            diff < 1e-2,
-            "{kv:?} prompt {text:?}: first-step logits differ by {diff}"
-        );
-        assert_eq!(
-            got, want,
-            "{kv:?} prompt {text:?}: tokens differ from llama.cpp"
-        );
+        if diff >= tolerance {
+            failures.push(format!(
+                "{kv:?} prompt {text:?}: first-step logits differ by {diff}"
+            ));
+        }
+        if got != want {
+            failures.push(format!(
+                "{kv:?} prompt {text:?}: tokens differ from llama.cpp after {same}: \
+                 {got:?} vs {want:?}"
+            ));
+        }
     }
+    // every prompt is reported before the first failure stops the test
+    assert!(failures.is_empty(), "on {where_}: {}", failures.join("\n"));
     assert!(long_seen, "one prompt must be longer than the batch");
 }
 
@@ -137,6 +169,50 @@ fn gemma3_greedy_tokens_match_llama_cpp_f16_cache() {
 #[test]
 fn gemma3_greedy_tokens_match_llama_cpp_q8_0_cache() {
     check(GEMMA3, KvType::Q8_0, RefKv::Q8_0, true, 3);
+}
+
+// On a GPU both engines run the whole model there with the same CUDA (or
+// Metal, Vulkan) kernels; our graph is not llama.cpp's node for node, so
+// fused kernels and reduction orders may differ: logits within 0.05, tokens
+// equal. A CPU-only build, or a machine without a device, skips them and
+// says so (scripts/test.sh prints these lines).
+
+fn gpu() -> Option<ggml::Device> {
+    let dev = ggml::Device::gpu();
+    match dev {
+        Some(d) => eprintln!("gpu parity: on {} ({})", d.description(), d.name()),
+        None => eprintln!("gpu parity: SKIPPED: no GPU (a CPU-only build, or no device found)"),
+    }
+    dev
+}
+
+#[test]
+fn gpu_greedy_tokens_match_llama_cpp_f16_cache() {
+    if let Some(dev) = gpu() {
+        check_on(Some(dev), SMOLLM2, KvType::F16, RefKv::F16, false, 11, 0.05);
+    }
+}
+
+#[test]
+fn gpu_greedy_tokens_match_llama_cpp_q8_0_cache() {
+    if let Some(dev) = gpu() {
+        check_on(
+            Some(dev),
+            SMOLLM2,
+            KvType::Q8_0,
+            RefKv::Q8_0,
+            true,
+            11,
+            0.05,
+        );
+    }
+}
+
+#[test]
+fn gpu_gemma3_greedy_tokens_match_llama_cpp_f16_cache() {
+    if let Some(dev) = gpu() {
+        check_on(Some(dev), GEMMA3, KvType::F16, RefKv::F16, false, 11, 0.05);
+    }
 }
 
 #[test]

@@ -90,8 +90,10 @@ struct Args {
     /// Read the model into memory instead of mapping it.
     #[arg(long)]
     no_mmap: bool,
-    /// Layers to offload to a GPU (GPU builds, llama.cpp engine).
-    #[arg(long, default_value_t = 0)]
+    /// Layers to offload to a GPU (GPU builds): -1 or at least the model's
+    /// layer count runs the whole model on the GPU; fewer runs on llama.cpp's
+    /// engine, which splits layers between CPU and GPU.
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     gpu_layers: i32,
     /// Engine: native (ours) or llama.cpp [default: native where supported].
     #[arg(long, value_parser = ["native", "llama.cpp"])]

@@ -293,19 +293,40 @@ fn gpu_layers_that_offload_nothing_say_so() {
     let o = infer(&args);
     assert!(o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        err.contains("infer: --gpu-layers ignored: the native engine runs on the CPU"),
-        "{err}"
-    );
-    // llama.cpp's engine: a CPU-only build offloads nothing either
-    let o = infer(&[&args[..], &["--engine", "llama.cpp"]].concat());
-    assert!(o.status.success());
-    let err = String::from_utf8_lossy(&o.stderr);
-    if !engine::reference::supports_gpu_offload() {
+    let gpu = ggml::Device::gpu();
+    if gpu.is_none() {
+        // a CPU-only build (or no device): both engines offload nothing
+        assert!(
+            err.contains(
+                "infer: --gpu-layers ignored: no GPU backend in this build or no GPU found"
+            ),
+            "{err}"
+        );
+        let o = infer(&[&args[..], &["--engine", "llama.cpp"]].concat());
+        assert!(o.status.success());
+        let err = String::from_utf8_lossy(&o.stderr);
         assert!(
             err.contains("--gpu-layers ignored: no GPU backend"),
             "{err}"
         );
+    } else {
+        // 8 of SmolLM2's 30 layers: a split, which llama.cpp's engine does
+        assert!(
+            err.contains("infer: offloading 8 of 30 layers: running on llama.cpp's engine"),
+            "{err}"
+        );
+        // and which the native engine refuses when asked for
+        let o = infer(&[&args[..], &["--engine", "native"]].concat());
+        assert_eq!(o.status.code(), Some(2));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("offloads all layers or none"), "{err}");
+        // all layers: the native engine on the GPU, nothing to say
+        let mut all = args;
+        all[8] = "-1";
+        let o = infer(&all);
+        assert!(o.status.success());
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!err.contains("infer:"), "{err}");
     }
     // without the flag, no such notice
     let o = infer(&args[..7]);
