@@ -29,6 +29,9 @@ pub trait Model {
     fn device(&self) -> Option<Device> {
         None
     }
+    /// Called before each forward pass, when no graph is running: a model
+    /// may move its weights then (see `models`' huge-page migration).
+    fn before_pass(&self) {}
     /// Upper bound on graph nodes for one forward pass.
     fn max_nodes(&self) -> usize {
         4096 + 64 * self.kv_shape().n_layer
@@ -243,6 +246,7 @@ impl<'m> Session<'m> {
             inp.pos.set_i32(&pos);
             inp.out_ids.set_i32(&[chunk.len() as i32 - 1]);
             self.kv.write_inputs();
+            self.model.before_pass();
             self.backend.compute(&g)?;
             self.history.extend_from_slice(chunk);
             self.logits.resize(n_vocab, 0.0);

@@ -441,7 +441,11 @@ impl Context {
         })?;
         // SAFETY: fresh buffer.
         unsafe { sys::ggml_backend_buffer_clear(raw.as_ptr(), 0) };
-        Ok(Buffer { raw, _owner: None })
+        Ok(Buffer {
+            raw,
+            _owner: None,
+            writable: false,
+        })
     }
     /// Allocates every tensor of this context that has no memory yet in one
     /// new buffer in `dev`'s memory (not cleared: the caller writes them all).
@@ -456,7 +460,11 @@ impl Context {
         let raw = NonNull::new(b).ok_or(Error {
             kind: ErrorKind::Alloc(0),
         })?;
-        Ok(Buffer { raw, _owner: None })
+        Ok(Buffer {
+            raw,
+            _owner: None,
+            writable: false,
+        })
     }
 }
 
@@ -643,6 +651,8 @@ impl fmt::Debug for Device {
 pub struct Buffer {
     raw: NonNull<sys::ggml_backend_buffer>,
     _owner: Option<Arc<dyn AsRef<[u8]> + Send + Sync>>,
+    /// Host memory we may write into ([`Buffer::huge_pages`]).
+    writable: bool,
 }
 
 // SAFETY: owned exclusively.
@@ -673,7 +683,37 @@ impl Buffer {
         Ok(Buffer {
             raw,
             _owner: Some(bytes),
+            writable: false,
         })
+    }
+    /// A new zeroed CPU buffer of `len` bytes in 2 MiB huge pages (see
+    /// [`AlignedBytes::zeroed`]), to fill with [`Buffer::write`].
+    pub fn huge_pages(len: usize) -> Result<Buffer, Error> {
+        let bytes = AlignedBytes::zeroed(len).map_err(|_| Error {
+            kind: ErrorKind::Alloc(len),
+        })?;
+        let mut b = Buffer::from_host_bytes(Arc::new(bytes))?;
+        b.writable = true;
+        Ok(b)
+    }
+    /// Copies `bytes` to byte `offset` of a [`Buffer::huge_pages`] buffer.
+    /// Tensors placed over that range must not be in a running computation.
+    pub fn write(&self, offset: usize, bytes: &[u8]) {
+        assert!(self.writable, "write into a buffer not made by huge_pages");
+        let end = offset.checked_add(bytes.len());
+        assert!(
+            end.is_some_and(|e| e <= self.size()),
+            "write of {} bytes at {offset} outside buffer of {}",
+            bytes.len(),
+            self.size()
+        );
+        // SAFETY: range checked; the memory is our writable anonymous
+        // mapping, and Rust holds no reference into it (ggml has pointers,
+        // not used while no graph runs).
+        unsafe {
+            let base = sys::ggml_backend_buffer_get_base(self.raw.as_ptr()) as *mut u8;
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), base.add(offset), bytes.len());
+        }
     }
     /// Size in bytes.
     pub fn size(&self) -> usize {
@@ -694,6 +734,29 @@ impl Buffer {
         unsafe {
             let base = sys::ggml_backend_buffer_get_base(self.raw.as_ptr()) as *mut u8;
             sys::ggml_backend_tensor_alloc(self.raw.as_ptr(), t.raw(), base.add(offset).cast());
+        }
+    }
+    /// Moves `t`, already placed in another host buffer, to byte `offset` of
+    /// this one (no copy: write the bytes there first). Graphs built over
+    /// `t` read the new place from their next computation; none may be
+    /// running.
+    pub fn replace(&self, t: Tensor, offset: usize) {
+        let end = offset.checked_add(t.n_bytes());
+        assert!(
+            end.is_some_and(|e| e <= self.size()),
+            "tensor {:?} at {offset} outside buffer of {}",
+            t,
+            self.size()
+        );
+        assert!(t.is_allocated(), "replace of a tensor never placed");
+        // SAFETY: range checked; both buffers are CPU host buffers, which
+        // keep no per-tensor state (no init_tensor), so pointing the tensor
+        // at the new memory is all ggml_backend_tensor_alloc would do.
+        unsafe {
+            let base = sys::ggml_backend_buffer_get_base(self.raw.as_ptr()) as *mut u8;
+            let raw = t.raw();
+            (*raw).buffer = self.raw.as_ptr();
+            (*raw).data = base.add(offset).cast();
         }
     }
 }
@@ -792,7 +855,11 @@ impl RepackType {
             let raw = NonNull::new(raw).ok_or(Error {
                 kind: ErrorKind::Alloc(total),
             })?;
-            let buf = Buffer { raw, _owner: None };
+            let buf = Buffer {
+                raw,
+                _owner: None,
+                writable: false,
+            };
             let base = sys::ggml_backend_buffer_get_base(raw.as_ptr()) as *mut u8;
             let mut off = 0;
             for ((t, bytes), size) in items.iter().zip(&sizes) {
@@ -829,6 +896,16 @@ unsafe impl Sync for AlignedBytes {}
 impl AlignedBytes {
     /// Reads all of `r` (exactly `len` bytes) into a new aligned allocation.
     pub fn read_exact(mut r: impl std::io::Read, len: usize) -> std::io::Result<AlignedBytes> {
+        let me = AlignedBytes::zeroed(len)?;
+        // SAFETY: we own `len` initialised (zeroed) bytes, and nothing else
+        // refers to them yet.
+        r.read_exact(unsafe { std::slice::from_raw_parts_mut(me.ptr.as_ptr(), len) })?;
+        Ok(me)
+    }
+
+    /// `len` zero bytes, 2 MiB aligned, in memory the kernel is asked to back
+    /// with huge pages (allocated when first written).
+    pub fn zeroed(len: usize) -> std::io::Result<AlignedBytes> {
         let too_big = || std::io::Error::other(format!("cannot allocate {len} bytes"));
         let map_len = len.max(1).checked_add(HUGE_PAGE).ok_or_else(too_big)?;
         // SAFETY: a fresh private anonymous mapping (zero-filled by the
@@ -851,19 +928,35 @@ impl AlignedBytes {
         let aligned = ptr.next_multiple_of(HUGE_PAGE);
         // SAFETY: `aligned..aligned + len` lies inside the mapping.
         let ptr = unsafe { NonNull::new_unchecked(map.as_ptr().add(aligned - ptr)) };
-        let me = AlignedBytes {
-            map,
-            map_len,
-            ptr,
-            len,
-        };
         // Weights are streamed through on every token: 2 MiB pages cut the
         // TLB misses of that walk (a hint; the kernel may ignore it).
         // SAFETY: the range is inside our mapping.
         unsafe { libc::madvise(ptr.as_ptr().cast(), len, libc::MADV_HUGEPAGE) };
-        // SAFETY: we own `len` initialised (zeroed) bytes.
-        r.read_exact(unsafe { std::slice::from_raw_parts_mut(ptr.as_ptr(), len) })?;
-        Ok(me)
+        Ok(AlignedBytes {
+            map,
+            map_len,
+            ptr,
+            len,
+        })
+    }
+}
+
+/// Gives back the pages of `bytes` that lie wholly inside it (the pages at
+/// its ends may hold other data and are kept), lowering the resident size.
+///
+/// # Safety
+/// `bytes` must be part of a read-only mapping of a file that is not
+/// modified: a later read faults the same content back in. (On anonymous
+/// memory the pages would read back as zeros.)
+pub unsafe fn release_file_pages(bytes: &[u8]) {
+    // SAFETY: sysconf has no preconditions.
+    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+    let start = (bytes.as_ptr() as usize).next_multiple_of(page);
+    let end = (bytes.as_ptr() as usize + bytes.len()) / page * page;
+    if end > start {
+        // SAFETY: a page-aligned range inside `bytes`; per the contract it
+        // is file-backed, so dropping its pages loses nothing.
+        unsafe { libc::madvise(start as *mut c_void, end - start, libc::MADV_DONTNEED) };
     }
 }
 

@@ -20,6 +20,7 @@ pub mod chat;
 pub mod gemma3;
 pub mod infer;
 pub mod llama;
+mod migrate;
 pub mod mistral3;
 pub mod phi3;
 pub mod qwen2;
@@ -179,6 +180,8 @@ pub struct Weights<'g, 'a> {
     /// The file bytes as a CPU buffer; `None` when the weights go to a GPU.
     buf: Option<&'g Buffer>,
     bytes: &'g [u8],
+    /// Tensors placed on the file bytes, and where.
+    placed: std::cell::RefCell<Vec<(Tensor, usize)>>,
     /// Tensors to copy into the GPU by [`Weights::upload_to`]: where their bytes are.
     uploads: std::cell::RefCell<Vec<(Tensor, std::ops::Range<usize>)>>,
     repack: Option<ggml::Repack>,
@@ -255,7 +258,10 @@ impl Weights<'_, '_> {
         ) {
             (None, _) => self.uploads.borrow_mut().push((t, range)),
             (Some(_), Some(rt)) => self.pending.borrow_mut().push((rt, t, range)),
-            (Some(buf), None) => buf.place(t, start),
+            (Some(buf), None) => {
+                buf.place(t, start);
+                self.placed.borrow_mut().push((t, start));
+            }
         }
         Ok(Some(t))
     }
@@ -318,6 +324,9 @@ pub struct LoadOptions {
     /// Copy every weight into this GPU's memory (the session then computes
     /// there); `None`: the CPU.
     pub gpu: Option<ggml::Device>,
+    /// With the mapping: move the weights into 2 MiB huge pages a slice per
+    /// forward pass, from the second pass on (see `migrate.rs`).
+    pub huge_pages: bool,
 }
 
 impl Default for LoadOptions {
@@ -326,6 +335,7 @@ impl Default for LoadOptions {
             no_mmap: false,
             repack: true,
             gpu: None,
+            huge_pages: true,
         }
     }
 }
@@ -338,6 +348,9 @@ pub struct Loaded {
     pub arch: String,
     /// The whole file (mapped or read); the tokenizer is built from it.
     pub bytes: Arc<dyn AsRef<[u8]> + Send + Sync>,
+    /// Set once the weights have moved into huge pages (see
+    /// [`LoadOptions::huge_pages`]); `None` when they do not move.
+    pub in_huge_pages: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// Whether the native engine implements this architecture.
@@ -367,11 +380,13 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<Loaded> {
         Arc::new(unsafe { memmap2::Mmap::map(&file) }.map_err(io)?)
     };
     let gg = gguf::parse((*bytes).as_ref())?;
-    let model = build_with(&gg, bytes.clone(), opts)?;
+    let migrate = opts.huge_pages && !opts.no_mmap && opts.gpu.is_none();
+    let (model, in_huge_pages) = build_inner(&gg, bytes.clone(), opts, migrate)?;
     Ok(Loaded {
         model,
         arch: gg.architecture().unwrap_or_default().to_string(),
         bytes,
+        in_huge_pages,
     })
 }
 
@@ -384,12 +399,29 @@ pub fn build(
     build_with(gg, bytes, &LoadOptions::default())
 }
 
-/// Builds the model of a parsed GGUF whose bytes are `bytes`.
+/// Builds the model of a parsed GGUF whose bytes are `bytes` (weights stay
+/// where they are: [`LoadOptions::huge_pages`] applies to [`load`]'s mapping).
 pub fn build_with(
     gg: &gguf::Gguf<'_>,
     bytes: Arc<dyn AsRef<[u8]> + Send + Sync>,
     opts: &LoadOptions,
 ) -> Result<Box<dyn engine::session::Model>> {
+    Ok(build_inner(gg, bytes, opts, false)?.0)
+}
+
+type Built = (
+    Box<dyn engine::session::Model>,
+    Option<Arc<std::sync::atomic::AtomicBool>>,
+);
+
+/// [`build_with`], moving the weights placed on `bytes` (a file mapping)
+/// into huge pages during the run when `migrate`.
+fn build_inner(
+    gg: &gguf::Gguf<'_>,
+    bytes: Arc<dyn AsRef<[u8]> + Send + Sync>,
+    opts: &LoadOptions,
+    migrate: bool,
+) -> Result<Built> {
     let meta = Meta::new(gg)?;
     // two tensors may share a name (an output tied to the embeddings)
     let ctx = Context::new(2 * gg.tensors().len() + 8);
@@ -402,6 +434,7 @@ pub fn build_with(
         ctx: &ctx,
         buf: buf.as_ref(),
         bytes: (*bytes).as_ref(),
+        placed: Default::default(),
         uploads: Default::default(),
         repack: (opts.repack && opts.gpu.is_none()).then(ggml::Repack::cpu),
         pending: Default::default(),
@@ -421,20 +454,28 @@ pub fn build_with(
     };
     let repacked = w.upload_repacked()?;
     let on_gpu = opts.gpu.map(|dev| w.upload_to(dev)).transpose()?;
-    Ok(Box::new(Owned {
+    let migration = match migrate && buf.is_some() {
+        true => Some(migrate::Migration::new(bytes.clone(), w.placed.take())?),
+        false => None,
+    };
+    let done = migration.as_ref().map(|m| m.done_flag());
+    let owned = Owned {
         model,
         device: opts.gpu,
+        migration: migration.map(std::cell::RefCell::new),
         _ctx: ctx,
         _buf: buf,
         _repacked: repacked,
         _gpu: on_gpu,
-    }))
+    };
+    Ok((Box::new(owned), done))
 }
 
 /// A model together with the context and buffers its weight handles point into.
 struct Owned<M> {
     model: M,
     device: Option<ggml::Device>,
+    migration: Option<std::cell::RefCell<migrate::Migration>>,
     _ctx: Context,
     _buf: Option<Buffer>,
     _repacked: Vec<Buffer>,
@@ -447,6 +488,11 @@ impl<M: std::ops::Deref<Target = dyn engine::session::Model>> engine::session::M
     }
     fn device(&self) -> Option<ggml::Device> {
         self.device
+    }
+    fn before_pass(&self) {
+        if let Some(m) = &self.migration {
+            m.borrow_mut().before_pass();
+        }
     }
     fn shift_keys(&self, ctx: &Context, k: Tensor, delta: Tensor, layer: usize) -> Option<Tensor> {
         self.model.shift_keys(ctx, k, delta, layer)

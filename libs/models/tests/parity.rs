@@ -346,3 +346,47 @@ fn no_mmap_reads_weights_into_memory_with_the_same_results() {
     assert_eq!(mapped.len(), read.len());
     assert!(mapped == read, "the same weights give the same logits");
 }
+
+/// Moving the weights from the mapped file into huge pages while the model
+/// runs changes nothing: logits bit for bit equal to a run that keeps them
+/// on the mapping, at every step, and the move completes within 40 passes.
+#[test]
+fn weights_moved_into_huge_pages_give_the_same_logits() {
+    for model in [SMOLLM2, GEMMA3] {
+        let path = pipeline_tests::real_model(model);
+        let stay = models::LoadOptions {
+            huge_pages: false,
+            ..Default::default()
+        };
+        let a = models::load(&path, &stay).unwrap();
+        let b = models::load(&path, &Default::default()).unwrap();
+        assert!(a.in_huge_pages.is_none());
+        let moved = b.in_huge_pages.clone().expect("a mapped load moves");
+        let tok =
+            engine::tokenizer::Tokenizer::from_gguf(&gguf::parse((*a.bytes).as_ref()).unwrap())
+                .unwrap();
+        let prompt: Vec<i32> = tok
+            .encode("The capital of France is", true, false)
+            .into_iter()
+            .map(|t| t as i32)
+            .collect();
+        let so = SessionOptions {
+            n_ctx: 256,
+            n_threads: THREADS,
+            ..Default::default()
+        };
+        let mut sa = Session::new(a.model.as_ref(), &so).unwrap();
+        let mut sb = Session::new(b.model.as_ref(), &so).unwrap();
+        let mut la = sa.decode(&prompt).unwrap().to_vec();
+        assert_eq!(la, sb.decode(&prompt).unwrap(), "{model}: prompt");
+        for step in 0..40 {
+            let t = argmax(&la);
+            la = sa.decode(&[t]).unwrap().to_vec();
+            assert_eq!(la, sb.decode(&[t]).unwrap(), "{model}: step {step}");
+        }
+        assert!(
+            moved.load(std::sync::atomic::Ordering::Relaxed),
+            "{model}: weights not all moved after 40 passes"
+        );
+    }
+}
