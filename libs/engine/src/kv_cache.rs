@@ -228,30 +228,26 @@ impl KvCache {
         self.n_tokens = n_tokens;
     }
 
-    /// Fills the inputs created by [`KvCache::start_forward`] (after allocation).
-    pub fn write_inputs(&self) {
+    /// Fills the inputs created by [`KvCache::start_forward`] (after
+    /// allocation), queued on `backend` (the one computing the graph).
+    pub fn write_inputs(&self, backend: &Backend) {
         let cells: Vec<i64> = (self.pos0..self.pos0 + self.n_tokens)
             .map(|p| p as i64)
             .collect();
-        self.k_idx.expect("start_forward first").set_i64(&cells);
+        backend.set_i64(self.k_idx.expect("start_forward first"), &cells);
         if let Some(v_idx) = self.v_idx {
             let ev = self.shape.head_dim_v * self.shape.n_head_kv;
-            v_idx.set_i64(&transposed_v_rows(&cells, ev, self.n_ctx));
+            backend.set_i64(v_idx, &transposed_v_rows(&cells, ev, self.n_ctx));
         }
-        self.mask
-            .expect("start_forward first")
-            .set_f32_as_f16(&causal_mask(self.pos0, self.n_tokens, self.n_kv));
+        let mask = causal_mask(self.pos0, self.n_tokens, self.n_kv);
+        backend.set_f32_as_f16(self.mask.expect("start_forward first"), &mask);
         if let Some(m) = self.mask_swa {
-            m.set_f32_as_f16(&sliding_window_mask(
-                self.pos0,
-                self.n_tokens,
-                self.n_kv,
-                self.shape.n_swa,
-            ));
+            let swa = sliding_window_mask(self.pos0, self.n_tokens, self.n_kv, self.shape.n_swa);
+            backend.set_f32_as_f16(m, &swa);
         }
         for (t, n) in [(self.k_rot, self.n_rot_k), (self.v_rot, self.n_rot_v)] {
             if let Some(t) = t {
-                t.set_f32(&ggml::hadamard(n));
+                backend.set_f32(t, &ggml::hadamard(n));
             }
         }
     }

@@ -241,11 +241,12 @@ impl<'m> Session<'m> {
                 }
             };
             let (g, inp, logits) = (b.graph, b.inp, b.logits);
-            inp.tokens.set_i32(chunk);
+            let be = &self.backend;
+            be.set_i32(inp.tokens, chunk);
             let pos: Vec<i32> = (pos0..pos0 + chunk.len()).map(|p| p as i32).collect();
-            inp.pos.set_i32(&pos);
-            inp.out_ids.set_i32(&[chunk.len() as i32 - 1]);
-            self.kv.write_inputs();
+            be.set_i32(inp.pos, &pos);
+            be.set_i32(inp.out_ids, &[chunk.len() as i32 - 1]);
+            self.kv.write_inputs(be);
             self.model.before_pass();
             self.backend.compute(&g)?;
             self.history.extend_from_slice(chunk);
@@ -300,7 +301,7 @@ impl<'m> Session<'m> {
             return Ok(false);
         }
         self.alloc.alloc(&g)?;
-        delta.set_i32(&vec![-(discard as i32); moved]);
+        self.backend.set_i32(delta, &vec![-(discard as i32); moved]);
         self.backend.compute(&g)?;
         Ok(true)
     }

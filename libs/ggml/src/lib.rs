@@ -322,9 +322,7 @@ impl Tensor {
             "set_f32_as_f16 on a {:?} tensor",
             self.ty()
         );
-        let mut h = vec![0u16; v.len()];
-        // SAFETY: both slices have v.len() elements; ggml_fp16_t is u16.
-        unsafe { sys::ggml_fp32_to_fp16_row(v.as_ptr(), h.as_mut_ptr().cast(), v.len() as i64) };
+        let h = to_f16(v);
         // SAFETY: u16 has no padding.
         self.write(unsafe { std::slice::from_raw_parts(h.as_ptr().cast(), h.len() * 2) })
     }
@@ -573,6 +571,63 @@ impl Backend {
         }
         Ok(())
     }
+    /// Writes `v` into the I32 tensor `t` in this backend's order of work: a
+    /// GPU queues the copy before its next computation instead of waiting
+    /// for it (one round trip per step, not one per input); the CPU writes
+    /// at once. `v` may be dropped on return.
+    pub fn set_i32(&self, t: Tensor, v: &[i32]) {
+        assert_eq!(t.ty(), Type::I32, "set_i32 on a {:?} tensor", t.ty());
+        // SAFETY: i32 has no padding; reinterpreting as bytes is sound.
+        self.write(t, unsafe {
+            std::slice::from_raw_parts(v.as_ptr().cast(), size_of_val(v))
+        })
+    }
+    /// Like [`Backend::set_i32`], for an I64 tensor.
+    pub fn set_i64(&self, t: Tensor, v: &[i64]) {
+        assert_eq!(t.ty(), Type::I64, "set_i64 on a {:?} tensor", t.ty());
+        // SAFETY: as above.
+        self.write(t, unsafe {
+            std::slice::from_raw_parts(v.as_ptr().cast(), size_of_val(v))
+        })
+    }
+    /// Like [`Backend::set_i32`], for an F32 tensor.
+    pub fn set_f32(&self, t: Tensor, v: &[f32]) {
+        assert_eq!(t.ty(), Type::F32, "set_f32 on a {:?} tensor", t.ty());
+        // SAFETY: as above.
+        self.write(t, unsafe {
+            std::slice::from_raw_parts(v.as_ptr().cast(), size_of_val(v))
+        })
+    }
+    /// Like [`Backend::set_i32`]: f32 values converted into an F16 tensor.
+    pub fn set_f32_as_f16(&self, t: Tensor, v: &[f32]) {
+        assert_eq!(t.ty(), Type::F16, "set_f32_as_f16 on a {:?} tensor", t.ty());
+        let h = to_f16(v);
+        // SAFETY: u16 has no padding.
+        self.write(t, unsafe {
+            std::slice::from_raw_parts(h.as_ptr().cast(), h.len() * 2)
+        })
+    }
+    fn write(&self, t: Tensor, bytes: &[u8]) {
+        assert!(t.is_allocated(), "tensor written before it was allocated");
+        assert_eq!(
+            bytes.len(),
+            t.n_bytes(),
+            "tensor of {:?} {:?}",
+            t.ty(),
+            t.ne()
+        );
+        // SAFETY: sizes checked; the backend copies (or stages) the bytes
+        // before it returns.
+        unsafe {
+            sys::ggml_backend_tensor_set_async(
+                self.raw,
+                t.raw(),
+                bytes.as_ptr().cast(),
+                0,
+                bytes.len(),
+            )
+        };
+    }
     /// Computes every node of `g` (all its tensors must be allocated).
     pub fn compute(&self, g: &Graph) -> Result<(), Error> {
         // SAFETY: live backend and graph.
@@ -582,6 +637,14 @@ impl Backend {
         }
         Ok(())
     }
+}
+
+/// `v` as IEEE half floats (ggml's rounding).
+fn to_f16(v: &[f32]) -> Vec<u16> {
+    let mut h = vec![0u16; v.len()];
+    // SAFETY: both slices have v.len() elements; ggml_fp16_t is u16.
+    unsafe { sys::ggml_fp32_to_fp16_row(v.as_ptr(), h.as_mut_ptr().cast(), v.len() as i64) };
+    h
 }
 
 /// A NUL-terminated C string owned by ggml, as a Rust string ("" for null).
