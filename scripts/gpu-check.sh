@@ -13,7 +13,9 @@
 #    partial offload (which runs on llama.cpp's engine, with a notice);
 # 4. the benchmark (scripts/bench-infer.sh with GPU_LAYERS=-1), both engines
 #    on the GPU, f16 and q8_0 caches; then the CPU figures on this machine's
-#    cores for comparison.
+#    cores for comparison, with the GPU hidden (CUDA_VISIBLE_DEVICES=""):
+#    a CUDA build of llama.cpp otherwise sends large CPU matrix products to
+#    the GPU even with no layer offloaded.
 # Everything is also written to OUT_DIR/gpu-check.log. Exit status: the
 # number of failed steps.
 set -uo pipefail
@@ -72,6 +74,7 @@ for kv in f16 q8_0; do
 done
 [ -f "$GEMMA" ] && step bench-gpu-gemma env BENCH_BIN="$B/bench" GPU_LAYERS=-1 sh scripts/bench-infer.sh "$GEMMA" 1 f16 5 2
 n=$(nproc)
-step "bench-cpu-$n-threads" env BENCH_BIN="$B/bench" sh scripts/bench-infer.sh "$SMOL" "$n" f16 2 2
+step "bench-cpu-$n-threads" env CUDA_VISIBLE_DEVICES= BENCH_BIN="$B/bench" \
+    sh scripts/bench-infer.sh "$SMOL" "$n" f16 2 2
 say "done: $failed step(s) failed"
 exit "$failed"
