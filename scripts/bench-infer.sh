@@ -5,7 +5,10 @@
 # the ratios ours/llama.cpp. Each engine runs in its own process so RSS is its own.
 #
 #   scripts/bench-infer.sh [MODEL.gguf|all] [THREADS] [KV_TYPE] [REPS] [ROUNDS]
-#   GPU_LAYERS=-1 scripts/bench-infer.sh ...   # both engines on the GPU (GPU builds)
+#   GPU_LAYERS=-1 scripts/bench-infer.sh ...   # both engines on the GPU only (GPU builds)
+# Without GPU_LAYERS the CPU tables come first; then, when the bench binary
+# is a GPU build that finds a device, the same tables with both engines on
+# the GPU, or a line saying the GPU run was skipped.
 #   BENCH_BIN=path/to/bench scripts/bench-infer.sh ...  # a prebuilt bench example
 #
 # "all" (the default) runs SmolLM2-135M (llama) and Gemma3-270M. Our engine
@@ -28,10 +31,16 @@ else
   cargo build -q --release -p models --example bench
   BIN=target/release/examples/bench
 fi
-if [ "${1:-all}" = all ]; then
+ARG1=${1:-all}
+if [ "$ARG1" = all ]; then
   set -- "$DIR/SmolLM2-135M-Instruct.Q4_1.gguf" "$DIR/gemma-3-270m-q4_k_m.gguf"
 else
   set -- "$1"
+fi
+if [ -z "${GPU_LAYERS_SET:-}" ] && [ "$GPU_LAYERS" = 0 ]; then
+  GPU=$("$BIN" --gpu-probe)
+else
+  GPU=""  # GPU_LAYERS given (or this is the GPU pass): no second pass
 fi
 for MODEL in "$@"; do
 [ -f "$MODEL" ] || { echo "bench-infer: missing $MODEL (run scripts/fetch-models.sh)" >&2; exit 2; }
@@ -61,3 +70,9 @@ for k, label, better in [("pp512", "pp512 (t/s)", "higher"), ("tg128", "tg128 (t
     print(f"{label:24}{o[k]:>10.1f}{h[k]:>11.1f}{p[k]:>11.1f}{o[k] / p[k]:>7.2f}{h[k] / p[k]:>11.2f}  ({better} is better)")
 PY
 done
+if [ "$GPU" = none ]; then
+  echo "bench-infer: GPU: SKIPPED: no GPU (a CPU-only build, or no device found; see scripts/check-cuda-build.sh)"
+elif [ -n "$GPU" ]; then
+  echo "bench-infer: GPU: $GPU, both engines with --gpu-layers -1"
+  GPU_LAYERS=-1 GPU_LAYERS_SET=1 BENCH_BIN=$BIN sh scripts/bench-infer.sh "$ARG1" "$THREADS" "$KV" "$REPS" "$ROUNDS"
+fi

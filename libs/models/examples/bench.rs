@@ -6,7 +6,8 @@
 //! huge pages by then (about 16 MiB per pass).
 //!
 //! `bench --model FILE --engine native|llama.cpp [--threads 2] [--kv-type f16] [--reps 3]
-//! [--no-mmap true] [--gpu-layers 0]` (`--gpu-layers -1`: the whole model on the GPU).
+//! [--no-mmap true] [--gpu-layers 0]` (`--gpu-layers -1`: the whole model on the GPU);
+//! `bench --gpu-probe` prints the GPU a GPU build finds, or `none`.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -61,6 +62,12 @@ fn best(reps: usize, n: usize, mut f: impl FnMut() -> f64) -> f64 {
 }
 
 fn main() {
+    if std::env::args().any(|a| a == "--gpu-probe") {
+        // for scripts/bench-infer.sh: the GPU it would use, or "none"
+        let gpu = ggml::Device::gpu().map_or("none".to_string(), |d| d.description());
+        println!("{gpu}");
+        return;
+    }
     let model = PathBuf::from(arg("--model", ""));
     let engine_name = arg("--engine", "native");
     let threads: usize = arg("--threads", "2").parse().expect("--threads");
