@@ -15,8 +15,8 @@ status=0
 cargo test --workspace --no-fail-fast 2>&1 | tee "$log" || status=$?
 # The GPU tests (gpu_*) pass without running when there is no GPU backend or
 # device: say which they did (see scripts/gpu-check.sh for a GPU machine).
-{ cargo test -q -p ggml --lib gpu_ -- --nocapture
-  cargo test -q -p models --test parity gpu_ -- --nocapture --test-threads=1; } 2>&1 |
+# --workspace keeps the feature set of the run above (no rebuild of ggml).
+cargo test --workspace -q gpu_ -- --nocapture --test-threads=1 2>&1 |
     grep -E '^gpu (ggml|parity): ' | sort -u || true
 passed=$(grep -Eo '^test result: [A-Za-z]+\. [0-9]+ passed' "$log" | awk '{s += $4} END {print s + 0}')
 failed=$(grep -Eo '^test result: [A-Za-z]+\. [0-9]+ passed; [0-9]+ failed' "$log" | awk '{s += $6} END {print s + 0}')
