@@ -115,7 +115,7 @@ fn init_backend() {
 /// How to load a model in llama.cpp.
 #[derive(Debug, Clone)]
 pub struct ModelOptions {
-    /// Layers to offload to a GPU (0 on CPU-only builds).
+    /// Layers to offload to a GPU (0 on CPU-only builds; negative: all).
     pub n_gpu_layers: i32,
     /// Map the file instead of reading it.
     pub use_mmap: bool,
@@ -161,7 +161,12 @@ impl RefModel {
         // that outlives the call.
         let model = unsafe {
             let mut p = sys::llama_model_default_params();
-            p.n_gpu_layers = opts.n_gpu_layers;
+            // llama.cpp counts layers: "all" is more than any model has
+            p.n_gpu_layers = if opts.n_gpu_layers < 0 {
+                999
+            } else {
+                opts.n_gpu_layers
+            };
             p.vocab_only = opts.vocab_only;
             p.use_extra_bufts = opts.repack;
             p.load_mode = if opts.use_mmap {

@@ -270,7 +270,9 @@ impl Tensor {
     pub fn is_allocated(&self) -> bool {
         !self.meta().buffer.is_null() || !self.meta().data.is_null()
     }
-    fn write(&self, bytes: &[u8]) {
+    /// Writes `bytes` (exactly [`Tensor::n_bytes`]): at once, or queued on
+    /// `backend`'s stream when it has one (see [`Backend::set_i32`]).
+    fn write_via(&self, backend: Option<sys::ggml_backend_t>, bytes: &[u8]) {
         assert!(
             self.is_allocated(),
             "tensor written before it was allocated"
@@ -283,48 +285,39 @@ impl Tensor {
             self.ne(),
             bytes.len()
         );
-        // SAFETY: sizes checked; the backend copies into its buffer.
-        unsafe { sys::ggml_backend_tensor_set(self.raw(), bytes.as_ptr().cast(), 0, bytes.len()) };
+        let (data, n) = (bytes.as_ptr().cast(), bytes.len());
+        // SAFETY: sizes checked; the backend copies (or stages) the bytes
+        // before it returns.
+        unsafe {
+            match backend {
+                None => sys::ggml_backend_tensor_set(self.raw(), data, 0, n),
+                Some(b) => sys::ggml_backend_tensor_set_async(b, self.raw(), data, 0, n),
+            }
+        }
+    }
+    /// `v` as bytes for this tensor, which must have type `ty` (`what`
+    /// names the setter in the panic message).
+    fn typed<'v, T: Scalar>(&self, ty: Type, what: &str, v: &'v [T]) -> &'v [u8] {
+        assert_eq!(self.ty(), ty, "{what} on a {:?} tensor", self.ty());
+        // SAFETY: Scalar types have no padding; reinterpreting as bytes is sound.
+        unsafe { std::slice::from_raw_parts(v.as_ptr().cast(), std::mem::size_of_val(v)) }
     }
     /// Writes raw bytes (length must equal [`Tensor::n_bytes`]).
     pub fn set_bytes(&self, bytes: &[u8]) {
-        self.write(bytes)
+        self.write_via(None, bytes)
     }
     /// Writes f32 values (an F32 tensor, exactly its element count).
     pub fn set_f32(&self, v: &[f32]) {
-        assert_eq!(self.ty(), Type::F32, "set_f32 on a {:?} tensor", self.ty());
-        // SAFETY: f32 has no padding; reinterpreting as bytes is sound.
-        self.write(unsafe {
-            std::slice::from_raw_parts(v.as_ptr().cast(), std::mem::size_of_val(v))
-        })
+        self.write_via(None, self.typed(Type::F32, "set_f32", v))
     }
     /// Writes i32 values (an I32 tensor).
     pub fn set_i32(&self, v: &[i32]) {
-        assert_eq!(self.ty(), Type::I32, "set_i32 on a {:?} tensor", self.ty());
-        // SAFETY: as above.
-        self.write(unsafe {
-            std::slice::from_raw_parts(v.as_ptr().cast(), std::mem::size_of_val(v))
-        })
-    }
-    /// Writes i64 values (an I64 tensor).
-    pub fn set_i64(&self, v: &[i64]) {
-        assert_eq!(self.ty(), Type::I64, "set_i64 on a {:?} tensor", self.ty());
-        // SAFETY: as above.
-        self.write(unsafe {
-            std::slice::from_raw_parts(v.as_ptr().cast(), std::mem::size_of_val(v))
-        })
+        self.write_via(None, self.typed(Type::I32, "set_i32", v))
     }
     /// Writes f32 values converted to f16 (an F16 tensor).
     pub fn set_f32_as_f16(&self, v: &[f32]) {
-        assert_eq!(
-            self.ty(),
-            Type::F16,
-            "set_f32_as_f16 on a {:?} tensor",
-            self.ty()
-        );
         let h = to_f16(v);
-        // SAFETY: u16 has no padding.
-        self.write(unsafe { std::slice::from_raw_parts(h.as_ptr().cast(), h.len() * 2) })
+        self.write_via(None, self.typed(Type::F16, "set_f32_as_f16", &h))
     }
     /// Reads `dst.len()` f32 values starting at element `offset` (an F32 tensor).
     pub fn read_f32_at(&self, offset: usize, dst: &mut [f32]) {
@@ -576,57 +569,20 @@ impl Backend {
     /// for it (one round trip per step, not one per input); the CPU writes
     /// at once. `v` may be dropped on return.
     pub fn set_i32(&self, t: Tensor, v: &[i32]) {
-        assert_eq!(t.ty(), Type::I32, "set_i32 on a {:?} tensor", t.ty());
-        // SAFETY: i32 has no padding; reinterpreting as bytes is sound.
-        self.write(t, unsafe {
-            std::slice::from_raw_parts(v.as_ptr().cast(), size_of_val(v))
-        })
+        t.write_via(Some(self.raw), t.typed(Type::I32, "set_i32", v))
     }
     /// Like [`Backend::set_i32`], for an I64 tensor.
     pub fn set_i64(&self, t: Tensor, v: &[i64]) {
-        assert_eq!(t.ty(), Type::I64, "set_i64 on a {:?} tensor", t.ty());
-        // SAFETY: as above.
-        self.write(t, unsafe {
-            std::slice::from_raw_parts(v.as_ptr().cast(), size_of_val(v))
-        })
+        t.write_via(Some(self.raw), t.typed(Type::I64, "set_i64", v))
     }
     /// Like [`Backend::set_i32`], for an F32 tensor.
     pub fn set_f32(&self, t: Tensor, v: &[f32]) {
-        assert_eq!(t.ty(), Type::F32, "set_f32 on a {:?} tensor", t.ty());
-        // SAFETY: as above.
-        self.write(t, unsafe {
-            std::slice::from_raw_parts(v.as_ptr().cast(), size_of_val(v))
-        })
+        t.write_via(Some(self.raw), t.typed(Type::F32, "set_f32", v))
     }
     /// Like [`Backend::set_i32`]: f32 values converted into an F16 tensor.
     pub fn set_f32_as_f16(&self, t: Tensor, v: &[f32]) {
-        assert_eq!(t.ty(), Type::F16, "set_f32_as_f16 on a {:?} tensor", t.ty());
         let h = to_f16(v);
-        // SAFETY: u16 has no padding.
-        self.write(t, unsafe {
-            std::slice::from_raw_parts(h.as_ptr().cast(), h.len() * 2)
-        })
-    }
-    fn write(&self, t: Tensor, bytes: &[u8]) {
-        assert!(t.is_allocated(), "tensor written before it was allocated");
-        assert_eq!(
-            bytes.len(),
-            t.n_bytes(),
-            "tensor of {:?} {:?}",
-            t.ty(),
-            t.ne()
-        );
-        // SAFETY: sizes checked; the backend copies (or stages) the bytes
-        // before it returns.
-        unsafe {
-            sys::ggml_backend_tensor_set_async(
-                self.raw,
-                t.raw(),
-                bytes.as_ptr().cast(),
-                0,
-                bytes.len(),
-            )
-        };
+        t.write_via(Some(self.raw), t.typed(Type::F16, "set_f32_as_f16", &h))
     }
     /// Computes every node of `g` (all its tensors must be allocated).
     pub fn compute(&self, g: &Graph) -> Result<(), Error> {
@@ -638,6 +594,13 @@ impl Backend {
         Ok(())
     }
 }
+
+/// Element types a tensor is written from: plain numbers without padding.
+trait Scalar: Copy {}
+impl Scalar for f32 {}
+impl Scalar for i32 {}
+impl Scalar for i64 {}
+impl Scalar for u16 {}
 
 /// `v` as IEEE half floats (ggml's rounding).
 fn to_f16(v: &[f32]) -> Vec<u16> {
@@ -783,9 +746,9 @@ impl Buffer {
         // SAFETY: live buffer.
         unsafe { sys::ggml_backend_buffer_get_size(self.raw.as_ptr()) }
     }
-    /// Places `t` at byte `offset` of this buffer (no copy). Panics when it
-    /// does not fit: callers check ranges when they read the file.
-    pub fn place(&self, t: Tensor, offset: usize) {
+    /// The address of byte `offset` for `t`; panics when `t` does not fit
+    /// there (callers check ranges when they read the file).
+    fn addr_for(&self, t: Tensor, offset: usize) -> *mut c_void {
         let end = offset.checked_add(t.n_bytes());
         assert!(
             end.is_some_and(|e| e <= self.size()),
@@ -796,30 +759,31 @@ impl Buffer {
         // SAFETY: range checked; base is valid for `size` bytes.
         unsafe {
             let base = sys::ggml_backend_buffer_get_base(self.raw.as_ptr()) as *mut u8;
-            sys::ggml_backend_tensor_alloc(self.raw.as_ptr(), t.raw(), base.add(offset).cast());
+            base.add(offset).cast()
         }
+    }
+    /// Places `t` at byte `offset` of this buffer (no copy). Panics when it
+    /// does not fit: callers check ranges when they read the file.
+    pub fn place(&self, t: Tensor, offset: usize) {
+        let addr = self.addr_for(t, offset);
+        // SAFETY: `addr` lies in this buffer with room for `t`.
+        unsafe { sys::ggml_backend_tensor_alloc(self.raw.as_ptr(), t.raw(), addr) };
     }
     /// Moves `t`, already placed in another host buffer, to byte `offset` of
     /// this one (no copy: write the bytes there first). Graphs built over
     /// `t` read the new place from their next computation; none may be
     /// running.
     pub fn replace(&self, t: Tensor, offset: usize) {
-        let end = offset.checked_add(t.n_bytes());
-        assert!(
-            end.is_some_and(|e| e <= self.size()),
-            "tensor {:?} at {offset} outside buffer of {}",
-            t,
-            self.size()
-        );
         assert!(t.is_allocated(), "replace of a tensor never placed");
-        // SAFETY: range checked; both buffers are CPU host buffers, which
-        // keep no per-tensor state (no init_tensor), so pointing the tensor
-        // at the new memory is all ggml_backend_tensor_alloc would do.
+        let addr = self.addr_for(t, offset);
+        // SAFETY: `addr` lies in this buffer with room for `t`; both buffers
+        // are CPU host buffers, which keep no per-tensor state (no
+        // init_tensor), so pointing the tensor at the new memory is all
+        // ggml_backend_tensor_alloc would do.
         unsafe {
-            let base = sys::ggml_backend_buffer_get_base(self.raw.as_ptr()) as *mut u8;
             let raw = t.raw();
             (*raw).buffer = self.raw.as_ptr();
-            (*raw).data = base.add(offset).cast();
+            (*raw).data = addr;
         }
     }
 }

@@ -132,7 +132,7 @@ fn main() {
             KvType::Q4_0 => RefKv::Q4_0,
         };
         let mo = ModelOptions {
-            n_gpu_layers: if gpu_layers < 0 { 999 } else { gpu_layers },
+            n_gpu_layers: gpu_layers,
             ..Default::default()
         };
         let m = RefModel::load(&model, &mo).expect("load");

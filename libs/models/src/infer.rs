@@ -341,6 +341,7 @@ pub(crate) fn plan(
     if opts.gpu_layers != 0 {
         let wanted = usize::try_from(opts.gpu_layers).unwrap_or(usize::MAX);
         let all = n_layer.is_some_and(|n| wanted >= n);
+        let of = n_layer.map_or("?".into(), |n| n.to_string());
         match ggml::Device::gpu() {
             None => notices.push(
                 "infer: --gpu-layers ignored: no GPU backend in this build or no GPU found".into(),
@@ -348,18 +349,16 @@ pub(crate) fn plan(
             Some(dev) if native && all => gpu = Some(dev),
             Some(_) if native && opts.engine == EngineChoice::Native => {
                 return Err(format!(
-                    "the native engine offloads all layers or none: --gpu-layers {} of {} \
+                    "the native engine offloads all layers or none: --gpu-layers {} of {of} \
                      (use --gpu-layers -1, or --engine llama.cpp to split layers)",
-                    opts.gpu_layers,
-                    n_layer.map_or("?".into(), |n| n.to_string())
+                    opts.gpu_layers
                 ))
             }
             Some(_) if native => {
                 native = false;
                 notices.push(format!(
-                    "infer: offloading {} of {} layers: running on llama.cpp's engine, which splits layers",
-                    opts.gpu_layers,
-                    n_layer.map_or("?".into(), |n| n.to_string())
+                    "infer: offloading {} of {of} layers: running on llama.cpp's engine, which splits layers",
+                    opts.gpu_layers
                 ));
             }
             Some(_) => {}
@@ -411,12 +410,7 @@ pub(crate) fn session_options(opts: &InferOptions) -> SessionOptions {
 /// Loads the model with llama.cpp's engine.
 pub(crate) fn ref_model(opts: &InferOptions) -> Result<RefModel, String> {
     let mo = ModelOptions {
-        // llama.cpp counts layers; -1 (all) is more than any model has
-        n_gpu_layers: if opts.gpu_layers < 0 {
-            999
-        } else {
-            opts.gpu_layers
-        },
+        n_gpu_layers: opts.gpu_layers,
         use_mmap: !opts.no_mmap,
         ..Default::default()
     };

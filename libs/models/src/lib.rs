@@ -380,8 +380,7 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<Loaded> {
         Arc::new(unsafe { memmap2::Mmap::map(&file) }.map_err(io)?)
     };
     let gg = gguf::parse((*bytes).as_ref())?;
-    let migrate = opts.huge_pages && !opts.no_mmap && opts.gpu.is_none();
-    let (model, in_huge_pages) = build_inner(&gg, bytes.clone(), opts, migrate)?;
+    let (model, in_huge_pages) = build_inner(&gg, bytes.clone(), opts, !opts.no_mmap)?;
     Ok(Loaded {
         model,
         arch: gg.architecture().unwrap_or_default().to_string(),
@@ -414,13 +413,14 @@ type Built = (
     Option<Arc<std::sync::atomic::AtomicBool>>,
 );
 
-/// [`build_with`], moving the weights placed on `bytes` (a file mapping)
-/// into huge pages during the run when `migrate`.
+/// [`build_with`]; when `bytes` is a file mapping (`mapped`), the weights
+/// placed on it move into huge pages during the run as
+/// [`LoadOptions::huge_pages`] asks.
 fn build_inner(
     gg: &gguf::Gguf<'_>,
     bytes: Arc<dyn AsRef<[u8]> + Send + Sync>,
     opts: &LoadOptions,
-    migrate: bool,
+    mapped: bool,
 ) -> Result<Built> {
     let meta = Meta::new(gg)?;
     // two tensors may share a name (an output tied to the embeddings)
@@ -454,7 +454,8 @@ fn build_inner(
     };
     let repacked = w.upload_repacked()?;
     let on_gpu = opts.gpu.map(|dev| w.upload_to(dev)).transpose()?;
-    let migration = match migrate && buf.is_some() {
+    // weights placed on the host bytes (none went to a GPU)
+    let migration = match mapped && opts.huge_pages && buf.is_some() {
         true => Some(migrate::Migration::new(bytes.clone(), w.placed.take())?),
         false => None,
     };

@@ -76,7 +76,7 @@ fn check_on(
     // both use the same kernels. Were only one of them to repack, the
     // kernels would sum in another order and logits would drift by ~0.3.
     let mo = ModelOptions {
-        n_gpu_layers: if gpu.is_some() { 999 } else { 0 },
+        n_gpu_layers: if gpu.is_some() { -1 } else { 0 },
         ..Default::default()
     };
     let rm = RefModel::load(&path, &mo).unwrap();
