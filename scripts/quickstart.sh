@@ -7,6 +7,7 @@
 # (fetch-blob has nothing to download once the model is in the store.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+bash scripts/setup.sh build   # cmake, clang for bindgen, pip: before the build
 mapfile -t models < <(bash scripts/fetch-models.sh)
 cargo build --release --workspace --bins
 bin=target/release

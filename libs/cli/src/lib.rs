@@ -19,6 +19,8 @@ use std::process::ExitCode;
 
 pub use protocol;
 
+pub mod cpu;
+
 /// How a tool's run ended, when it did not fail.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -30,7 +32,8 @@ pub enum Outcome {
 
 /// Runs a tool body under the exit-code contract: `Ok` → 0, `Negative` → 1,
 /// an error → its `{:#}` chain on stderr as one line and 2; a broken pipe on
-/// stdout anywhere in the chain → 0 silently.
+/// stdout anywhere in the chain → 0 silently. (Before `main`, a binary built
+/// for instruction sets this machine lacks has exited 2 naming them: [`cpu`].)
 pub fn main(body: impl FnOnce() -> anyhow::Result<Outcome>) -> ExitCode {
     let tool = std::env::args()
         .next()
@@ -40,6 +43,12 @@ pub fn main(body: impl FnOnce() -> anyhow::Result<Outcome>) -> ExitCode {
                 .map(|f| f.to_string_lossy().into_owned())
         })
         .unwrap_or_else(|| "tool".into());
+    // Never true: the start-up check exits first. Calling it links the check.
+    let missing = cpu::missing_features();
+    if !missing.is_empty() {
+        let _ = writeln!(io::stderr(), "{tool}: error: this CPU lacks {missing}");
+        return ExitCode::from(2);
+    }
     match body() {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,
         Ok(Outcome::Negative) => ExitCode::from(1),

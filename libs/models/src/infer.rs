@@ -61,6 +61,9 @@ pub struct InferOptions {
     pub num_keep: usize,
     /// Stop strings.
     pub stop: Vec<String>,
+    /// Keep generating past end-of-generation tokens (llama.cpp's
+    /// `--ignore-eos`; for benchmarks that need a fixed token count).
+    pub ignore_eos: bool,
     /// Context length (capped at the model's).
     pub n_ctx: usize,
     /// Prompt batch size.
@@ -93,6 +96,7 @@ impl Default for InferOptions {
             num_predict: None,
             num_keep: 4,
             stop: vec![],
+            ignore_eos: false,
             n_ctx: 4096,
             n_batch: 512,
             n_threads: engine::default_threads(),
@@ -277,7 +281,7 @@ pub fn infer(
         on_event,
         io: None,
     };
-    let is_eog = |t: i32| u32::try_from(t).is_ok_and(|t| tok.is_eog(t));
+    let is_eog = |t: i32| !opts.ignore_eos && u32::try_from(t).is_ok_and(|t| tok.is_eog(t));
     let mut summary = Summary::default();
     let mut run = |dec: &mut dyn Decode, summary: &mut Summary| {
         summary.load_duration = t0.elapsed();

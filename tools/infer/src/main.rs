@@ -75,6 +75,10 @@ struct Args {
     /// Stop at this string (repeatable).
     #[arg(long)]
     stop: Vec<String>,
+    /// Keep generating past end-of-generation tokens (as llama.cpp's
+    /// --ignore-eos; for benchmarks with a fixed token count).
+    #[arg(long)]
+    ignore_eos: bool,
     /// Context length, capped at the model's [default: 4096].
     #[arg(long)]
     ctx: Option<usize>,
@@ -146,6 +150,7 @@ fn main() -> std::process::ExitCode {
             o.num_predict = usize::try_from(n).ok();
         }
         set(&mut o.n_ctx, a.ctx);
+        o.ignore_eos = a.ignore_eos;
         set(&mut o.n_threads, a.threads);
         if a.system.is_some() {
             o.system = a.system.clone();
