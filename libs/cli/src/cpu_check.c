@@ -131,7 +131,7 @@ __attribute__((constructor(101))) static void llpipe_cpu_check(void) {
     put(program_invocation_short_name);
     put(": error: this CPU (or its OS) lacks ");
     put(m);
-    put(" that this binary was compiled for (built with -C target-cpu=native on another "
-        "machine?); rebuild here, or use the portable build (scripts/build-portable.sh)\n");
+    put(" that this binary was compiled for; build it on this machine, or use the "
+        "portable build (scripts/build-portable.sh)\n");
     _exit(2);
 }

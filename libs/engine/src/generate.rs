@@ -1,4 +1,13 @@
-//! The generation loop: prompt in batches, then one token per step.
+//! The generation loop: prompt in batches, then one token per step — or,
+//! when sampling is greedy, one token plus drafted ones per step.
+//!
+//! Drafts come from the text itself (prompt lookup): when the last few tokens
+//! occurred before, the tokens that followed them then are proposed, and one
+//! forward pass computes the logits after the new token and after each
+//! drafted one. A drafted token is kept only if the sampler picks it from
+//! those logits, so the output is the one token-by-token greedy decoding
+//! gives; a pass reads the weights once for several tokens (generation on a
+//! CPU is bound by reading the weights). Rejected drafts leave the cache.
 
 use std::time::{Duration, Instant};
 
@@ -17,6 +26,17 @@ pub trait Decode {
     fn decode(&mut self, tokens: &[i32]) -> Result<&[f32]>;
     /// Makes room: keeps `num_keep` tokens, drops half of the rest.
     fn shift(&mut self, num_keep: usize) -> Result<()>;
+    /// Whether [`Decode::decode_all`] and [`Decode::truncate`] work.
+    fn can_verify(&self) -> bool {
+        false
+    }
+    /// Runs `tokens` (at most a batch) and returns the logits after each,
+    /// row after row.
+    fn decode_all(&mut self, _tokens: &[i32]) -> Result<&[f32]> {
+        Err(Error::invalid("this engine cannot verify drafts".into()))
+    }
+    /// Forgets the cached tokens after the first `n`.
+    fn truncate(&mut self, _n: usize) {}
 }
 
 impl Decode for Session<'_> {
@@ -32,6 +52,15 @@ impl Decode for Session<'_> {
     fn shift(&mut self, num_keep: usize) -> Result<()> {
         Session::shift(self, num_keep).map(|_| ())
     }
+    fn can_verify(&self) -> bool {
+        true
+    }
+    fn decode_all(&mut self, tokens: &[i32]) -> Result<&[f32]> {
+        Session::decode_all(self, tokens)
+    }
+    fn truncate(&mut self, n: usize) {
+        Session::truncate(self, n)
+    }
 }
 
 /// When to stop and how to make room.
@@ -41,7 +70,15 @@ pub struct GenerateOptions {
     pub num_predict: Option<usize>,
     /// Tokens at the start kept when the context fills and is shifted.
     pub num_keep: usize,
+    /// Most tokens drafted per step when sampling is greedy (0: none).
+    pub draft_max: usize,
 }
+
+/// The default of [`GenerateOptions::draft_max`] for `infer`.
+pub const DRAFT_MAX: usize = 4;
+
+/// Shortest and longest n-gram looked up for a draft.
+const NGRAM: std::ops::RangeInclusive<usize> = 2..=4;
 
 /// Counts and times, as Ollama reports them.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -54,6 +91,10 @@ pub struct Stats {
     pub eval_count: usize,
     /// Time spent generating them (after the prompt).
     pub eval_duration: Duration,
+    /// Tokens drafted and verified.
+    pub draft_count: usize,
+    /// Drafted tokens that were kept.
+    pub draft_accepted: usize,
     /// Why generation ended.
     pub done_reason: DoneReason,
 }
@@ -109,29 +150,145 @@ pub fn generate(
     stats.prompt_eval_duration = t0.elapsed();
     let t1 = Instant::now();
     let mut recent: Vec<i32> = prompt.to_vec();
-    loop {
+    let speculate = opts.draft_max > 0 && sampler.is_greedy() && sess.can_verify();
+    let n_vocab = logits.len();
+    // Tokens in the cache ahead of the output, with the logits after each.
+    let mut drafted: std::collections::VecDeque<i32> = Default::default();
+    let mut ahead: Vec<f32> = vec![];
+    let result = loop {
         if opts.num_predict.is_some_and(|n| stats.eval_count >= n) {
             stats.done_reason = DoneReason::Length;
-            break;
+            break Ok(());
         }
         let tok = sampler.sample(&logits, &recent);
+        let accepted = drafted.front() == Some(&tok);
+        if accepted {
+            // The cache holds `tok` already; the logits after it are next.
+            drafted.pop_front();
+            stats.draft_accepted += 1;
+            logits.copy_from_slice(&ahead[..n_vocab]);
+            ahead.drain(..n_vocab);
+        } else if !drafted.is_empty() {
+            sess.truncate(sess.n_past() - drafted.len());
+            drafted.clear();
+            ahead.clear();
+        }
         if is_eog(tok) {
-            break;
+            if accepted {
+                // as without drafts, the end token does not stay in the cache
+                sess.truncate(sess.n_past() - drafted.len() - 1);
+                drafted.clear();
+            }
+            break Ok(());
         }
         stats.eval_count += 1;
         recent.push(tok);
-        if !on_token(tok)? {
-            break;
+        match on_token(tok) {
+            Ok(true) => {}
+            Ok(false) => break Ok(()),
+            Err(e) => break Err(e),
         }
         if opts.num_predict.is_some_and(|n| stats.eval_count >= n) {
             stats.done_reason = DoneReason::Length;
-            break;
+            break Ok(());
+        }
+        if accepted {
+            continue;
         }
         if sess.n_past() + 1 > sess.n_ctx() {
-            sess.shift(opts.num_keep)?;
+            if let Err(e) = sess.shift(opts.num_keep) {
+                break Err(e);
+            }
         }
-        logits.copy_from_slice(sess.decode(&[tok])?);
+        let budget = opts
+            .num_predict
+            .map_or(usize::MAX, |n| n - stats.eval_count)
+            .min(opts.draft_max)
+            .min(sess.n_ctx() - sess.n_past() - 1);
+        let draft = if speculate {
+            let d = lookup_draft(&recent, budget);
+            &d[..exact_batch_len(d.len())]
+        } else {
+            &[]
+        };
+        if draft.is_empty() {
+            match sess.decode(&[tok]) {
+                Ok(l) => logits.copy_from_slice(l),
+                Err(e) => break Err(e),
+            }
+            continue;
+        }
+        let mut batch = Vec::with_capacity(1 + draft.len());
+        batch.push(tok);
+        batch.extend_from_slice(draft);
+        drafted.extend(draft.iter().copied());
+        stats.draft_count += draft.len();
+        match sess.decode_all(&batch) {
+            Ok(rows) => {
+                logits.copy_from_slice(&rows[..n_vocab]);
+                ahead.extend_from_slice(&rows[n_vocab..]);
+            }
+            Err(e) => break Err(e),
+        }
+    };
+    // Drafts never output do not stay in the cache (a chat continues from it).
+    if !drafted.is_empty() {
+        sess.truncate(sess.n_past() - drafted.len());
     }
+    result?;
     stats.eval_duration = t1.elapsed();
     Ok(stats)
+}
+
+/// The most of `k` drafted tokens that can be verified with results equal
+/// to one-token steps: ggml's CPU kernels for a batch of `1 + k` rows must be
+/// the one-row kernels. llama.cpp's tinyBLAS takes Q8_0 products of 4 or
+/// more than 7 rows, and ggml's tiled K-quant kernels products of 8 or more
+/// rows, each adding in another order than the one-row dot products; so
+/// batches of 4 and of 8 or more are avoided (2, 3, 5, 6, 7 rows: k ≤ 6, k ≠ 3).
+fn exact_batch_len(k: usize) -> usize {
+    match k.min(6) {
+        3 => 2,
+        k => k,
+    }
+}
+
+/// Prompt lookup: the tokens that followed the last earlier occurrence of
+/// the longest n-gram (in [`NGRAM`]) ending `recent`, at most `max` of them.
+fn lookup_draft(recent: &[i32], max: usize) -> &[i32] {
+    if max == 0 {
+        return &[];
+    }
+    let len = recent.len();
+    for n in NGRAM.rev() {
+        if len <= n {
+            continue;
+        }
+        let tail = &recent[len - n..];
+        // Latest earlier start i with recent[i..i + n] == tail, i + n < len.
+        if let Some(i) = (0..len - n).rev().find(|&i| &recent[i..i + n] == tail) {
+            let from = i + n;
+            return &recent[from..(from + max).min(len)];
+        }
+    }
+    &[]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lookup_takes_what_followed_the_longest_match() {
+        // "a b c d x a b c" -> the 3-gram "a b c" was followed by "d x a b c"
+        let r = [1, 2, 3, 4, 9, 1, 2, 3];
+        assert_eq!(lookup_draft(&r, 8), &[4, 9, 1, 2, 3]);
+        assert_eq!(lookup_draft(&r, 2), &[4, 9]);
+        assert_eq!(lookup_draft(&r, 0), &[] as &[i32]);
+        // no repeated bigram at the end: nothing
+        assert_eq!(lookup_draft(&[1, 2, 3, 4], 8), &[] as &[i32]);
+        // the latest occurrence wins
+        let r = [5, 6, 7, 5, 6, 8, 5, 6];
+        assert_eq!(lookup_draft(&r, 1), &[8]);
+    }
 }

@@ -78,6 +78,13 @@ impl Sampler {
         })
     }
 
+    /// Whether [`Sampler::sample`] is a function of its arguments alone
+    /// (temperature 0: the argmax after penalties), so that a token can be
+    /// checked against logits computed ahead (drafted tokens).
+    pub fn is_greedy(&self) -> bool {
+        self.opts.temperature == 0.0
+    }
+
     /// Picks a token from `logits`, given the `history` of tokens so far.
     pub fn sample(&mut self, logits: &[f32], history: &[i32]) -> i32 {
         let o = &self.opts;

@@ -115,6 +115,7 @@ pub struct Session<'m> {
 struct Built {
     n_tokens: usize,
     n_kv: usize,
+    n_out: usize,
     graph: Graph,
     inp: Inputs,
     logits: Tensor,
@@ -163,13 +164,13 @@ impl<'m> Session<'m> {
     fn reserve(&mut self) -> Result<()> {
         let n = self.n_batch;
         let pos0 = self.kv.n_ctx() - n;
-        let (g, _, _) = self.build(pos0, n);
+        let (g, _, _) = self.build(pos0, n, n);
         self.backend.check_supports(&g)?;
         self.alloc.reserve(&g)?;
         Ok(())
     }
 
-    fn build(&mut self, pos0: usize, n: usize) -> (Graph, Inputs, Tensor) {
+    fn build(&mut self, pos0: usize, n: usize, n_out: usize) -> (Graph, Inputs, Tensor) {
         self.last = None; // its tensors live in the arena reset here
         self.ctx.reset();
         let ctx = &self.ctx;
@@ -177,7 +178,7 @@ impl<'m> Session<'m> {
         let inp = Inputs {
             tokens: ctx.tensor(Type::I32, &[n as i64]).set_input(),
             pos: ctx.tensor(Type::I32, &[n as i64]).set_input(),
-            out_ids: ctx.tensor(Type::I32, &[1]).set_input(),
+            out_ids: ctx.tensor(Type::I32, &[n_out as i64]).set_input(),
             n_tokens: n,
         };
         self.kv.start_forward(ctx, pos0, n);
@@ -205,6 +206,32 @@ impl<'m> Session<'m> {
     /// Runs `tokens` after those already in the cache and returns the logits
     /// of the last one. Fails when they do not fit (see [`Session::shift`]).
     pub fn decode(&mut self, tokens: &[i32]) -> Result<&[f32]> {
+        self.check_fits(tokens)?;
+        for chunk in tokens.chunks(self.n_batch) {
+            self.pass(chunk, false)?;
+        }
+        Ok(&self.logits)
+    }
+
+    /// Runs `tokens` (at most one batch) after those in the cache and returns
+    /// the logits of every one of them, `[n_vocab] × tokens.len()` row after
+    /// row: row `i` predicts the token after `tokens[i]`. For verifying drafted
+    /// tokens in one pass (see `generate`); [`Session::truncate`] takes back
+    /// those rejected.
+    pub fn decode_all(&mut self, tokens: &[i32]) -> Result<&[f32]> {
+        self.check_fits(tokens)?;
+        if tokens.len() > self.n_batch {
+            return Err(Error::invalid(format!(
+                "{} tokens with logits each exceed the batch of {}",
+                tokens.len(),
+                self.n_batch
+            )));
+        }
+        self.pass(tokens, true)?;
+        Ok(&self.logits)
+    }
+
+    fn check_fits(&self, tokens: &[i32]) -> Result<()> {
         if tokens.is_empty() {
             return Err(Error::invalid("nothing to decode".into()));
         }
@@ -216,44 +243,60 @@ impl<'m> Session<'m> {
                 self.n_ctx()
             )));
         }
+        Ok(())
+    }
+
+    /// One forward pass over `chunk` (at most `n_batch` tokens, fitting the
+    /// context); leaves in `self.logits` the last token's logits, or every
+    /// token's with `all`.
+    fn pass(&mut self, chunk: &[i32], all: bool) -> Result<()> {
         let n_vocab = self.model.n_vocab();
-        for chunk in tokens.chunks(self.n_batch) {
-            let pos0 = self.history.len();
-            let (n, n_kv) = (chunk.len(), self.kv.n_kv_for_batch(pos0, chunk.len()));
-            let b = match self.last {
-                Some(b) if b.n_tokens == n && b.n_kv == n_kv => {
-                    self.kv.reuse_forward(pos0, n);
-                    b
-                }
-                _ => {
-                    let (graph, inp, logits) = self.build(pos0, n);
-                    self.alloc.alloc(&graph)?;
-                    self.graphs_built += 1;
-                    let b = Built {
-                        n_tokens: n,
-                        n_kv,
-                        graph,
-                        inp,
-                        logits,
-                    };
-                    self.last = Some(b);
-                    b
-                }
-            };
-            let (g, inp, logits) = (b.graph, b.inp, b.logits);
-            let be = &self.backend;
-            be.set_i32(inp.tokens, chunk);
-            let pos: Vec<i32> = (pos0..pos0 + chunk.len()).map(|p| p as i32).collect();
-            be.set_i32(inp.pos, &pos);
-            be.set_i32(inp.out_ids, &[chunk.len() as i32 - 1]);
-            self.kv.write_inputs(be);
-            self.model.before_pass();
-            self.backend.compute(&g)?;
-            self.history.extend_from_slice(chunk);
-            self.logits.resize(n_vocab, 0.0);
-            logits.read_f32_at(0, &mut self.logits);
+        let pos0 = self.history.len();
+        let n = chunk.len();
+        let n_out = if all { n } else { 1 };
+        let n_kv = self.kv.n_kv_for_batch(pos0, n);
+        let b = match self.last {
+            Some(b) if b.n_tokens == n && b.n_kv == n_kv && b.n_out == n_out => {
+                self.kv.reuse_forward(pos0, n);
+                b
+            }
+            _ => {
+                let (graph, inp, logits) = self.build(pos0, n, n_out);
+                self.alloc.alloc(&graph)?;
+                self.graphs_built += 1;
+                let b = Built {
+                    n_tokens: n,
+                    n_kv,
+                    n_out,
+                    graph,
+                    inp,
+                    logits,
+                };
+                self.last = Some(b);
+                b
+            }
+        };
+        let (g, inp, logits) = (b.graph, b.inp, b.logits);
+        let be = &self.backend;
+        be.set_i32(inp.tokens, chunk);
+        let pos: Vec<i32> = (pos0..pos0 + n).map(|p| p as i32).collect();
+        be.set_i32(inp.pos, &pos);
+        if all {
+            be.set_i32(inp.out_ids, &(0..n as i32).collect::<Vec<_>>());
+        } else {
+            be.set_i32(inp.out_ids, &[n as i32 - 1]);
         }
-        Ok(&self.logits)
+        self.kv.write_inputs(be);
+        self.model.before_pass();
+        // Rows of a batch with logits each must equal one-token steps.
+        be.set_reference_kernels(all);
+        let r = self.backend.compute(&g);
+        be.set_reference_kernels(false);
+        r?;
+        self.history.extend_from_slice(chunk);
+        self.logits.resize(n_vocab * n_out, 0.0);
+        logits.read_f32_at(0, &mut self.logits);
+        Ok(())
     }
 
     /// Makes room when the context is full, like Ollama: keeps the first
@@ -271,7 +314,8 @@ impl<'m> Session<'m> {
         }
         if self.shift_cells(keep, discard)? {
             self.history.drain(keep..keep + discard);
-            return Ok(&self.logits);
+            let n_vocab = self.model.n_vocab();
+            return Ok(&self.logits[self.logits.len().saturating_sub(n_vocab)..]);
         }
         let mut kept = self.history[..keep].to_vec();
         kept.extend_from_slice(&self.history[keep + discard..]);

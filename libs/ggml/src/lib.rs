@@ -584,6 +584,20 @@ impl Backend {
         let h = to_f16(v);
         t.write_via(Some(self.raw), t.typed(Type::F16, "set_f32_as_f16", &h))
     }
+    /// On a CPU backend, whether matrix products take ggml's one-row
+    /// ("reference") kernels for any number of rows: no tinyBLAS, tiled or
+    /// fused kernels, which add in another order. A product row then equals
+    /// the one a one-row batch gives, bit for bit (used to verify drafted
+    /// tokens). No effect on other backends.
+    pub fn set_reference_kernels(&self, on: bool) {
+        // SAFETY: `raw` is a live backend; the setter is only called on a CPU
+        // backend, which is what it requires.
+        unsafe {
+            if sys::ggml_backend_is_cpu(self.raw) {
+                sys::ggml_backend_cpu_set_use_ref(self.raw, on);
+            }
+        }
+    }
     /// Computes every node of `g` (all its tensors must be allocated).
     pub fn compute(&self, g: &Graph) -> Result<(), Error> {
         // SAFETY: live backend and graph.

@@ -177,30 +177,22 @@ pub fn chat(
 
 // ---- the cache ----
 
-/// A decoder whose cache can be cut back to a prefix of what it holds.
+/// A decoder that tells what its cache holds (it can be cut back to a
+/// prefix of that: [`Decode::truncate`]).
 trait Cache: Decode {
     /// The tokens in the cache, in order.
     fn tokens(&self) -> &[i32];
-    /// Keeps the first `n` tokens.
-    fn truncate(&mut self, n: usize);
 }
 
 impl Cache for Session<'_> {
     fn tokens(&self) -> &[i32] {
         self.history()
     }
-    fn truncate(&mut self, n: usize) {
-        Session::truncate(self, n);
-    }
 }
 
 impl Cache for RefDecode<'_> {
     fn tokens(&self) -> &[i32] {
         &self.history
-    }
-    fn truncate(&mut self, n: usize) {
-        self.history.truncate(n);
-        self.ctx.truncate(self.history.len());
     }
 }
 
@@ -387,6 +379,7 @@ impl State<'_> {
         let gen = GenerateOptions {
             num_predict: self.opts.num_predict,
             num_keep: self.opts.num_keep,
+            draft_max: self.opts.draft_max,
         };
         let tok = self.tok;
         let is_eog = |t: i32| u32::try_from(t).is_ok_and(|t| tok.is_eog(t));

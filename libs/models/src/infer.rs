@@ -61,6 +61,9 @@ pub struct InferOptions {
     pub num_keep: usize,
     /// Stop strings.
     pub stop: Vec<String>,
+    /// Most tokens drafted (prompt lookup) and verified per step when
+    /// sampling is greedy; 0: one token per step (see `engine::generate`).
+    pub draft_max: usize,
     /// Keep generating past end-of-generation tokens (llama.cpp's
     /// `--ignore-eos`; for benchmarks that need a fixed token count).
     pub ignore_eos: bool,
@@ -97,6 +100,7 @@ impl Default for InferOptions {
             num_keep: 4,
             stop: vec![],
             ignore_eos: false,
+            draft_max: engine::generate::DRAFT_MAX,
             n_ctx: 4096,
             n_batch: 512,
             n_threads: engine::default_threads(),
@@ -225,6 +229,8 @@ impl Summary {
             "prompt_eval_duration": ns(self.stats.prompt_eval_duration),
             "eval_count": self.stats.eval_count,
             "eval_duration": ns(self.stats.eval_duration),
+            "draft_count": self.stats.draft_count,
+            "draft_accepted": self.stats.draft_accepted,
         })
     }
 
@@ -242,7 +248,14 @@ impl Summary {
             s.eval_count,
             s.eval_duration,
             rate(s.eval_count, s.eval_duration),
-        )
+        ) + &if s.draft_count > 0 {
+            format!(
+                "drafted:              {} token(s), {} kept\n",
+                s.draft_count, s.draft_accepted
+            )
+        } else {
+            String::new()
+        }
     }
 }
 
@@ -268,6 +281,7 @@ pub fn infer(
     let gen = GenerateOptions {
         num_predict: opts.num_predict,
         num_keep: opts.num_keep,
+        draft_max: opts.draft_max,
     };
     let plan = plan(opts, &arch, n_layer)?;
     for notice in &plan.notices {
@@ -511,5 +525,9 @@ impl Decode for RefDecode<'_> {
         self.ctx.clear();
         self.history.clear();
         self.decode(&kept).map(|_| ())
+    }
+    fn truncate(&mut self, n: usize) {
+        self.history.truncate(n);
+        self.ctx.truncate(self.history.len());
     }
 }

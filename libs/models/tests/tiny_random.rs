@@ -168,6 +168,7 @@ fn full_context_shifts_instead_of_failing() {
     let opts = GenerateOptions {
         num_predict: Some(100),
         num_keep: 4,
+        ..Default::default()
     };
     let prompt: Vec<i32> = (100..120).collect();
     let mut n = 0;

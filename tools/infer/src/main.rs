@@ -75,6 +75,11 @@ struct Args {
     /// Stop at this string (repeatable).
     #[arg(long)]
     stop: Vec<String>,
+    /// Most tokens drafted and verified per step when sampling is greedy
+    /// (--temperature 0): the text's own earlier n-grams propose what comes
+    /// next, one pass checks them all, the output is unchanged; 0: off.
+    #[arg(long, default_value_t = engine::generate::DRAFT_MAX)]
+    draft_max: usize,
     /// Keep generating past end-of-generation tokens (as llama.cpp's
     /// --ignore-eos; for benchmarks with a fixed token count).
     #[arg(long)]
@@ -151,6 +156,7 @@ fn main() -> std::process::ExitCode {
         }
         set(&mut o.n_ctx, a.ctx);
         o.ignore_eos = a.ignore_eos;
+        o.draft_max = a.draft_max;
         set(&mut o.n_threads, a.threads);
         if a.system.is_some() {
             o.system = a.system.clone();
