@@ -11,8 +11,9 @@ what=${1:-build}
 pkgs=(cmake clang libclang-dev python3-pip)
 if [ "$what" = test ]; then
   # docker-registry + htpasswd + openssl: the real-registry tests; curl: the
-  # pull benchmark's peer; qemu-user: runs a binary on an emulated older CPU.
-  pkgs+=(docker-registry apache2-utils openssl curl qemu-user)
+  # pull benchmark's peer; qemu-user: runs a binary on an emulated older CPU;
+  # time: peak RSS in scripts/bench-e2e.sh.
+  pkgs+=(docker-registry apache2-utils openssl curl qemu-user time)
 fi
 need=()
 for pkg in "${pkgs[@]}"; do

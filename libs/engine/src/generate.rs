@@ -53,7 +53,7 @@ impl Decode for Session<'_> {
         Session::shift(self, num_keep).map(|_| ())
     }
     fn can_verify(&self) -> bool {
-        true
+        self.exact_rows()
     }
     fn decode_all(&mut self, tokens: &[i32]) -> Result<&[f32]> {
         Session::decode_all(self, tokens)
@@ -78,7 +78,7 @@ pub struct GenerateOptions {
 pub const DRAFT_MAX: usize = 4;
 
 /// Shortest and longest n-gram looked up for a draft.
-const NGRAM: std::ops::RangeInclusive<usize> = 2..=4;
+const NGRAM: std::ops::RangeInclusive<usize> = 3..=4;
 
 /// Counts and times, as Ollama reports them.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -285,10 +285,10 @@ mod tests {
         assert_eq!(lookup_draft(&r, 8), &[4, 9, 1, 2, 3]);
         assert_eq!(lookup_draft(&r, 2), &[4, 9]);
         assert_eq!(lookup_draft(&r, 0), &[] as &[i32]);
-        // no repeated bigram at the end: nothing
-        assert_eq!(lookup_draft(&[1, 2, 3, 4], 8), &[] as &[i32]);
+        // no repeated trigram at the end: nothing (bigrams are too weak a cue)
+        assert_eq!(lookup_draft(&[1, 2, 3, 4, 2, 3], 8), &[] as &[i32]);
         // the latest occurrence wins
-        let r = [5, 6, 7, 5, 6, 8, 5, 6];
-        assert_eq!(lookup_draft(&r, 1), &[8]);
+        let r = [5, 6, 7, 1, 5, 6, 7, 2, 5, 6, 7];
+        assert_eq!(lookup_draft(&r, 1), &[2]);
     }
 }

@@ -105,6 +105,11 @@ pub struct Session<'m> {
     n_batch: usize,
     history: Vec<i32>,
     logits: Vec<f32>,
+    /// Whether generation steps (one token, or a batch with logits for each
+    /// row) run ggml's one-row kernels, so that a verified draft equals a
+    /// one-token step bit for bit: on the CPU with an f16 cache (a quantized
+    /// cache's Hadamard rotation and a GPU's kernels differ by batch size).
+    exact_steps: bool,
     /// The last graph built and allocated, for a batch of this shape.
     last: Option<Built>,
     graphs_built: usize,
@@ -141,9 +146,13 @@ impl<'m> Session<'m> {
             opts.flash_attn || opts.kv_type != KvType::F16,
         )?;
         let ctx = Context::new(model.max_nodes());
+        // our CPU kernels (ggml custom ops) where the graph runs on the CPU
+        ctx.use_own_kernels(model.device().is_none());
         let alloc = Allocator::new(&backend);
         let n_batch = opts.n_batch.min(n_ctx);
+        let exact_steps = opts.kv_type == KvType::F16 && model.device().is_none();
         let mut s = Session {
+            exact_steps,
             model,
             kv,
             alloc,
@@ -211,6 +220,12 @@ impl<'m> Session<'m> {
             self.pass(chunk, false)?;
         }
         Ok(&self.logits)
+    }
+
+    /// Whether [`Session::decode_all`] gives each row the logits a one-token
+    /// step would (bit for bit): on the CPU with an f16 cache.
+    pub fn exact_rows(&self) -> bool {
+        self.exact_steps
     }
 
     /// Runs `tokens` (at most one batch) after those in the cache and returns
@@ -288,10 +303,19 @@ impl<'m> Session<'m> {
         }
         self.kv.write_inputs(be);
         self.model.before_pass();
-        // Rows of a batch with logits each must equal one-token steps.
-        be.set_reference_kernels(all);
+        // A generation step (one token, or drafts with logits each) takes
+        // the one-row kernels: ggml's batched ones (tinyBLAS for f16 and
+        // Q8_0 from 2 rows, tiled K-quants from 8, split-KV flash attention
+        // for one row) add in other orders. Numerically, for one row this
+        // only turns off the split-KV flash attention (contexts ≥ 512) and
+        // the fused rms_norm·mul (same arithmetic). Prompt batches keep the
+        // fast kernels.
+        let reference = self.exact_steps && (all || n == 1);
+        be.set_reference_kernels(reference);
         let r = self.backend.compute(&g);
-        be.set_reference_kernels(false);
+        if reference {
+            be.set_reference_kernels(false);
+        }
         r?;
         self.history.extend_from_slice(chunk);
         self.logits.resize(n_vocab * n_out, 0.0);

@@ -226,6 +226,11 @@ impl Tensor {
         // SAFETY: handle validity (crate doc).
         unsafe { self.0.as_ref() }
     }
+    /// Whether its elements lie one after the other, without gaps.
+    pub fn is_contiguous(&self) -> bool {
+        // SAFETY: reads the live tensor's shape and strides.
+        unsafe { sys::ggml_is_contiguous(self.raw()) }
+    }
     /// Shape, `ne[0]` first.
     pub fn ne(&self) -> [i64; 4] {
         self.meta().ne
@@ -363,6 +368,9 @@ impl fmt::Debug for Tensor {
 /// Tensor metadata and graph storage (no tensor data: buffers hold that).
 pub struct Context {
     raw: NonNull<sys::ggml_context>,
+    /// Whether [`Context::mul_mat`] may use our own CPU kernels
+    /// ([`Context::use_own_kernels`]).
+    own_kernels: std::cell::Cell<bool>,
 }
 
 // SAFETY: owned exclusively; ggml contexts have no thread affinity.
@@ -392,7 +400,14 @@ impl Context {
         let raw = unsafe { sys::ggml_init(params) };
         Context {
             raw: NonNull::new(raw).expect("ggml_init returned null (out of memory)"),
+            own_kernels: std::cell::Cell::new(false),
         }
+    }
+    /// Lets [`Context::mul_mat`] build our own CPU kernels (custom ops) where
+    /// they are faster and equal to ggml's bit for bit (see `kernels`). Only
+    /// for graphs computed on a CPU backend: other backends lack custom ops.
+    pub fn use_own_kernels(&self, on: bool) {
+        self.own_kernels.set(on);
     }
     /// Forgets every tensor and graph (their handles must not be used again),
     /// keeping the memory for the next graph.
@@ -461,6 +476,7 @@ impl Context {
 
 // ---- ops: see ops.rs ----
 
+mod kernels;
 mod ops;
 
 // ---- graphs ----

@@ -12,7 +12,12 @@ impl Context {
         self.wrap(unsafe { sys::ggml_get_rows(self.ptr(), a.raw(), idx.raw()) })
     }
     /// `a · bᵀ` in ggml's convention: `a [k, m]`, `b [k, n]` → `[m, n]`.
+    /// With [`Context::use_own_kernels`], a Q4_1 or Q8_0 matrix times a few columns
+    /// (generation) goes to our kernel, which gives ggml's result bit for bit.
     pub fn mul_mat(&self, a: Tensor, b: Tensor) -> Tensor {
+        if self.own_kernels.get() && crate::kernels::takes(a, b) {
+            return self.mul_mat_own(a, b);
+        }
         self.wrap(unsafe { sys::ggml_mul_mat(self.ptr(), a.raw(), b.raw()) })
     }
     /// Element-wise `a + b` (`b` broadcast over `a`).

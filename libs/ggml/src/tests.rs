@@ -320,3 +320,71 @@ fn cpu_backend_supports_what_it_computes() {
     g.expand(ctx.mul_mat(a, a));
     backend.check_supports(&g).unwrap();
 }
+
+/// `w [k, m] · x [k, n]` on a 2-thread CPU backend, with or without our kernels.
+fn mul_mat_with(own: bool, ty: Type, k: usize, m: usize, n: usize) -> (Vec<f32>, bool) {
+    let wf: Vec<f32> = (0..k * m)
+        .map(|i| ((i * 2654435761usize % 1000) as f32 / 500.0 - 1.0) * 0.7)
+        .collect();
+    let xf: Vec<f32> = (0..k * n)
+        .map(|i| ((i * 40503usize % 997) as f32 / 498.5 - 1.0) * 1.3)
+        .collect();
+    // SAFETY: pure size computation.
+    let row = unsafe { sys::ggml_row_size(ty.0, k as i64) };
+    let mut wq = vec![0u8; row * m];
+    // SAFETY: `wf` holds m rows of k floats, `wq` m quantized rows.
+    unsafe {
+        sys::ggml_quantize_chunk(
+            ty.0,
+            wf.as_ptr(),
+            wq.as_mut_ptr().cast(),
+            0,
+            m as i64,
+            k as i64,
+            std::ptr::null(),
+        );
+    }
+    let backend = Backend::cpu(2).unwrap();
+    let ctx = Context::new(16);
+    ctx.use_own_kernels(own);
+    let w = ctx.tensor(ty, &[k as i64, m as i64]).set_input();
+    let x = ctx.tensor(Type::F32, &[k as i64, n as i64]).set_input();
+    let used = kernels::takes(w, x);
+    let out = ctx.mul_mat(w, x);
+    let g = ctx.graph(16);
+    g.expand(out);
+    let mut alloc = Allocator::new(&backend);
+    alloc.alloc(&g).unwrap();
+    w.set_bytes(&wq);
+    x.set_f32(&xf);
+    backend.compute(&g).unwrap();
+    (out.to_f32(), own && used)
+}
+
+#[test]
+fn own_kernels_equal_ggml_bit_for_bit() {
+    if !kernels::available() {
+        println!("own kernels: SKIPPED: not compiled for this CPU (needs AVX-512 VNNI)");
+        return;
+    }
+    // odd row counts (a last unpaired row), 1 to 8 columns, two threads
+    for ty in [Type::Q4_1, Type::Q8_0] {
+        for (k, m) in [(96, 37), (576, 64), (1536, 129)] {
+            for n in 1..=8 {
+                let (want, _) = mul_mat_with(false, ty, k, m, n);
+                let (got, used) = mul_mat_with(true, ty, k, m, n);
+                assert!(used, "{ty:?} {k}x{m}x{n} did not take our kernel");
+                let same = want
+                    .iter()
+                    .zip(&got)
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(
+                    same,
+                    "{ty:?} {k}x{m}x{n}: {:?} vs {:?}",
+                    &want[..4],
+                    &got[..4]
+                );
+            }
+        }
+    }
+}

@@ -93,9 +93,10 @@ struct Args {
     /// KV cache type: f16, q8_0 or q4_0 (quantized ones use flash attention).
     #[arg(long, default_value = "f16")]
     kv_type: engine::kv_cache::KvType,
-    /// Use flash attention with the f16 cache too.
-    #[arg(long)]
-    flash_attn: bool,
+    /// Flash attention (fused attention kernel): on (the default, as in
+    /// llama.cpp) or off; quantized caches need it on.
+    #[arg(long, value_parser = ["on", "off"], default_value = "on", num_args = 0..=1, default_missing_value = "on")]
+    flash_attn: String,
     /// Read the model into memory instead of mapping it.
     #[arg(long)]
     no_mmap: bool,
@@ -164,8 +165,13 @@ fn main() -> std::process::ExitCode {
         if !a.stop.is_empty() {
             o.stop = a.stop.clone();
         }
-        (o.raw, o.kv_type, o.flash_attn, o.no_mmap, o.gpu_layers) =
-            (a.raw, a.kv_type, a.flash_attn, a.no_mmap, a.gpu_layers);
+        (o.raw, o.kv_type, o.flash_attn, o.no_mmap, o.gpu_layers) = (
+            a.raw,
+            a.kv_type,
+            a.flash_attn == "on",
+            a.no_mmap,
+            a.gpu_layers,
+        );
         o.engine = match a.engine.as_deref() {
             Some("native") => EngineChoice::Native,
             Some(_) => EngineChoice::LlamaCpp,

@@ -26,6 +26,8 @@ fn raw_greedy_text_matches_llama_cpp() {
         &ContextOptions {
             n_ctx: 256,
             n_threads: 1,
+            // infer's default, as llama.cpp's tools
+            flash_attn: true,
             ..Default::default()
         },
     )
@@ -186,6 +188,8 @@ fn chat_template_greedy_text_matches_llama_cpp() {
         &ContextOptions {
             n_ctx: 256,
             n_threads: 1,
+            // infer's default, as llama.cpp's tools
+            flash_attn: true,
             ..Default::default()
         },
     )

@@ -16,8 +16,23 @@ const PROMPTS: &[&str] = &[
 fn run(model: &str, prompt: &str, draft_max: usize) -> (Vec<i64>, Value) {
     let m = pipeline_tests::real_model(model);
     let out = Command::new(env!("CARGO_BIN_EXE_infer"))
-        .args(["--model", m.to_str().unwrap(), "--raw", "--json", "-p", prompt])
-        .args(["-n", "64", "--ignore-eos", "--temperature", "0", "--threads", "2"])
+        .args([
+            "--model",
+            m.to_str().unwrap(),
+            "--raw",
+            "--json",
+            "-p",
+            prompt,
+        ])
+        .args([
+            "-n",
+            "64",
+            "--ignore-eos",
+            "--temperature",
+            "0",
+            "--threads",
+            "2",
+        ])
         .args(["--draft-max", &draft_max.to_string()])
         .output()
         .expect("run infer");
@@ -65,8 +80,24 @@ fn drafts_keep_greedy_output_gemma3() {
 fn sampling_at_a_temperature_drafts_nothing() {
     let m = pipeline_tests::real_model("SmolLM2-135M-Instruct.Q4_1.gguf");
     let out = Command::new(env!("CARGO_BIN_EXE_infer"))
-        .args(["--model", m.to_str().unwrap(), "--raw", "--json", "-p", "Once upon a time"])
-        .args(["-n", "32", "--temperature", "0.8", "--seed", "1", "--threads", "2"])
+        .args([
+            "--model",
+            m.to_str().unwrap(),
+            "--raw",
+            "--json",
+            "-p",
+            "Once upon a time",
+        ])
+        .args([
+            "-n",
+            "32",
+            "--temperature",
+            "0.8",
+            "--seed",
+            "1",
+            "--threads",
+            "2",
+        ])
         .output()
         .expect("run infer");
     assert!(out.status.success());

@@ -1,0 +1,162 @@
+// Matrix products of generation (a few activation columns) for Q4_1 and Q8_0
+// weights, equal to ggml's bit for bit, with software prefetch.
+//
+// Generating a token streams every weight from memory once, and ggml's dot
+// products (ggml_vec_dot_q4_1_q8_1, ggml_vec_dot_q8_0_q8_0: AVX2 with VNNI,
+// one row per call) leave the loop waiting on memory: the hardware
+// prefetcher alone does not keep up. These kernels do each row's arithmetic
+// exactly as ggml's x86 code does (same products, the same fused
+// multiply-adds in the same order, the same horizontal sum), so results are
+// ggml's bit for bit (tested against ggml_mul_mat in tests.rs), and ask for
+// the rows PREFETCH bytes ahead. Q4_1 takes two rows per AVX-512 register
+// (row a in the low 256 bits, row b in the high ones, each lane as ggml's).
+#include <stddef.h>
+#include <stdint.h>
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && \
+    defined(__AVX512DQ__) && defined(__AVX512VNNI__) && defined(__F16C__) && defined(__FMA__)
+#include <immintrin.h>
+
+#ifndef PREFETCH
+#define PREFETCH 4096
+#endif
+
+typedef struct {
+    uint16_t d, m;   // f16 scale and minimum
+    uint8_t qs[16];  // 32 nibbles
+} block_q4_1;
+
+typedef struct {
+    uint16_t d, s;   // f16 scale and d * sum(qs)
+    int8_t qs[32];
+} block_q8_1;
+
+typedef struct {
+    uint16_t d;      // f16 scale
+    int8_t qs[32];
+} block_q8_0;
+
+static inline float f16(uint16_t h) { return _cvtsh_ss(h); }
+
+// ggml's hsum_float_8, operation for operation.
+static inline float hsum8(__m256 x) {
+    __m128 r = _mm256_extractf128_ps(x, 1);
+    r = _mm_add_ps(r, _mm256_castps256_ps128(x));
+    r = _mm_add_ps(r, _mm_movehl_ps(r, r));
+    r = _mm_add_ss(r, _mm_movehdup_ps(r));
+    return _mm_cvtss_f32(r);
+}
+
+// ggml's bytes_from_nibbles_32: low nibbles in bytes 0..15, high in 16..31.
+static inline __m256i nibbles(const uint8_t *p) {
+    const __m128i t = _mm_loadu_si128((const __m128i *)p);
+    const __m256i b = _mm256_set_m128i(_mm_srli_epi16(t, 4), t);
+    return _mm256_and_si256(_mm256_set1_epi8(0xF), b);
+}
+
+// One row, as ggml does it.
+static float dot1(const block_q4_1 *x, const block_q8_1 *y, int nb) {
+    __m256 acc = _mm256_setzero_ps();
+    float summs = 0;
+    for (int i = 0; i < nb; i++) {
+        const float d0 = f16(x[i].d), d1 = f16(y[i].d);
+        summs += f16(x[i].m) * f16(y[i].s);
+        const __m256 d0d1 = _mm256_mul_ps(_mm256_set1_ps(d0), _mm256_set1_ps(d1));
+        const __m256i qx = nibbles(x[i].qs);
+        const __m256i qy = _mm256_loadu_si256((const __m256i *)y[i].qs);
+        const __m256 xy = _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(_mm256_setzero_si256(), qx, qy));
+        acc = _mm256_fmadd_ps(d0d1, xy, acc);
+    }
+    return hsum8(acc) + summs;
+}
+
+// Rows a and b against the same activations.
+static void dot2(const block_q4_1 *a, const block_q4_1 *b, const block_q8_1 *y, int nb,
+                 float *sa, float *sb) {
+    __m512 acc = _mm512_setzero_ps();
+    float summa = 0, summb = 0;
+    for (int i = 0; i < nb; i++) {
+        const float d1 = f16(y[i].d), s1 = f16(y[i].s);
+        summa += f16(a[i].m) * s1;
+        summb += f16(b[i].m) * s1;
+        const __m512 d0 = _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_set1_ps(f16(a[i].d))),
+                                             _mm256_set1_ps(f16(b[i].d)), 1);
+        const __m512 d0d1 = _mm512_mul_ps(d0, _mm512_set1_ps(d1));
+        const __m512i qx = _mm512_inserti64x4(_mm512_castsi256_si512(nibbles(a[i].qs)),
+                                              nibbles(b[i].qs), 1);
+        const __m512i qy = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)y[i].qs));
+        const __m512 xy = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), qx, qy));
+        acc = _mm512_fmadd_ps(d0d1, xy, acc);
+    }
+    *sa = hsum8(_mm512_castps512_ps256(acc)) + summa;
+    *sb = hsum8(_mm512_extractf32x8_ps(acc, 1)) + summb;
+}
+
+// ggml's ggml_vec_dot_q8_0_q8_0 (AVX2 path with AVX-512 VNNI): |x| · sign(y, x).
+static float dot_q8_0(const block_q8_0 *x, const block_q8_0 *y, int nb) {
+    __m256 acc = _mm256_setzero_ps();
+    for (int i = 0; i < nb; i++) {
+        const __m256 d = _mm256_set1_ps(f16(x[i].d) * f16(y[i].d));
+        const __m256i qx = _mm256_loadu_si256((const __m256i *)x[i].qs);
+        const __m256i qy = _mm256_loadu_si256((const __m256i *)y[i].qs);
+        const __m256i ax = _mm256_sign_epi8(qx, qx);
+        const __m256i sy = _mm256_sign_epi8(qy, qx);
+        const __m256 q = _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(_mm256_setzero_si256(), ax, sy));
+        acc = _mm256_fmadd_ps(d, q, acc);
+    }
+    return hsum8(acc);
+}
+
+int llpipe_kernels_available(void) { return 1; }
+
+// As llpipe_q4_1_rows, for Q8_0 weights and Q8_0 activations.
+void llpipe_q8_0_rows(const void *w, size_t w_stride, int64_t r0, int64_t r1, int nb,
+                      const void *y, size_t y_stride, int n_cols, float *dst, size_t dst_stride) {
+    for (int c = 0; c < n_cols; c++) {
+        const block_q8_0 *yc = (const block_q8_0 *)((const char *)y + c * y_stride);
+        float *out = dst + c * dst_stride;
+        for (int64_t r = r0; r < r1; r++) {
+            const char *a = (const char *)w + r * w_stride;
+            for (size_t o = 0; o < w_stride; o += 64)
+                _mm_prefetch(a + PREFETCH + o, _MM_HINT_T0);
+            out[r] = dot_q8_0((const block_q8_0 *)a, yc, nb);
+        }
+    }
+}
+
+// dst[c * dst_stride + r] = row r of w · column c of y, for rows r0..r1 and
+// columns 0..n_cols; w rows are w_stride bytes apart, y columns y_stride.
+void llpipe_q4_1_rows(const void *w, size_t w_stride, int64_t r0, int64_t r1, int nb,
+                      const void *y, size_t y_stride, int n_cols, float *dst, size_t dst_stride) {
+    for (int c = 0; c < n_cols; c++) {
+        const block_q8_1 *yc = (const block_q8_1 *)((const char *)y + c * y_stride);
+        float *out = dst + c * dst_stride;
+        int64_t r = r0;
+        for (; r + 1 < r1; r += 2) {
+            const block_q4_1 *a = (const block_q4_1 *)((const char *)w + r * w_stride);
+            const block_q4_1 *b = (const block_q4_1 *)((const char *)w + (r + 1) * w_stride);
+            // the weights stream from memory once per token: ask for the
+            // rows PREFETCH bytes ahead (the hardware prefetcher alone
+            // leaves this loop waiting on memory)
+            for (size_t o = 0; o < 2 * w_stride; o += 64)
+                _mm_prefetch((const char *)a + PREFETCH + o, _MM_HINT_T0);
+            dot2(a, b, yc, nb, &out[r], &out[r + 1]);
+        }
+        if (r < r1) out[r] = dot1((const block_q4_1 *)((const char *)w + r * w_stride), yc, nb);
+    }
+}
+#else
+int llpipe_kernels_available(void) { return 0; }
+
+void llpipe_q8_0_rows(const void *w, size_t w_stride, int64_t r0, int64_t r1, int nb,
+                      const void *y, size_t y_stride, int n_cols, float *dst, size_t dst_stride) {
+    (void)w, (void)w_stride, (void)r0, (void)r1, (void)nb, (void)y, (void)y_stride;
+    (void)n_cols, (void)dst, (void)dst_stride;
+}
+
+void llpipe_q4_1_rows(const void *w, size_t w_stride, int64_t r0, int64_t r1, int nb,
+                      const void *y, size_t y_stride, int n_cols, float *dst, size_t dst_stride) {
+    (void)w, (void)w_stride, (void)r0, (void)r1, (void)nb, (void)y, (void)y_stride;
+    (void)n_cols, (void)dst, (void)dst_stride;
+}
+#endif

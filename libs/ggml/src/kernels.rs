@@ -1,0 +1,167 @@
+//! Our own CPU kernels, as ggml custom ops: the matrix products of
+//! generation (a few activation columns) for Q4_1 and Q8_0 weights, equal to
+//! ggml's bit for bit but with software prefetch (src/kernels.c).
+
+use std::cell::RefCell;
+use std::ffi::{c_int, c_void};
+
+use crate::{sys, Context, Tensor, Type};
+
+/// `dst[c * dst_stride + r]` = row `r` of `w` · column `c` of `y`, rows
+/// `r0..r1`, columns `0..n_cols` (blocks of 32; strides in bytes except
+/// `dst_stride`, in floats).
+type RowsFn = unsafe extern "C" fn(
+    w: *const c_void,
+    w_stride: usize,
+    r0: i64,
+    r1: i64,
+    nb: c_int,
+    y: *const c_void,
+    y_stride: usize,
+    n_cols: c_int,
+    dst: *mut f32,
+    dst_stride: usize,
+);
+
+extern "C" {
+    fn llpipe_kernels_available() -> c_int;
+    fn llpipe_q4_1_rows(
+        w: *const c_void,
+        w_stride: usize,
+        r0: i64,
+        r1: i64,
+        nb: c_int,
+        y: *const c_void,
+        y_stride: usize,
+        n_cols: c_int,
+        dst: *mut f32,
+        dst_stride: usize,
+    );
+    fn llpipe_q8_0_rows(
+        w: *const c_void,
+        w_stride: usize,
+        r0: i64,
+        r1: i64,
+        nb: c_int,
+        y: *const c_void,
+        y_stride: usize,
+        n_cols: c_int,
+        dst: *mut f32,
+        dst_stride: usize,
+    );
+}
+
+/// Most activation columns (tokens) the kernels take; larger batches (a
+/// prompt) use ggml's batched kernels.
+const MAX_COLS: i64 = 8;
+
+thread_local! {
+    /// Activations quantized for the dot products, per ggml worker thread.
+    static QUANTIZED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Whether the kernels were compiled in (x86-64 with AVX-512 VNNI).
+pub(crate) fn available() -> bool {
+    // SAFETY: no arguments; returns a constant.
+    unsafe { llpipe_kernels_available() != 0 }
+}
+
+/// Whether `a · bᵀ` goes to our kernels: a plain (not repacked, 2-D) Q4_1
+/// or Q8_0 matrix times at most [`MAX_COLS`] contiguous f32 columns.
+pub(crate) fn takes(a: Tensor, b: Tensor) -> bool {
+    let (an, bn) = (a.ne(), b.ne());
+    (a.ty() == Type::Q4_1 || a.ty() == Type::Q8_0)
+        && b.ty() == Type::F32
+        && an[2] == 1
+        && an[3] == 1
+        && bn[2] == 1
+        && bn[3] == 1
+        && (1..=MAX_COLS).contains(&bn[1])
+        && an[0] == bn[0]
+        && an[0] % 32 == 0
+        && b.is_contiguous()
+        // SAFETY: reading a live tensor's field.
+        && unsafe { (*a.raw()).extra.is_null() }
+        && available()
+}
+
+impl Context {
+    /// `a [k, m] · b [k, n] f32` → `[m, n]` by our kernels (see [`takes`]).
+    pub(crate) fn mul_mat_own(&self, a: Tensor, b: Tensor) -> Tensor {
+        let mut args = [a.raw(), b.raw()];
+        // SAFETY: live handles; ggml copies the argument list; the op
+        // function has ggml's custom-op signature and only reads `args` and
+        // writes `dst` within their shapes (checked by `takes`).
+        self.wrap(unsafe {
+            sys::ggml_custom_4d(
+                self.ptr(),
+                sys::GGML_TYPE_F32,
+                a.ne()[1],
+                b.ne()[1],
+                1,
+                1,
+                args.as_mut_ptr(),
+                2,
+                Some(mul_mat_op),
+                -1, // GGML_N_TASKS_MAX: every thread
+                std::ptr::null_mut(),
+            )
+        })
+    }
+}
+
+/// The custom op: each of `nth` threads quantizes the activations (with
+/// ggml's own quantizer for the weight type's dot product, as ggml's mul_mat
+/// does) and computes its share of the rows.
+unsafe extern "C" fn mul_mat_op(
+    dst: *mut sys::ggml_tensor,
+    ith: c_int,
+    nth: c_int,
+    _: *mut c_void,
+) {
+    // SAFETY: ggml calls this with `dst` built by `mul_mat_own`, whose
+    // sources are the Q4_1/Q8_0 matrix and the contiguous f32 activations
+    // `takes` checked, all allocated; rows r0..r1 of dst are this thread's.
+    unsafe {
+        let (w, x) = ((*dst).src[0], (*dst).src[1]);
+        let (k, m, n) = ((*w).ne[0], (*w).ne[1], (*x).ne[1]);
+        let (vec_type, rows): (sys::ggml_type, RowsFn) = if (*w).type_ == sys::GGML_TYPE_Q4_1 {
+            (sys::GGML_TYPE_Q8_1, llpipe_q4_1_rows)
+        } else {
+            (sys::GGML_TYPE_Q8_0, llpipe_q8_0_rows)
+        };
+        let row = sys::ggml_row_size(vec_type, k);
+        let Some(quantize) = (*sys::ggml_get_type_traits_cpu(vec_type)).from_float else {
+            return;
+        };
+        // rows in pairs, split evenly over the threads
+        let pairs = (m + 1) / 2;
+        let per = (pairs + nth as i64 - 1) / nth as i64;
+        let r0 = (ith as i64 * per * 2).min(m);
+        let r1 = ((ith as i64 + 1) * per * 2).min(m);
+        if r0 >= r1 {
+            return;
+        }
+        QUANTIZED.with(|q| {
+            let mut q = q.borrow_mut();
+            q.resize(row * n as usize, 0);
+            let xd = (*x).data as *const u8;
+            for c in 0..n as usize {
+                let src = xd.add(c * (*x).nb[1]) as *const f32;
+                quantize(src, q.as_mut_ptr().add(c * row) as *mut c_void, k);
+            }
+            rows(
+                (*w).data,
+                (*w).nb[1],
+                r0,
+                r1,
+                (k / 32) as c_int,
+                q.as_ptr() as *const c_void,
+                row,
+                n as c_int,
+                (*dst).data as *mut f32,
+                (*dst).nb[1] / 4,
+            );
+        });
+    }
+}
