@@ -13,8 +13,8 @@ fn main() {
     for f in features.split(',') {
         // rustc's names of the features the kernel uses, as GCC flags
         let flag = match f {
-            "avx2" | "fma" | "f16c" | "avx512f" | "avx512bw" | "avx512vl" | "avx512dq"
-            | "avx512vnni" => format!("-m{f}"),
+            "avx2" | "fma" | "f16c" | "avxvnni" | "avx512f" | "avx512bw" | "avx512vl"
+            | "avx512dq" | "avx512vnni" => format!("-m{f}"),
             _ => continue,
         };
         b.flag(&flag);

@@ -70,12 +70,13 @@ pub struct GenerateOptions {
     pub num_predict: Option<usize>,
     /// Tokens at the start kept when the context fills and is shifted.
     pub num_keep: usize,
-    /// Most tokens drafted per step when sampling is greedy (0: none).
+    /// Most tokens drafted per step when sampling is greedy (0: none; more
+    /// than 2 are cut to 2, see `exact_batch_len`).
     pub draft_max: usize,
 }
 
 /// The default of [`GenerateOptions::draft_max`] for `infer`.
-pub const DRAFT_MAX: usize = 4;
+pub const DRAFT_MAX: usize = 2;
 
 /// Shortest and longest n-gram looked up for a draft.
 const NGRAM: std::ops::RangeInclusive<usize> = 3..=4;
@@ -242,15 +243,13 @@ pub fn generate(
 
 /// The most of `k` drafted tokens that can be verified with results equal
 /// to one-token steps: ggml's CPU kernels for a batch of `1 + k` rows must be
-/// the one-row kernels. llama.cpp's tinyBLAS takes Q8_0 products of 4 or
-/// more than 7 rows, and ggml's tiled K-quant kernels products of 8 or more
-/// rows, each adding in another order than the one-row dot products; so
-/// batches of 4 and of 8 or more are avoided (2, 3, 5, 6, 7 rows: k ≤ 6, k ≠ 3).
+/// the one-row kernels. With the session's reference kernels (see
+/// `Session::decode_all`) and our own Q4_1/Q8_0 kernels that holds for any
+/// small batch, except for weights the CPU backend repacked (Q4_0, Q4_K…):
+/// those take a 4-row kernel from 4 rows on, which adds in another order.
+/// So at most 2 drafts (batches of 3 rows).
 fn exact_batch_len(k: usize) -> usize {
-    match k.min(6) {
-        3 => 2,
-        k => k,
-    }
+    k.min(2)
 }
 
 /// Prompt lookup: the tokens that followed the last earlier occurrence of

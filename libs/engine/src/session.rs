@@ -80,6 +80,11 @@ pub struct SessionOptions {
     pub kv_type: KvType,
     /// Use fused flash attention (required by quantized caches).
     pub flash_attn: bool,
+    /// One-row kernels for every pass, prompts too: results then do not
+    /// depend on how a sequence was split into batches (a chat's turns
+    /// against a one-shot run of the conversation), at the cost of slower
+    /// prompts. On the CPU only.
+    pub batch_invariant: bool,
 }
 
 impl Default for SessionOptions {
@@ -90,6 +95,7 @@ impl Default for SessionOptions {
             n_threads: crate::default_threads(),
             kv_type: KvType::F16,
             flash_attn: false,
+            batch_invariant: false,
         }
     }
 }
@@ -110,6 +116,8 @@ pub struct Session<'m> {
     /// one-token step bit for bit: on the CPU with an f16 cache (a quantized
     /// cache's Hadamard rotation and a GPU's kernels differ by batch size).
     exact_steps: bool,
+    /// [`SessionOptions::batch_invariant`].
+    batch_invariant: bool,
     /// The last graph built and allocated, for a batch of this shape.
     last: Option<Built>,
     graphs_built: usize,
@@ -153,6 +161,7 @@ impl<'m> Session<'m> {
         let exact_steps = opts.kv_type == KvType::F16 && model.device().is_none();
         let mut s = Session {
             exact_steps,
+            batch_invariant: opts.batch_invariant,
             model,
             kv,
             alloc,
@@ -310,7 +319,7 @@ impl<'m> Session<'m> {
         // only turns off the split-KV flash attention (contexts ≥ 512) and
         // the fused rms_norm·mul (same arithmetic). Prompt batches keep the
         // fast kernels.
-        let reference = self.exact_steps && (all || n == 1);
+        let reference = self.batch_invariant || (self.exact_steps && (all || n == 1));
         be.set_reference_kernels(reference);
         let r = self.backend.compute(&g);
         if reference {

@@ -8,14 +8,22 @@
 // exactly as ggml's x86 code does (same products, the same fused
 // multiply-adds in the same order, the same horizontal sum), so results are
 // ggml's bit for bit (tested against ggml_mul_mat in tests.rs), and ask for
-// the rows PREFETCH bytes ahead. Q4_1 takes two rows per AVX-512 register
-// (row a in the low 256 bits, row b in the high ones, each lane as ggml's).
+// the rows PREFETCH bytes ahead. Needs AVX2, FMA and F16C; with AVX-512
+// VNNI, Q4_1 takes two rows per register (row a in the low 256 bits, row b in
+// the high ones, each lane as ggml's).
 #include <stddef.h>
 #include <stdint.h>
 
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && \
-    defined(__AVX512DQ__) && defined(__AVX512VNNI__) && defined(__F16C__) && defined(__FMA__)
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #include <immintrin.h>
+
+// Two Q4_1 rows per 512-bit register where AVX-512 VNNI is there.
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && \
+    defined(__AVX512DQ__) && defined(__AVX512VNNI__)
+#define PAIRS 1
+#else
+#define PAIRS 0
+#endif
 
 #ifndef PREFETCH
 #define PREFETCH 4096
@@ -54,6 +62,21 @@ static inline __m256i nibbles(const uint8_t *p) {
     return _mm256_and_si256(_mm256_set1_epi8(0xF), b);
 }
 
+// Sums of 4 adjacent products of unsigned bytes `ax` and signed bytes `sy`,
+// as floats (ggml's mul_sum_us8_pairs_float). The instructions differ by CPU
+// but the integers are the same (no 16-bit pair sum of these blocks can
+// saturate: |products| ≤ 128 · 127), so are the floats.
+static inline __m256 mul_sum_us8(__m256i ax, __m256i sy) {
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+    return _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(_mm256_setzero_si256(), ax, sy));
+#elif defined(__AVXVNNI__)
+    return _mm256_cvtepi32_ps(_mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), ax, sy));
+#else
+    const __m256i pairs = _mm256_maddubs_epi16(ax, sy);
+    return _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
+#endif
+}
+
 // One row, as ggml does it.
 static float dot1(const block_q4_1 *x, const block_q8_1 *y, int nb) {
     __m256 acc = _mm256_setzero_ps();
@@ -64,12 +87,13 @@ static float dot1(const block_q4_1 *x, const block_q8_1 *y, int nb) {
         const __m256 d0d1 = _mm256_mul_ps(_mm256_set1_ps(d0), _mm256_set1_ps(d1));
         const __m256i qx = nibbles(x[i].qs);
         const __m256i qy = _mm256_loadu_si256((const __m256i *)y[i].qs);
-        const __m256 xy = _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(_mm256_setzero_si256(), qx, qy));
+        const __m256 xy = mul_sum_us8(qx, qy);
         acc = _mm256_fmadd_ps(d0d1, xy, acc);
     }
     return hsum8(acc) + summs;
 }
 
+#if PAIRS
 // Rows a and b against the same activations.
 static void dot2(const block_q4_1 *a, const block_q4_1 *b, const block_q8_1 *y, int nb,
                  float *sa, float *sb) {
@@ -91,8 +115,9 @@ static void dot2(const block_q4_1 *a, const block_q4_1 *b, const block_q8_1 *y, 
     *sa = hsum8(_mm512_castps512_ps256(acc)) + summa;
     *sb = hsum8(_mm512_extractf32x8_ps(acc, 1)) + summb;
 }
+#endif
 
-// ggml's ggml_vec_dot_q8_0_q8_0 (AVX2 path with AVX-512 VNNI): |x| · sign(y, x).
+// ggml's ggml_vec_dot_q8_0_q8_0 (its AVX2 path): |x| · sign(y, x).
 static float dot_q8_0(const block_q8_0 *x, const block_q8_0 *y, int nb) {
     __m256 acc = _mm256_setzero_ps();
     for (int i = 0; i < nb; i++) {
@@ -101,7 +126,7 @@ static float dot_q8_0(const block_q8_0 *x, const block_q8_0 *y, int nb) {
         const __m256i qy = _mm256_loadu_si256((const __m256i *)y[i].qs);
         const __m256i ax = _mm256_sign_epi8(qx, qx);
         const __m256i sy = _mm256_sign_epi8(qy, qx);
-        const __m256 q = _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(_mm256_setzero_si256(), ax, sy));
+        const __m256 q = mul_sum_us8(ax, sy);
         acc = _mm256_fmadd_ps(d, q, acc);
     }
     return hsum8(acc);
@@ -132,6 +157,7 @@ void llpipe_q4_1_rows(const void *w, size_t w_stride, int64_t r0, int64_t r1, in
         const block_q8_1 *yc = (const block_q8_1 *)((const char *)y + c * y_stride);
         float *out = dst + c * dst_stride;
         int64_t r = r0;
+#if PAIRS
         for (; r + 1 < r1; r += 2) {
             const block_q4_1 *a = (const block_q4_1 *)((const char *)w + r * w_stride);
             const block_q4_1 *b = (const block_q4_1 *)((const char *)w + (r + 1) * w_stride);
@@ -142,7 +168,13 @@ void llpipe_q4_1_rows(const void *w, size_t w_stride, int64_t r0, int64_t r1, in
                 _mm_prefetch((const char *)a + PREFETCH + o, _MM_HINT_T0);
             dot2(a, b, yc, nb, &out[r], &out[r + 1]);
         }
-        if (r < r1) out[r] = dot1((const block_q4_1 *)((const char *)w + r * w_stride), yc, nb);
+#endif
+        for (; r < r1; r++) {
+            const char *a = (const char *)w + r * w_stride;
+            for (size_t o = 0; o < w_stride; o += 64)
+                _mm_prefetch(a + PREFETCH + o, _MM_HINT_T0);
+            out[r] = dot1((const block_q4_1 *)a, yc, nb);
+        }
     }
 }
 #else

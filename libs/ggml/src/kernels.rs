@@ -60,7 +60,7 @@ thread_local! {
     static QUANTIZED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Whether the kernels were compiled in (x86-64 with AVX-512 VNNI).
+/// Whether the kernels were compiled in (x86-64 with AVX2, FMA and F16C).
 pub(crate) fn available() -> bool {
     // SAFETY: no arguments; returns a constant.
     unsafe { llpipe_kernels_available() != 0 }

@@ -364,7 +364,7 @@ fn mul_mat_with(own: bool, ty: Type, k: usize, m: usize, n: usize) -> (Vec<f32>,
 #[test]
 fn own_kernels_equal_ggml_bit_for_bit() {
     if !kernels::available() {
-        println!("own kernels: SKIPPED: not compiled for this CPU (needs AVX-512 VNNI)");
+        println!("own kernels: SKIPPED: not compiled for this CPU (needs AVX2, FMA, F16C)");
         return;
     }
     // odd row counts (a last unpaired row), 1 to 8 columns, two threads

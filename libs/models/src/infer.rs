@@ -79,6 +79,9 @@ pub struct InferOptions {
     /// default, as llama.cpp's CPU default: faster here, and the same greedy
     /// text as llama.cpp's tools on our test prompts (README, Performance).
     pub flash_attn: bool,
+    /// Results independent of how the prompt is split into batches (one-row
+    /// kernels for every pass: slower prompts); native engine on the CPU.
+    pub batch_invariant: bool,
     /// Read the model into memory instead of mapping it.
     pub no_mmap: bool,
     /// Layers to offload to a GPU (GPU builds only). The native engine
@@ -108,6 +111,7 @@ impl Default for InferOptions {
             n_threads: engine::default_threads(),
             kv_type: KvType::F16,
             flash_attn: true,
+            batch_invariant: false,
             no_mmap: false,
             gpu_layers: 0,
             engine: EngineChoice::Auto,
@@ -424,6 +428,7 @@ pub(crate) fn session_options(opts: &InferOptions) -> SessionOptions {
         n_threads: opts.n_threads,
         kv_type: opts.kv_type,
         flash_attn: opts.flash_attn,
+        batch_invariant: opts.batch_invariant,
     }
 }
 

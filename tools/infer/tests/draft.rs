@@ -57,7 +57,7 @@ fn same_tokens_with_and_without_drafts(model: &str) {
     let mut kept = 0;
     for p in PROMPTS {
         let (plain, d0) = run(model, p, 0);
-        let (drafted, d4) = run(model, p, 4);
+        let (drafted, d4) = run(model, p, 2);
         assert_eq!(plain.len(), 64, "{model} {p:?}");
         assert_eq!(d0["draft_count"], 0, "--draft-max 0 drafts nothing");
         assert_eq!(plain, drafted, "{model} {p:?}: drafts changed the output");
