@@ -20,7 +20,9 @@
 # generation uses (weight bytes per token × tokens/s ÷ a plain read loop's
 # GB/s on the same threads). Goals (issue 11): generation ≥ 1.10×, pp512 ≥
 # 1.0×, load ≤ 0.5×, RSS ≤ 1.0×.
-#   INFER_ARGS="--flash-attn"   extra infer flags (e.g. to compare settings)
+#   INFER_ARGS="--draft-max 0"  extra infer flags (e.g. to compare settings)
+#   INFER_BIN=target/portable/release/infer   another infer build (the
+#                               portable one: scripts/build-portable.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-10}
@@ -34,8 +36,12 @@ case $WHICH in
   *) echo "bench-e2e: error: model must be all, smollm2 or gemma3, not $WHICH" >&2; exit 2 ;;
 esac
 PEERS=$(bash scripts/build-peers.sh)
-cargo build -q --release -p infer
-INFER=target/release/infer
+if [ -n "${INFER_BIN:-}" ]; then
+  INFER=$INFER_BIN
+else
+  cargo build -q --release -p infer
+  INFER=target/release/infer
+fi
 [ -x /usr/bin/time ] || { echo "bench-e2e: error: /usr/bin/time missing (apt-get install time)" >&2; exit 2; }
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

@@ -137,43 +137,46 @@ int llpipe_kernels_available(void) { return 1; }
 // As llpipe_q4_1_rows, for Q8_0 weights and Q8_0 activations.
 void llpipe_q8_0_rows(const void *w, size_t w_stride, int64_t r0, int64_t r1, int nb,
                       const void *y, size_t y_stride, int n_cols, float *dst, size_t dst_stride) {
-    for (int c = 0; c < n_cols; c++) {
-        const block_q8_0 *yc = (const block_q8_0 *)((const char *)y + c * y_stride);
-        float *out = dst + c * dst_stride;
-        for (int64_t r = r0; r < r1; r++) {
-            const char *a = (const char *)w + r * w_stride;
-            for (size_t o = 0; o < w_stride; o += 64)
-                _mm_prefetch(a + PREFETCH + o, _MM_HINT_T0);
-            out[r] = dot_q8_0((const block_q8_0 *)a, yc, nb);
+    for (int64_t r = r0; r < r1; r++) {
+        const char *a = (const char *)w + r * w_stride;
+        for (size_t o = 0; o < w_stride; o += 64)
+            _mm_prefetch(a + PREFETCH + o, _MM_HINT_T0);
+        // every column while the row is in the cache: weights are read once
+        for (int c = 0; c < n_cols; c++) {
+            const block_q8_0 *yc = (const block_q8_0 *)((const char *)y + c * y_stride);
+            dst[c * dst_stride + r] = dot_q8_0((const block_q8_0 *)a, yc, nb);
         }
     }
 }
 
 // dst[c * dst_stride + r] = row r of w · column c of y, for rows r0..r1 and
 // columns 0..n_cols; w rows are w_stride bytes apart, y columns y_stride.
+// Rows are the outer loop, so each is read from memory once for all columns.
 void llpipe_q4_1_rows(const void *w, size_t w_stride, int64_t r0, int64_t r1, int nb,
                       const void *y, size_t y_stride, int n_cols, float *dst, size_t dst_stride) {
-    for (int c = 0; c < n_cols; c++) {
-        const block_q8_1 *yc = (const block_q8_1 *)((const char *)y + c * y_stride);
-        float *out = dst + c * dst_stride;
-        int64_t r = r0;
+    int64_t r = r0;
 #if PAIRS
-        for (; r + 1 < r1; r += 2) {
-            const block_q4_1 *a = (const block_q4_1 *)((const char *)w + r * w_stride);
-            const block_q4_1 *b = (const block_q4_1 *)((const char *)w + (r + 1) * w_stride);
-            // the weights stream from memory once per token: ask for the
-            // rows PREFETCH bytes ahead (the hardware prefetcher alone
-            // leaves this loop waiting on memory)
-            for (size_t o = 0; o < 2 * w_stride; o += 64)
-                _mm_prefetch((const char *)a + PREFETCH + o, _MM_HINT_T0);
-            dot2(a, b, yc, nb, &out[r], &out[r + 1]);
+    for (; r + 1 < r1; r += 2) {
+        const block_q4_1 *a = (const block_q4_1 *)((const char *)w + r * w_stride);
+        const block_q4_1 *b = (const block_q4_1 *)((const char *)w + (r + 1) * w_stride);
+        // the weights stream from memory once per token: ask for the rows
+        // PREFETCH bytes ahead (the hardware prefetcher alone leaves this
+        // loop waiting on memory)
+        for (size_t o = 0; o < 2 * w_stride; o += 64)
+            _mm_prefetch((const char *)a + PREFETCH + o, _MM_HINT_T0);
+        for (int c = 0; c < n_cols; c++) {
+            const block_q8_1 *yc = (const block_q8_1 *)((const char *)y + c * y_stride);
+            dot2(a, b, yc, nb, &dst[c * dst_stride + r], &dst[c * dst_stride + r + 1]);
         }
+    }
 #endif
-        for (; r < r1; r++) {
-            const char *a = (const char *)w + r * w_stride;
-            for (size_t o = 0; o < w_stride; o += 64)
-                _mm_prefetch(a + PREFETCH + o, _MM_HINT_T0);
-            out[r] = dot1((const block_q4_1 *)a, yc, nb);
+    for (; r < r1; r++) {
+        const char *a = (const char *)w + r * w_stride;
+        for (size_t o = 0; o < w_stride; o += 64)
+            _mm_prefetch(a + PREFETCH + o, _MM_HINT_T0);
+        for (int c = 0; c < n_cols; c++) {
+            const block_q8_1 *yc = (const block_q8_1 *)((const char *)y + c * y_stride);
+            dst[c * dst_stride + r] = dot1((const block_q4_1 *)a, yc, nb);
         }
     }
 }
