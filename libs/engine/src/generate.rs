@@ -70,6 +70,9 @@ pub struct GenerateOptions {
     pub num_predict: Option<usize>,
     /// Tokens at the start kept when the context fills and is shifted.
     pub num_keep: usize,
+    /// Tokens never sampled (their logits set to −∞), e.g. the end tokens
+    /// for llama.cpp's `--ignore-eos`.
+    pub suppress: Vec<i32>,
     /// Most tokens drafted per step when sampling is greedy (0: none; more
     /// than 2 are cut to 2, see `exact_batch_len`).
     pub draft_max: usize,
@@ -161,6 +164,11 @@ pub fn generate(
         if opts.num_predict.is_some_and(|n| stats.eval_count >= n) {
             stats.done_reason = DoneReason::Length;
             break Ok(());
+        }
+        for &t in &opts.suppress {
+            if let Some(l) = usize::try_from(t).ok().and_then(|t| logits.get_mut(t)) {
+                *l = f32::NEG_INFINITY;
+            }
         }
         let tok = sampler.sample(&logits, &recent);
         let accepted = drafted.front() == Some(&tok);

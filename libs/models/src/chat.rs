@@ -380,6 +380,7 @@ impl State<'_> {
             num_predict: self.opts.num_predict,
             num_keep: self.opts.num_keep,
             draft_max: self.opts.draft_max,
+            suppress: vec![],
         };
         let tok = self.tok;
         let is_eog = |t: i32| u32::try_from(t).is_ok_and(|t| tok.is_eog(t));

@@ -64,8 +64,8 @@ pub struct InferOptions {
     /// Most tokens drafted (prompt lookup) and verified per step when
     /// sampling is greedy; 0: one token per step (see `engine::generate`).
     pub draft_max: usize,
-    /// Keep generating past end-of-generation tokens (llama.cpp's
-    /// `--ignore-eos`; for benchmarks that need a fixed token count).
+    /// Never sample end-of-generation tokens (llama.cpp's `--ignore-eos`;
+    /// for benchmarks that need a fixed token count).
     pub ignore_eos: bool,
     /// Context length (capped at the model's).
     pub n_ctx: usize,
@@ -288,6 +288,12 @@ pub fn infer(
         num_predict: opts.num_predict,
         num_keep: opts.num_keep,
         draft_max: opts.draft_max,
+        // as llama.cpp's --ignore-eos: end tokens are never sampled
+        suppress: if opts.ignore_eos {
+            tok.eog_tokens().iter().map(|&t| t as i32).collect()
+        } else {
+            vec![]
+        },
     };
     let plan = plan(opts, &arch, n_layer)?;
     for notice in &plan.notices {
@@ -301,7 +307,7 @@ pub fn infer(
         on_event,
         io: None,
     };
-    let is_eog = |t: i32| !opts.ignore_eos && u32::try_from(t).is_ok_and(|t| tok.is_eog(t));
+    let is_eog = |t: i32| u32::try_from(t).is_ok_and(|t| tok.is_eog(t));
     let mut summary = Summary::default();
     let mut run = |dec: &mut dyn Decode, summary: &mut Summary| {
         summary.load_duration = t0.elapsed();

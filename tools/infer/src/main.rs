@@ -80,8 +80,8 @@ struct Args {
     /// next, one pass checks them all, the output is unchanged; 0: off.
     #[arg(long, default_value_t = engine::generate::DRAFT_MAX)]
     draft_max: usize,
-    /// Keep generating past end-of-generation tokens (as llama.cpp's
-    /// --ignore-eos; for benchmarks with a fixed token count).
+    /// Never sample end-of-generation tokens, as llama.cpp's --ignore-eos
+    /// (for benchmarks with a fixed token count).
     #[arg(long)]
     ignore_eos: bool,
     /// Context length, capped at the model's [default: 4096].
