@@ -8,22 +8,15 @@
 // exactly as ggml's x86 code does (same products, the same fused
 // multiply-adds in the same order, the same horizontal sum), so results are
 // ggml's bit for bit (tested against ggml_mul_mat in tests.rs), and ask for
-// the rows PREFETCH bytes ahead. Needs AVX2, FMA and F16C; with AVX-512
-// VNNI, Q4_1 takes two rows per register (row a in the low 256 bits, row b in
-// the high ones, each lane as ggml's).
+// the rows PREFETCH bytes ahead (the hardware prefetcher alone leaves the
+// loop waiting on memory). Needs AVX2, FMA and F16C. (Two rows per AVX-512
+// register, each lane as ggml's, was slower here: the loop is bound by
+// memory latency, not arithmetic.)
 #include <stddef.h>
 #include <stdint.h>
 
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #include <immintrin.h>
-
-// Two Q4_1 rows per 512-bit register where AVX-512 VNNI is there.
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && \
-    defined(__AVX512DQ__) && defined(__AVX512VNNI__)
-#define PAIRS 1
-#else
-#define PAIRS 0
-#endif
 
 #ifndef PREFETCH
 #define PREFETCH 4096
@@ -93,29 +86,6 @@ static float dot1(const block_q4_1 *x, const block_q8_1 *y, int nb) {
     return hsum8(acc) + summs;
 }
 
-#if PAIRS
-// Rows a and b against the same activations.
-static void dot2(const block_q4_1 *a, const block_q4_1 *b, const block_q8_1 *y, int nb,
-                 float *sa, float *sb) {
-    __m512 acc = _mm512_setzero_ps();
-    float summa = 0, summb = 0;
-    for (int i = 0; i < nb; i++) {
-        const float d1 = f16(y[i].d), s1 = f16(y[i].s);
-        summa += f16(a[i].m) * s1;
-        summb += f16(b[i].m) * s1;
-        const __m512 d0 = _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_set1_ps(f16(a[i].d))),
-                                             _mm256_set1_ps(f16(b[i].d)), 1);
-        const __m512 d0d1 = _mm512_mul_ps(d0, _mm512_set1_ps(d1));
-        const __m512i qx = _mm512_inserti64x4(_mm512_castsi256_si512(nibbles(a[i].qs)),
-                                              nibbles(b[i].qs), 1);
-        const __m512i qy = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)y[i].qs));
-        const __m512 xy = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), qx, qy));
-        acc = _mm512_fmadd_ps(d0d1, xy, acc);
-    }
-    *sa = hsum8(_mm512_castps512_ps256(acc)) + summa;
-    *sb = hsum8(_mm512_extractf32x8_ps(acc, 1)) + summb;
-}
-#endif
 
 // ggml's ggml_vec_dot_q8_0_q8_0 (its AVX2 path): |x| · sign(y, x).
 static float dot_q8_0(const block_q8_0 *x, const block_q8_0 *y, int nb) {
@@ -154,23 +124,7 @@ void llpipe_q8_0_rows(const void *w, size_t w_stride, int64_t r0, int64_t r1, in
 // Rows are the outer loop, so each is read from memory once for all columns.
 void llpipe_q4_1_rows(const void *w, size_t w_stride, int64_t r0, int64_t r1, int nb,
                       const void *y, size_t y_stride, int n_cols, float *dst, size_t dst_stride) {
-    int64_t r = r0;
-#if PAIRS
-    for (; r + 1 < r1; r += 2) {
-        const block_q4_1 *a = (const block_q4_1 *)((const char *)w + r * w_stride);
-        const block_q4_1 *b = (const block_q4_1 *)((const char *)w + (r + 1) * w_stride);
-        // the weights stream from memory once per token: ask for the rows
-        // PREFETCH bytes ahead (the hardware prefetcher alone leaves this
-        // loop waiting on memory)
-        for (size_t o = 0; o < 2 * w_stride; o += 64)
-            _mm_prefetch((const char *)a + PREFETCH + o, _MM_HINT_T0);
-        for (int c = 0; c < n_cols; c++) {
-            const block_q8_1 *yc = (const block_q8_1 *)((const char *)y + c * y_stride);
-            dot2(a, b, yc, nb, &dst[c * dst_stride + r], &dst[c * dst_stride + r + 1]);
-        }
-    }
-#endif
-    for (; r < r1; r++) {
+    for (int64_t r = r0; r < r1; r++) {
         const char *a = (const char *)w + r * w_stride;
         for (size_t o = 0; o < w_stride; o += 64)
             _mm_prefetch(a + PREFETCH + o, _MM_HINT_T0);

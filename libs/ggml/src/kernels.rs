@@ -134,7 +134,7 @@ unsafe extern "C" fn mul_mat_op(
         let Some(quantize) = (*sys::ggml_get_type_traits_cpu(vec_type)).from_float else {
             return;
         };
-        // rows in pairs, split evenly over the threads
+        // rows split evenly over the threads (in pairs)
         let pairs = (m + 1) / 2;
         let per = (pairs + nth as i64 - 1) / nth as i64;
         let r0 = (ith as i64 * per * 2).min(m);

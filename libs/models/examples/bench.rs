@@ -97,6 +97,7 @@ fn main() {
             n_threads: threads,
             kv_type: kv,
             flash_attn: kv != KvType::F16,
+            ..Default::default()
         };
         let mut s = Session::new(loaded.model.as_ref(), &so).expect("session");
         let p: Vec<i32> = tok

@@ -100,6 +100,7 @@ fn check_on(
         n_threads: THREADS,
         kv_type: kv,
         flash_attn: flash,
+        ..Default::default()
     };
     let mut sess = Session::new(loaded.model.as_ref(), &so).unwrap();
     let where_ = gpu.map_or("CPU".into(), |d| d.description());
