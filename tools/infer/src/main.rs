@@ -183,7 +183,7 @@ fn main() -> std::process::ExitCode {
         if chatting {
             return run_chat(o, params, &a);
         }
-        let mut out = std::io::stdout().lock();
+        let mut out = PipeWatch::new(std::io::stdout().lock());
         let json = a.json;
         let summary = infer(&o, &mut |ev| match ev {
             Event::Notice(n) => writeln!(std::io::stderr(), "{n}"),
@@ -201,8 +201,11 @@ fn main() -> std::process::ExitCode {
                 out.write_all(text.as_bytes()).and_then(|_| out.flush())
             }
         })
-        .map_err(anyhow::Error::msg)
-        .with_context(|| format!("running {}", o.model.display()))?;
+        .map_err(anyhow::Error::msg);
+        if out.closed {
+            return Ok(cli::Outcome::Ok); // stdout closed (`| head`): quietly done
+        }
+        let summary = summary.with_context(|| format!("running {}", o.model.display()))?;
         if json {
             writeln!(
                 out,
@@ -227,7 +230,7 @@ fn run_chat(o: InferOptions, params: Option<String>, a: &Args) -> anyhow::Result
         params_layer: params,
         verbose: a.verbose,
     };
-    let mut out = std::io::stdout().lock();
+    let mut out = PipeWatch::new(std::io::stdout().lock());
     let r = if a.model.is_some() && !std::io::stdin().is_terminal() {
         let mut lines = std::io::stdin().lock().lines().map_while(Result::ok);
         chat(&co, &mut lines, &mut out, &term::INTERRUPT)
@@ -236,9 +239,46 @@ fn run_chat(o: InferOptions, params: Option<String>, a: &Args) -> anyhow::Result
         term::catch_ctrl_c()?;
         chat(&co, &mut t, &mut out, &term::INTERRUPT)
     };
+    if out.closed {
+        return Ok(cli::Outcome::Ok); // stdout closed: quietly done
+    }
     r.map_err(anyhow::Error::msg)
         .with_context(|| format!("chatting with {}", co.infer.model.display()))?;
     Ok(cli::Outcome::Ok)
+}
+
+/// A writer that remembers whether its reader went away (EPIPE): the engine
+/// reports write errors as text, and a closed stdout (`infer … | head`) must
+/// end quietly with 0, not as an error.
+struct PipeWatch<W> {
+    inner: W,
+    closed: bool,
+}
+
+impl<W: Write> PipeWatch<W> {
+    fn new(inner: W) -> Self {
+        PipeWatch {
+            inner,
+            closed: false,
+        }
+    }
+    fn note<T>(&mut self, r: std::io::Result<T>) -> std::io::Result<T> {
+        if matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe) {
+            self.closed = true;
+        }
+        r
+    }
+}
+
+impl<W: Write> Write for PipeWatch<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let r = self.inner.write(buf);
+        self.note(r)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        let r = self.inner.flush();
+        self.note(r)
+    }
 }
 
 /// Overrides `dst` when the flag was given.

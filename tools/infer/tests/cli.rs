@@ -336,3 +336,33 @@ fn gpu_layers_that_offload_nothing_say_so() {
     let o = infer(&args[..7]);
     assert!(!String::from_utf8_lossy(&o.stderr).contains("--gpu-layers"));
 }
+
+#[test]
+fn closed_stdout_ends_quietly_with_0() {
+    use std::io::Read;
+    use std::process::Stdio;
+    let m = smollm2();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_infer"))
+        .args([
+            "--model",
+            m.to_str().unwrap(),
+            "--raw",
+            "-p",
+            "Once upon a time",
+        ])
+        .args(["-n", "200", "--ignore-eos", "--threads", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run infer");
+    // read a little, then close the pipe like `| head -c 8`
+    let mut first = [0u8; 8];
+    child.stdout.take().unwrap().read_exact(&mut first).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
