@@ -51,9 +51,11 @@ extern "C" {
     );
 }
 
-/// Most activation columns (tokens) the kernels take; larger batches (a
-/// prompt) use ggml's batched kernels.
-const MAX_COLS: i64 = 8;
+/// Most activation columns (tokens) the Q8_0 kernel takes: for more rows
+/// ggml uses tinyBLAS, which adds in another order (a prompt batch then
+/// stays ggml's). Q4_1 has no such kernel in ggml (vec_dot for any batch),
+/// so ours takes every batch.
+const MAX_COLS_Q8_0: i64 = 8;
 
 thread_local! {
     /// Activations quantized for the dot products, per ggml worker thread.
@@ -67,16 +69,22 @@ pub(crate) fn available() -> bool {
 }
 
 /// Whether `a · bᵀ` goes to our kernels: a plain (not repacked, 2-D) Q4_1
-/// or Q8_0 matrix times at most [`MAX_COLS`] contiguous f32 columns.
+/// matrix, or Q8_0 one times at most [`MAX_COLS_Q8_0`] columns, times
+/// contiguous f32 columns.
 pub(crate) fn takes(a: Tensor, b: Tensor) -> bool {
     let (an, bn) = (a.ne(), b.ne());
+    let max_cols = if a.ty() == Type::Q4_1 {
+        i64::MAX
+    } else {
+        MAX_COLS_Q8_0
+    };
     (a.ty() == Type::Q4_1 || a.ty() == Type::Q8_0)
         && b.ty() == Type::F32
         && an[2] == 1
         && an[3] == 1
         && bn[2] == 1
         && bn[3] == 1
-        && (1..=MAX_COLS).contains(&bn[1])
+        && (1..=max_cols).contains(&bn[1])
         && an[0] == bn[0]
         && an[0] % 32 == 0
         && b.is_contiguous()
