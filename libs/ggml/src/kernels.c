@@ -125,7 +125,7 @@ static float dot_q8_0(const block_q8_0 *x, const block_q8_0 *y, int nb) {
 int llpipe_kernels_available(void) { return 1; }
 
 // As llpipe_q4_1_rows, for Q8_0 weights and Q8_0 activations.
-void llpipe_q8_0_rows(const void *w, size_t w_stride, int64_t r0, int64_t r1, int nb,
+static void llpipe_q8_0_rows(const void *w, size_t w_stride, int64_t r0, int64_t r1, int nb,
                       const void *y, size_t y_stride, int n_cols, float *dst, size_t dst_stride) {
     for (int64_t r = r0; r < r1; r++) {
         const char *a = (const char *)w + r * w_stride;
@@ -144,7 +144,7 @@ void llpipe_q8_0_rows(const void *w, size_t w_stride, int64_t r0, int64_t r1, in
 // Columns go in blocks of 16 (their activations stay in L1 while the rows
 // pass), four at a time; for a few columns (generation) that is one pass
 // over the rows, each read from memory once.
-void llpipe_q4_1_rows(const void *w, size_t w_stride, int64_t r0, int64_t r1, int nb,
+static void llpipe_q4_1_rows(const void *w, size_t w_stride, int64_t r0, int64_t r1, int nb,
                       const void *y, size_t y_stride, int n_cols, float *dst, size_t dst_stride) {
     for (int c0 = 0; c0 < n_cols; c0 += 16) {
         const int c1 = c0 + 16 < n_cols ? c0 + 16 : n_cols;
@@ -168,18 +168,24 @@ void llpipe_q4_1_rows(const void *w, size_t w_stride, int64_t r0, int64_t r1, in
         }
     }
 }
+#endif
+
+// The rows of a Q8_0 (q8_0 != 0) or Q4_1 matrix, as above.
+void llpipe_rows(int q8_0, const void *w, size_t w_stride, int64_t r0, int64_t r1, int nb,
+                 const void *y, size_t y_stride, int n_cols, float *dst, size_t dst_stride) {
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+    if (q8_0)
+        llpipe_q8_0_rows(w, w_stride, r0, r1, nb, y, y_stride, n_cols, dst, dst_stride);
+    else
+        llpipe_q4_1_rows(w, w_stride, r0, r1, nb, y, y_stride, n_cols, dst, dst_stride);
 #else
+    (void)q8_0, (void)w, (void)w_stride, (void)r0, (void)r1, (void)nb, (void)y;
+    (void)y_stride, (void)n_cols, (void)dst, (void)dst_stride;
+#endif
+}
+
+#if !(defined(__AVX2__) && defined(__FMA__) && defined(__F16C__))
 int llpipe_kernels_available(void) { return 0; }
 
-void llpipe_q8_0_rows(const void *w, size_t w_stride, int64_t r0, int64_t r1, int nb,
-                      const void *y, size_t y_stride, int n_cols, float *dst, size_t dst_stride) {
-    (void)w, (void)w_stride, (void)r0, (void)r1, (void)nb, (void)y, (void)y_stride;
-    (void)n_cols, (void)dst, (void)dst_stride;
-}
 
-void llpipe_q4_1_rows(const void *w, size_t w_stride, int64_t r0, int64_t r1, int nb,
-                      const void *y, size_t y_stride, int n_cols, float *dst, size_t dst_stride) {
-    (void)w, (void)w_stride, (void)r0, (void)r1, (void)nb, (void)y, (void)y_stride;
-    (void)n_cols, (void)dst, (void)dst_stride;
-}
 #endif

@@ -7,37 +7,14 @@ use std::ffi::{c_int, c_void};
 
 use crate::{sys, Context, Tensor, Type};
 
-/// `dst[c * dst_stride + r]` = row `r` of `w` · column `c` of `y`, rows
-/// `r0..r1`, columns `0..n_cols` (blocks of 32; strides in bytes except
-/// `dst_stride`, in floats).
-type RowsFn = unsafe extern "C" fn(
-    w: *const c_void,
-    w_stride: usize,
-    r0: i64,
-    r1: i64,
-    nb: c_int,
-    y: *const c_void,
-    y_stride: usize,
-    n_cols: c_int,
-    dst: *mut f32,
-    dst_stride: usize,
-);
-
 extern "C" {
     fn llpipe_kernels_available() -> c_int;
-    fn llpipe_q4_1_rows(
-        w: *const c_void,
-        w_stride: usize,
-        r0: i64,
-        r1: i64,
-        nb: c_int,
-        y: *const c_void,
-        y_stride: usize,
-        n_cols: c_int,
-        dst: *mut f32,
-        dst_stride: usize,
-    );
-    fn llpipe_q8_0_rows(
+    /// `dst[c * dst_stride + r]` = row `r` of `w` (Q8_0 if `q8_0`, else
+    /// Q4_1) · column `c` of `y` (quantized to the matching type), rows
+    /// `r0..r1`, columns `0..n_cols`, `nb` blocks of 32 a row; strides in
+    /// bytes except `dst_stride`, in floats.
+    fn llpipe_rows(
+        q8_0: c_int,
         w: *const c_void,
         w_stride: usize,
         r0: i64,
@@ -133,10 +110,11 @@ unsafe extern "C" fn mul_mat_op(
     unsafe {
         let (w, x) = ((*dst).src[0], (*dst).src[1]);
         let (k, m, n) = ((*w).ne[0], (*w).ne[1], (*x).ne[1]);
-        let (vec_type, rows): (sys::ggml_type, RowsFn) = if (*w).type_ == sys::GGML_TYPE_Q4_1 {
-            (sys::GGML_TYPE_Q8_1, llpipe_q4_1_rows)
+        let q8_0 = (*w).type_ == sys::GGML_TYPE_Q8_0;
+        let vec_type = if q8_0 {
+            sys::GGML_TYPE_Q8_0
         } else {
-            (sys::GGML_TYPE_Q8_0, llpipe_q8_0_rows)
+            sys::GGML_TYPE_Q8_1
         };
         let row = sys::ggml_row_size(vec_type, k);
         let Some(quantize) = (*sys::ggml_get_type_traits_cpu(vec_type)).from_float else {
@@ -158,7 +136,8 @@ unsafe extern "C" fn mul_mat_op(
                 let src = xd.add(c * (*x).nb[1]) as *const f32;
                 quantize(src, q.as_mut_ptr().add(c * row) as *mut c_void, k);
             }
-            rows(
+            llpipe_rows(
+                c_int::from(q8_0),
                 (*w).data,
                 (*w).nb[1],
                 r0,

@@ -12,8 +12,8 @@ const PROMPTS: &[&str] = &[
     "List the days of the week: Monday, Tuesday,",
 ];
 
-/// Token ids and the done record of a greedy raw run.
-fn run(model: &str, prompt: &str, draft_max: usize) -> (Vec<i64>, Value) {
+/// Token ids and the done record of a raw run of `prompt` with `args`.
+fn run_with(model: &str, prompt: &str, args: &[&str]) -> (Vec<i64>, Value) {
     let m = pipeline_tests::real_model(model);
     let out = Command::new(env!("CARGO_BIN_EXE_infer"))
         .args([
@@ -24,16 +24,8 @@ fn run(model: &str, prompt: &str, draft_max: usize) -> (Vec<i64>, Value) {
             "-p",
             prompt,
         ])
-        .args([
-            "-n",
-            "64",
-            "--ignore-eos",
-            "--temperature",
-            "0",
-            "--threads",
-            "2",
-        ])
-        .args(["--draft-max", &draft_max.to_string()])
+        .args(["--threads", "2"])
+        .args(args)
         .output()
         .expect("run infer");
     assert!(
@@ -51,6 +43,21 @@ fn run(model: &str, prompt: &str, draft_max: usize) -> (Vec<i64>, Value) {
         .filter_map(|l| l["data"]["id"].as_i64())
         .collect();
     (ids, lines.last().unwrap()["data"].clone())
+}
+
+/// A greedy run of 64 tokens with at most `draft_max` drafts a pass.
+fn run(model: &str, prompt: &str, draft_max: usize) -> (Vec<i64>, Value) {
+    let d = draft_max.to_string();
+    let args = [
+        "-n",
+        "64",
+        "--ignore-eos",
+        "--temperature",
+        "0",
+        "--draft-max",
+        &d,
+    ];
+    run_with(model, prompt, &args)
 }
 
 fn same_tokens_with_and_without_drafts(model: &str) {
@@ -78,30 +85,7 @@ fn drafts_keep_greedy_output_gemma3() {
 
 #[test]
 fn sampling_at_a_temperature_drafts_nothing() {
-    let m = pipeline_tests::real_model("SmolLM2-135M-Instruct.Q4_1.gguf");
-    let out = Command::new(env!("CARGO_BIN_EXE_infer"))
-        .args([
-            "--model",
-            m.to_str().unwrap(),
-            "--raw",
-            "--json",
-            "-p",
-            "Once upon a time",
-        ])
-        .args([
-            "-n",
-            "32",
-            "--temperature",
-            "0.8",
-            "--seed",
-            "1",
-            "--threads",
-            "2",
-        ])
-        .output()
-        .expect("run infer");
-    assert!(out.status.success());
-    let stdout = String::from_utf8(out.stdout).unwrap();
-    let done: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
-    assert_eq!(done["data"]["draft_count"], 0);
+    let args = ["-n", "32", "--temperature", "0.8", "--seed", "1"];
+    let (_, done) = run_with("SmolLM2-135M-Instruct.Q4_1.gguf", "Once upon a time", &args);
+    assert_eq!(done["draft_count"], 0);
 }
