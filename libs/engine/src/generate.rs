@@ -176,10 +176,7 @@ pub fn generate(
             // The cache holds `tok` already; the logits after it are next.
             drafted.pop_front();
             stats.draft_accepted += 1;
-            gate.kept += 1;
-            if drafted.is_empty() {
-                gate.verified(stats.eval_count);
-            }
+            gate.keep_one(drafted.is_empty(), stats.eval_count);
             logits.copy_from_slice(&ahead[..n_vocab]);
             ahead.drain(..n_vocab);
         } else if !drafted.is_empty() {
@@ -238,8 +235,7 @@ pub fn generate(
         batch.extend_from_slice(draft);
         drafted.extend(draft.iter().copied());
         stats.draft_count += draft.len();
-        gate.drafted = draft.len();
-        gate.kept = 0;
+        gate.drafting(draft.len());
         match sess.decode_all(&batch) {
             Ok(rows) => {
                 logits.copy_from_slice(&rows[..n_vocab]);
@@ -292,6 +288,19 @@ impl DraftGate {
 
     fn open(&self, n_out: usize) -> bool {
         n_out >= self.paused_until
+    }
+
+    /// A pass verifies `k` drafts.
+    fn drafting(&mut self, k: usize) {
+        (self.drafted, self.kept) = (k, 0);
+    }
+
+    /// One draft was kept; `last` when it was the pass's last one.
+    fn keep_one(&mut self, last: bool, n_out: usize) {
+        self.kept += 1;
+        if last {
+            self.verified(n_out);
+        }
     }
 
     /// A pass's drafts are settled, `n_out` tokens being out.
