@@ -5,13 +5,15 @@
 //! [`crate::session::Session::shift`]).
 //!
 //! Two halves:
-//! * **model side**, used while a model builds its graph: [`KvCache::put`]
-//!   writes this batch's K/V for a layer, [`KvCache::get`] views the cells the
-//!   batch attends to, [`KvCache::mask`] is the causal mask.
-//! * **runner side**, used by the session: [`KvCache::init`] allocates,
-//!   [`KvCache::start_forward`] declares the positions of the next batch and
-//!   creates its inputs, [`KvCache::write_inputs`] fills them after graph
-//!   allocation, [`KvCache::clear`] forgets everything.
+//! * **runner side**, used by the session: [`KvStore::init`] allocates the
+//!   cells (a [`Persistent`] set, which a [`ggml::Plan`] keeps as its
+//!   state), [`KvStore::batch`] declares the positions of the next batch and
+//!   creates its inputs in the graph's context, [`KvStore::write_inputs`]
+//!   fills them after graph allocation.
+//! * **model side**, the [`KvCache`] of one graph, borrowed from its context
+//!   and the store: [`KvCache::put`] writes this batch's K/V for a layer,
+//!   [`KvCache::get`] views the cells the batch attends to,
+//!   [`KvCache::mask`] is the causal mask.
 //!
 //! Layouts: K is `[head_dim * n_head_kv, n_ctx]` (one row per cell). V is the
 //! same with flash attention; without it V is stored transposed,
@@ -25,7 +27,7 @@
 //! models call [`KvCache::rotate_q`] and [`KvCache::unrotate_out`], which are
 //! identities for f16.
 
-use ggml::{Backend, Buffer, Context, Graph, Tensor, Type};
+use ggml::{Backend, Context, Graph, Persistent, Plan, Tensor, TensorMut, Type};
 
 use crate::{Error, Result};
 
@@ -88,32 +90,23 @@ pub struct KvShape {
 pub const N_KV_PAD: usize = 256;
 
 /// Per-layer K and V storage for `n_ctx` cells.
-pub struct KvCache {
+pub struct KvStore {
     shape: KvShape,
     n_ctx: usize,
     ty: Type,
     flash: bool,
-    _ctx: Context,
-    _buf: Buffer,
-    k: Vec<Tensor>, // [head_dim_k * n_head_kv, n_ctx] per layer
-    v: Vec<Tensor>, // flash: [head_dim_v * n_head_kv, n_ctx]; else [n_ctx, head_dim_v * n_head_kv]
-    // the batch being built
-    pos0: usize,
-    n_tokens: usize,
-    n_kv: usize,
-    k_idx: Option<Tensor>,    // [n_tokens] i64: cell of each token
-    v_idx: Option<Tensor>,    // [n_tokens * n_embd_v] i64 (transposed V only)
-    mask: Option<Tensor>,     // [n_kv, n_tokens] f16
-    mask_swa: Option<Tensor>, // [n_kv, n_tokens] f16 (sliding-window layers)
-    n_rot_k: usize,           // Hadamard size for Q/K (0: no rotation)
-    n_rot_v: usize,           // Hadamard size for V (0: no rotation)
-    k_rot: Option<Tensor>,    // [n_rot_k, n_rot_k] f32
-    v_rot: Option<Tensor>,    // [n_rot_v, n_rot_v] f32
+    /// K of layer `l` at `2 l`: `[head_dim_k * n_head_kv, n_ctx]`; V at
+    /// `2 l + 1`: flash `[head_dim_v * n_head_kv, n_ctx]`, else
+    /// `[n_ctx, head_dim_v * n_head_kv]`.
+    cells: Persistent,
+    n_rot_k: usize, // Hadamard size for Q/K (0: no rotation)
+    n_rot_v: usize, // Hadamard size for V (0: no rotation)
 }
 
-impl KvCache {
-    // ---- runner side ----
+/// Number of graph inputs a [`KvCache`] creates ([`KvCache::inputs`]).
+pub const N_INPUTS: usize = 6;
 
+impl KvStore {
     /// Allocates a zeroed cache of `n_ctx` cells on `backend`.
     pub fn init(
         backend: &Backend,
@@ -121,7 +114,7 @@ impl KvCache {
         n_ctx: usize,
         ty: KvType,
         flash: bool,
-    ) -> Result<KvCache> {
+    ) -> Result<KvStore> {
         if ty != KvType::F16 && !flash {
             return Err(Error::invalid(format!(
                 "kv cache type {ty:?} needs flash attention"
@@ -138,37 +131,27 @@ impl KvCache {
                 shape.head_dim_k
             )));
         }
-        let ctx = Context::new(2 * shape.n_layer + 2);
-        let (n, mut k, mut v) = (n_ctx as i64, vec![], vec![]);
+        let n = n_ctx as i64;
+        let mut specs = vec![];
         for _ in 0..shape.n_layer {
-            k.push(ctx.tensor(ty, &[ek as i64, n]));
-            v.push(if flash {
-                ctx.tensor(ty, &[ev as i64, n])
-            } else {
-                ctx.tensor(ty, &[n, ev as i64])
-            });
+            specs.push((ty, vec![ek as i64, n]));
+            specs.push((
+                ty,
+                if flash {
+                    vec![ev as i64, n]
+                } else {
+                    vec![n, ev as i64]
+                },
+            ));
         }
-        let buf = ctx.alloc_tensors(backend)?;
-        Ok(KvCache {
+        Ok(KvStore {
             shape,
             n_ctx,
             ty,
             flash,
-            _ctx: ctx,
-            _buf: buf,
-            k,
-            v,
-            pos0: 0,
-            n_tokens: 0,
-            n_kv: 0,
-            k_idx: None,
-            v_idx: None,
-            mask: None,
-            mask_swa: None,
+            cells: Persistent::new(backend, &specs)?,
             n_rot_k: rot_size(ty, shape.head_dim_k, true),
             n_rot_v: rot_size(ty, shape.head_dim_v, false),
-            k_rot: None,
-            v_rot: None,
         })
     }
 
@@ -182,30 +165,12 @@ impl KvCache {
         self.flash
     }
 
-    /// Declares that the next batch holds `n_tokens` tokens at positions
-    /// `pos0..pos0 + n_tokens`, and creates its inputs in `ctx`.
-    pub fn start_forward(&mut self, ctx: &Context, pos0: usize, n_tokens: usize) {
-        assert!(
-            n_tokens > 0 && pos0 + n_tokens <= self.n_ctx,
-            "batch {pos0}+{n_tokens} outside cache of {}",
-            self.n_ctx
-        );
-        self.pos0 = pos0;
-        self.n_tokens = n_tokens;
-        self.n_kv = n_kv_for(pos0 + n_tokens, self.n_ctx);
-        self.k_idx = Some(ctx.tensor(Type::I64, &[n_tokens as i64]).set_input());
-        let ev = (self.shape.head_dim_v * self.shape.n_head_kv) as i64;
-        self.v_idx =
-            (!self.flash).then(|| ctx.tensor(Type::I64, &[n_tokens as i64 * ev]).set_input());
-        let mask = || {
-            ctx.tensor(Type::F16, &[self.n_kv as i64, n_tokens as i64])
-                .set_input()
-        };
-        self.mask = Some(mask());
-        self.mask_swa = (self.shape.n_swa > 0).then(mask);
-        let rot =
-            |n: usize| (n > 0).then(|| ctx.tensor(Type::F32, &[n as i64, n as i64]).set_input());
-        (self.k_rot, self.v_rot) = (rot(self.n_rot_k), rot(self.n_rot_v));
+    fn k(&self, layer: usize) -> TensorMut<'_> {
+        self.cells.get(2 * layer)
+    }
+
+    fn v(&self, layer: usize) -> TensorMut<'_> {
+        self.cells.get(2 * layer + 1)
     }
 
     /// Cells a batch of `n_tokens` at `pos0` attends to (the graph's shape
@@ -214,126 +179,71 @@ impl KvCache {
         n_kv_for(pos0 + n_tokens, self.n_ctx)
     }
 
-    /// Like [`KvCache::start_forward`] for a batch whose graph has the same
-    /// shape as the last one (same `n_tokens` and [`KvCache::n_kv_for_batch`]):
-    /// keeps the input tensors, so a graph built for that batch can run again
-    /// after [`KvCache::write_inputs`].
-    pub fn reuse_forward(&mut self, pos0: usize, n_tokens: usize) {
-        let built = self.k_idx.map(|t| t.ne()[0] as usize);
+    /// The cache as a graph of a batch of `n_tokens` tokens at positions
+    /// `pos0..pos0 + n_tokens` sees it, with its inputs created in `ctx`
+    /// (handed to the plan by [`KvCache::inputs`], written by
+    /// [`KvStore::write_inputs`]). The graph can run again for any batch of
+    /// the same `n_tokens` and [`KvStore::n_kv_for_batch`].
+    pub fn batch<'c>(&'c self, ctx: &'c Context, pos0: usize, n_tokens: usize) -> KvCache<'c> {
         assert!(
-            built == Some(n_tokens) && self.n_kv_for_batch(pos0, n_tokens) == self.n_kv,
-            "batch {pos0}+{n_tokens} does not have the shape of the last one"
+            n_tokens > 0 && pos0 + n_tokens <= self.n_ctx,
+            "batch {pos0}+{n_tokens} outside cache of {}",
+            self.n_ctx
         );
-        self.pos0 = pos0;
-        self.n_tokens = n_tokens;
+        let n_kv = self.n_kv_for_batch(pos0, n_tokens);
+        let ev = (self.shape.head_dim_v * self.shape.n_head_kv) as i64;
+        let mask = || ctx.input(Type::F16, &[n_kv as i64, n_tokens as i64]);
+        let rot = |n: usize| (n > 0).then(|| ctx.input(Type::F32, &[n as i64, n as i64]));
+        KvCache {
+            store: self,
+            n_tokens,
+            n_kv,
+            k_idx: ctx.input(Type::I64, &[n_tokens as i64]),
+            v_idx: (!self.flash).then(|| ctx.input(Type::I64, &[n_tokens as i64 * ev])),
+            mask: mask(),
+            mask_swa: (self.shape.n_swa > 0).then(mask),
+            k_rot: rot(self.n_rot_k),
+            v_rot: rot(self.n_rot_v),
+        }
     }
 
-    /// Fills the inputs created by [`KvCache::start_forward`] (after
-    /// allocation), queued on `backend` (the one computing the graph).
-    pub fn write_inputs(&self, backend: &Backend) {
-        let cells: Vec<i64> = (self.pos0..self.pos0 + self.n_tokens)
-            .map(|p| p as i64)
-            .collect();
-        backend.set_i64(self.k_idx.expect("start_forward first"), &cells);
-        if let Some(v_idx) = self.v_idx {
+    /// Fills the inputs of a graph built over [`KvStore::batch`] (after
+    /// allocation; `inputs` as [`KvCache::inputs`] listed them) for a batch
+    /// of `n_tokens` at `pos0`, queued on `plan` (the one computing the
+    /// graph). Panics when the batch does not have the graph's shape.
+    pub fn write_inputs<S>(
+        &self,
+        plan: &Plan<'_, S>,
+        inputs: [Option<TensorMut>; N_INPUTS],
+        pos0: usize,
+        n_tokens: usize,
+    ) {
+        let [k_idx, v_idx, mask, mask_swa, k_rot, v_rot] = inputs;
+        let (k_idx, mask) = (k_idx.expect("k_idx input"), mask.expect("mask input"));
+        let n_kv = mask.ne()[0] as usize;
+        assert!(
+            k_idx.ne()[0] as usize == n_tokens && self.n_kv_for_batch(pos0, n_tokens) == n_kv,
+            "batch {pos0}+{n_tokens} does not have the shape of the graph"
+        );
+        let cells: Vec<i64> = (pos0..pos0 + n_tokens).map(|p| p as i64).collect();
+        plan.set_i64(k_idx, &cells);
+        if let Some(v_idx) = v_idx {
             let ev = self.shape.head_dim_v * self.shape.n_head_kv;
-            backend.set_i64(v_idx, &transposed_v_rows(&cells, ev, self.n_ctx));
+            plan.set_i64(v_idx, &transposed_v_rows(&cells, ev, self.n_ctx));
         }
-        let mask = causal_mask(self.pos0, self.n_tokens, self.n_kv);
-        backend.set_f32_as_f16(self.mask.expect("start_forward first"), &mask);
-        if let Some(m) = self.mask_swa {
-            let swa = sliding_window_mask(self.pos0, self.n_tokens, self.n_kv, self.shape.n_swa);
-            backend.set_f32_as_f16(m, &swa);
+        plan.set_f32_as_f16(mask, &causal_mask(pos0, n_tokens, n_kv));
+        if let Some(m) = mask_swa {
+            let swa = sliding_window_mask(pos0, n_tokens, n_kv, self.shape.n_swa);
+            plan.set_f32_as_f16(m, &swa);
         }
-        for (t, n) in [(self.k_rot, self.n_rot_k), (self.v_rot, self.n_rot_v)] {
+        for (t, n) in [(k_rot, self.n_rot_k), (v_rot, self.n_rot_v)] {
             if let Some(t) = t {
-                backend.set_f32(t, &ggml::hadamard(n));
+                plan.set_f32(t, &ggml::hadamard(n));
             }
         }
     }
 
-    /// Forgets every cell.
-    pub fn clear(&mut self) {
-        self.pos0 = 0;
-        self.n_tokens = 0;
-    }
-
-    // ---- model side ----
-
-    /// Writes this batch's keys `k [head_dim_k, n_head_kv, n_tokens]` and
-    /// values `v [head_dim_v, n_head_kv, n_tokens]` of `layer` into the cache;
-    /// the writes are added to `g` so later reads see them.
-    pub fn put(&self, ctx: &Context, g: &Graph, layer: usize, k: Tensor, v: Tensor) {
-        let (ek, ev) = (
-            self.shape.head_dim_k * self.shape.n_head_kv,
-            self.shape.head_dim_v * self.shape.n_head_kv,
-        );
-        let t = self.n_tokens as i64;
-        assert!(
-            k.ne()[..3] == [self.shape.head_dim_k as i64, self.shape.n_head_kv as i64, t],
-            "kv put k {:?}",
-            k.ne()
-        );
-        let k = self.k_rot.map_or(k, |h| ctx.hadamard_rotate(k, h));
-        let v = self.v_rot.map_or(v, |h| ctx.hadamard_rotate(v, h));
-        let k2 = ctx.reshape_2d(k, ek as i64, t);
-        g.expand(ctx.set_rows(self.k[layer], k2, self.k_idx.expect("start_forward first")));
-        if self.flash {
-            g.expand(ctx.set_rows(
-                self.v[layer],
-                ctx.reshape_2d(v, ev as i64, t),
-                self.k_idx.expect("start_forward first"),
-            ));
-        } else {
-            // every element is its own row of the flattened transposed cache
-            let dst = ctx.reshape_2d(self.v[layer], 1, (ev * self.n_ctx) as i64);
-            g.expand(ctx.set_rows(
-                dst,
-                ctx.reshape_2d(v, 1, ev as i64 * t),
-                self.v_idx.expect("start_forward first"),
-            ));
-        }
-    }
-
-    /// Keys and values of the cells this batch attends to, each
-    /// `[head_dim, n_kv, n_head_kv]` (a view; V may be a transposed view).
-    pub fn get(&self, ctx: &Context, layer: usize) -> (Tensor, Tensor) {
-        let s = self.shape;
-        let (hk, hv, n_kv) = (s.head_dim_k, s.head_dim_v, self.n_kv as i64);
-        let k = self.k[layer];
-        let kview = ctx.view_3d(
-            k,
-            [hk as i64, s.n_head_kv as i64, n_kv],
-            self.ty.row_size(hk),
-            k.nb()[1],
-            0,
-        );
-        let k = ctx.permute(kview, [0, 2, 1, 3]);
-        let v = self.v[layer];
-        let v = if self.flash {
-            let vview = ctx.view_3d(
-                v,
-                [hv as i64, s.n_head_kv as i64, n_kv],
-                self.ty.row_size(hv),
-                v.nb()[1],
-                0,
-            );
-            ctx.permute(vview, [0, 2, 1, 3])
-        } else {
-            let es = self.ty.type_size();
-            let vt = ctx.view_3d(
-                v,
-                [n_kv, hv as i64, s.n_head_kv as i64],
-                self.n_ctx * es,
-                self.n_ctx * es * hv,
-                0,
-            );
-            ctx.permute(vt, [1, 0, 2, 3]) // [n_kv, hv, h] → [hv, n_kv, h]
-        };
-        (k, v)
-    }
-
-    /// Whether [`KvCache::shift_cells`] can move cells (an f16 cache; a
+    /// Whether [`KvStore::shift_cells`] can move cells (an f16 cache; a
     /// quantized one stores keys Hadamard-rotated, which RoPE does not
     /// commute with).
     pub fn can_shift_cells(&self) -> bool {
@@ -345,12 +255,12 @@ impl KvCache {
     /// (RoPE by the position change); the copies are added to `g`. A source
     /// is copied out before its destination is written, so the ranges may
     /// overlap. Returns `false` (nothing added) when `rerotate` declines.
-    pub fn shift_cells(
-        &self,
-        ctx: &Context,
-        g: &Graph,
+    pub fn shift_cells<'c>(
+        &'c self,
+        ctx: &'c Context,
+        g: &Graph<'c>,
         (from, to, n): (usize, usize, usize),
-        mut rerotate: impl FnMut(Tensor, usize) -> Option<Tensor>,
+        mut rerotate: impl FnMut(Tensor<'c>, usize) -> Option<Tensor<'c>>,
     ) -> bool {
         assert!(self.can_shift_cells() && to < from && from + n <= self.n_ctx);
         let s = self.shape;
@@ -358,31 +268,31 @@ impl KvCache {
         let es = self.ty.type_size();
         let mut copies = vec![];
         for layer in 0..s.n_layer {
-            let k = self.k[layer];
+            let k = self.k(layer);
+            let kb = k.t().nb()[1];
             let rows = |cell: usize| {
-                ctx.view_3d(
+                ctx.view_3d_mut(
                     k,
                     [hk as i64, nh as i64, n as i64],
                     self.ty.row_size(hk),
-                    k.nb()[1],
-                    cell * k.nb()[1],
+                    kb,
+                    cell * kb,
                 )
             };
             let Some(kr) = rerotate(ctx.cast(rows(from), Type::F32), layer) else {
                 return false;
             };
             copies.push(ctx.cpy(kr, rows(to)));
-            let v = self.v[layer];
+            let v = self.v(layer);
+            let vb = v.t().nb()[1];
             let (src, dst) = if self.flash {
-                let rows = |cell: usize| {
-                    ctx.view_2d(v, [(hv * nh) as i64, n as i64], v.nb()[1], cell * v.nb()[1])
-                };
+                let rows =
+                    |cell: usize| ctx.view_2d_mut(v, [(hv * nh) as i64, n as i64], vb, cell * vb);
                 (rows(from), rows(to))
             } else {
                 // transposed: cells are columns of [n_ctx, hv * nh]
-                let cols = |cell: usize| {
-                    ctx.view_2d(v, [n as i64, (hv * nh) as i64], v.nb()[1], cell * es)
-                };
+                let cols =
+                    |cell: usize| ctx.view_2d_mut(v, [n as i64, (hv * nh) as i64], vb, cell * es);
                 (cols(from), cols(to))
             };
             copies.push(ctx.cpy(ctx.cont(src), dst));
@@ -392,28 +302,129 @@ impl KvCache {
         }
         true
     }
+}
+
+/// The cache as the graph of one batch sees it (see [`KvStore::batch`]):
+/// the store's cells and this batch's inputs, borrowed from the graph's
+/// context.
+pub struct KvCache<'c> {
+    store: &'c KvStore,
+    n_tokens: usize,
+    n_kv: usize,
+    k_idx: TensorMut<'c>,            // [n_tokens] i64: cell of each token
+    v_idx: Option<TensorMut<'c>>,    // [n_tokens * n_embd_v] i64 (transposed V only)
+    mask: TensorMut<'c>,             // [n_kv, n_tokens] f16
+    mask_swa: Option<TensorMut<'c>>, // [n_kv, n_tokens] f16 (sliding-window layers)
+    k_rot: Option<TensorMut<'c>>,    // [n_rot_k, n_rot_k] f32
+    v_rot: Option<TensorMut<'c>>,    // [n_rot_v, n_rot_v] f32
+}
+
+impl<'c> KvCache<'c> {
+    /// The inputs to write before each computation, in the order
+    /// [`KvStore::write_inputs`] takes them.
+    pub fn inputs(&self) -> [Option<TensorMut<'c>>; N_INPUTS] {
+        [
+            Some(self.k_idx),
+            self.v_idx,
+            Some(self.mask),
+            self.mask_swa,
+            self.k_rot,
+            self.v_rot,
+        ]
+    }
+
+    /// Whether attention uses the fused flash path.
+    pub fn flash(&self) -> bool {
+        self.store.flash
+    }
+
+    /// Writes this batch's keys `k [head_dim_k, n_head_kv, n_tokens]` and
+    /// values `v [head_dim_v, n_head_kv, n_tokens]` of `layer` into the cache;
+    /// the writes are added to `g` so later reads see them.
+    pub fn put(&self, ctx: &'c Context, g: &Graph<'c>, layer: usize, k: Tensor<'c>, v: Tensor<'c>) {
+        let s = self.store.shape;
+        let (ek, ev) = (s.head_dim_k * s.n_head_kv, s.head_dim_v * s.n_head_kv);
+        let t = self.n_tokens as i64;
+        assert!(
+            k.ne()[..3] == [s.head_dim_k as i64, s.n_head_kv as i64, t],
+            "kv put k {:?}",
+            k.ne()
+        );
+        let k = self.k_rot.map_or(k, |h| ctx.hadamard_rotate(k, h));
+        let v = self.v_rot.map_or(v, |h| ctx.hadamard_rotate(v, h));
+        let k2 = ctx.reshape_2d(k, ek as i64, t);
+        g.expand(ctx.set_rows(self.store.k(layer), k2, self.k_idx));
+        if let Some(v_idx) = self.v_idx {
+            // every element is its own row of the flattened transposed cache
+            let n = (ev * self.store.n_ctx) as i64;
+            let dst = ctx.reshape_2d_mut(self.store.v(layer), 1, n);
+            g.expand(ctx.set_rows(dst, ctx.reshape_2d(v, 1, ev as i64 * t), v_idx));
+        } else {
+            let v2 = ctx.reshape_2d(v, ev as i64, t);
+            g.expand(ctx.set_rows(self.store.v(layer), v2, self.k_idx));
+        }
+    }
+
+    /// Keys and values of the cells this batch attends to, each
+    /// `[head_dim, n_kv, n_head_kv]` (a view; V may be a transposed view).
+    pub fn get(&self, ctx: &'c Context, layer: usize) -> (Tensor<'c>, Tensor<'c>) {
+        let st = self.store;
+        let s = st.shape;
+        let (hk, hv, n_kv) = (s.head_dim_k, s.head_dim_v, self.n_kv as i64);
+        let k = st.k(layer).t();
+        let kview = ctx.view_3d(
+            k,
+            [hk as i64, s.n_head_kv as i64, n_kv],
+            st.ty.row_size(hk),
+            k.nb()[1],
+            0,
+        );
+        let k = ctx.permute(kview, [0, 2, 1, 3]);
+        let v = st.v(layer).t();
+        let v = if st.flash {
+            let vview = ctx.view_3d(
+                v,
+                [hv as i64, s.n_head_kv as i64, n_kv],
+                st.ty.row_size(hv),
+                v.nb()[1],
+                0,
+            );
+            ctx.permute(vview, [0, 2, 1, 3])
+        } else {
+            let es = st.ty.type_size();
+            let vt = ctx.view_3d(
+                v,
+                [n_kv, hv as i64, s.n_head_kv as i64],
+                st.n_ctx * es,
+                st.n_ctx * es * hv,
+                0,
+            );
+            ctx.permute(vt, [1, 0, 2, 3]) // [n_kv, hv, h] → [hv, n_kv, h]
+        };
+        (k, v)
+    }
 
     /// Rotates queries `[head_dim, n_head, n_tokens]` like the cached keys.
-    pub fn rotate_q(&self, ctx: &Context, q: Tensor) -> Tensor {
+    pub fn rotate_q(&self, ctx: &'c Context, q: Tensor<'c>) -> Tensor<'c> {
         self.k_rot.map_or(q, |h| ctx.hadamard_rotate(q, h))
     }
 
     /// Undoes the value rotation on the attention output `[head_dim * n_head, n_tokens]`.
-    pub fn unrotate_out(&self, ctx: &Context, out: Tensor) -> Tensor {
+    pub fn unrotate_out(&self, ctx: &'c Context, out: Tensor<'c>) -> Tensor<'c> {
         self.v_rot.map_or(out, |h| ctx.hadamard_rotate(out, h))
     }
 
     /// The causal mask of this batch, `[n_kv, n_tokens]` f16: 0 where a token
     /// may attend, -inf elsewhere.
-    pub fn mask(&self) -> Tensor {
-        self.mask.expect("start_forward first")
+    pub fn mask(&self) -> Tensor<'c> {
+        self.mask.t()
     }
 
     /// The mask of sliding-window layers, `[n_kv, n_tokens]` f16: causal and
     /// at most `n_swa` cells back (see [`KvShape::n_swa`]). Panics when the
     /// shape has no window.
-    pub fn mask_swa(&self) -> Tensor {
-        self.mask_swa.expect("start_forward first, with n_swa > 0")
+    pub fn mask_swa(&self) -> Tensor<'c> {
+        self.mask_swa.expect("a shape with n_swa > 0").t()
     }
 }
 
@@ -528,7 +539,7 @@ mod tests {
             head_dim_v: 64,
             n_swa: 0,
         };
-        assert!(KvCache::init(&b, shape, 16, KvType::Q8_0, false).is_err());
-        assert!(KvCache::init(&b, shape, 16, KvType::Q8_0, true).is_ok());
+        assert!(KvStore::init(&b, shape, 16, KvType::Q8_0, false).is_err());
+        assert!(KvStore::init(&b, shape, 16, KvType::Q8_0, true).is_ok());
     }
 }

@@ -10,9 +10,9 @@
 //! generation reuses one graph for 256 steps at a time, building and
 //! allocating nothing, and only writes the inputs.
 
-use ggml::{Allocator, Backend, Context, Device, Graph, Tensor, Type};
+use ggml::{Backend, Built, Context, Device, Graph, Plan, Tensor, Type};
 
-use crate::kv_cache::{KvCache, KvShape, KvType};
+use crate::kv_cache::{KvCache, KvShape, KvStore, KvType};
 use crate::{Error, Result};
 
 /// What a model gives the session. Implemented per architecture in `models`.
@@ -40,29 +40,36 @@ pub trait Model {
     /// `delta [n] i32` positions (RoPE with this layer's parameters), so a
     /// context shift can move cells instead of computing them again; `None`
     /// (the default) when the model cannot, and the session re-decodes.
-    fn shift_keys(
-        &self,
-        _ctx: &Context,
-        _k: Tensor,
-        _delta: Tensor,
+    fn shift_keys<'c>(
+        &'c self,
+        _ctx: &'c Context,
+        _k: Tensor<'c>,
+        _delta: Tensor<'c>,
         _layer: usize,
-    ) -> Option<Tensor> {
+    ) -> Option<Tensor<'c>> {
         None
     }
     /// Builds the forward pass of one batch into `g`, returning the logits
-    /// `[n_vocab, n_out]` of the tokens listed in `inp.out_ids`.
-    fn forward(&self, ctx: &Context, g: &Graph, inp: &Inputs, kv: &KvCache) -> Tensor;
+    /// `[n_vocab, n_out]` of the tokens listed in `inp.out_ids`. Everything
+    /// it builds borrows `ctx` (and the model's weights) for `'c`.
+    fn forward<'c>(
+        &'c self,
+        ctx: &'c Context,
+        g: &Graph<'c>,
+        inp: &Inputs<'c>,
+        kv: &KvCache<'c>,
+    ) -> Tensor<'c>;
 }
 
 /// The per-batch inputs a model reads.
 #[derive(Clone, Copy, Debug)]
-pub struct Inputs {
+pub struct Inputs<'c> {
     /// Token ids, `[n_tokens] i32`.
-    pub tokens: Tensor,
+    pub tokens: Tensor<'c>,
     /// Positions, `[n_tokens] i32`.
-    pub pos: Tensor,
+    pub pos: Tensor<'c>,
     /// Which batch rows to produce logits for, `[n_out] i32`.
-    pub out_ids: Tensor,
+    pub out_ids: Tensor<'c>,
     /// Number of tokens in the batch.
     pub n_tokens: usize,
 }
@@ -100,14 +107,19 @@ impl Default for SessionOptions {
     }
 }
 
+/// Graph inputs of a forward pass: the batch's tokens, positions and rows
+/// to produce logits for, then the cache's ([`KvCache::inputs`]).
+const TOKENS: usize = 0;
+const POS: usize = 1;
+const OUT_IDS: usize = 2;
+const KV_INPUTS: usize = 3;
+
 /// A model plus its cache and compute resources, for one sequence.
 pub struct Session<'m> {
     model: &'m dyn Model,
-    // drop order matters: the cache and allocator buffers before the backend
-    kv: KvCache,
-    alloc: Allocator,
-    ctx: Context,
-    backend: Backend,
+    /// The graph of the last batch, with the cache (its state), the compute
+    /// buffer and the backend; its graphs read the model's weights for `'m`.
+    plan: Plan<'m, KvStore>,
     n_batch: usize,
     history: Vec<i32>,
     logits: Vec<f32>,
@@ -118,20 +130,18 @@ pub struct Session<'m> {
     exact_steps: bool,
     /// [`SessionOptions::batch_invariant`].
     batch_invariant: bool,
-    /// The last graph built and allocated, for a batch of this shape.
-    last: Option<Built>,
+    /// The shape of the batches the plan's graph fits, when it is a
+    /// forward pass, built and allocated.
+    last: Option<Shape>,
     graphs_built: usize,
 }
 
-/// A built and allocated graph and the shape of the batches it fits.
-#[derive(Clone, Copy)]
-struct Built {
+/// The shape of a forward pass's graph.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Shape {
     n_tokens: usize,
     n_kv: usize,
     n_out: usize,
-    graph: Graph,
-    inp: Inputs,
-    logits: Tensor,
 }
 
 impl<'m> Session<'m> {
@@ -146,27 +156,23 @@ impl<'m> Session<'m> {
             Some(dev) => Backend::on(dev)?,
             None => Backend::cpu(opts.n_threads)?,
         };
-        let kv = KvCache::init(
+        let kv = KvStore::init(
             &backend,
             model.kv_shape(),
             n_ctx,
             opts.kv_type,
             opts.flash_attn || opts.kv_type != KvType::F16,
         )?;
-        let ctx = Context::new(model.max_nodes());
+        let plan = Plan::new(backend, model.max_nodes(), kv);
         // our CPU kernels (ggml custom ops) where the graph runs on the CPU
-        ctx.use_own_kernels(model.device().is_none());
-        let alloc = Allocator::new(&backend);
+        plan.use_own_kernels(model.device().is_none());
         let n_batch = opts.n_batch.min(n_ctx);
         let exact_steps = opts.kv_type == KvType::F16 && model.device().is_none();
         let mut s = Session {
             exact_steps,
             batch_invariant: opts.batch_invariant,
             model,
-            kv,
-            alloc,
-            ctx,
-            backend,
+            plan,
             n_batch,
             history: vec![],
             logits: vec![],
@@ -181,33 +187,42 @@ impl<'m> Session<'m> {
     /// end of the context.
     fn reserve(&mut self) -> Result<()> {
         let n = self.n_batch;
-        let pos0 = self.kv.n_ctx() - n;
-        let (g, _, _) = self.build(pos0, n, n);
-        self.backend.check_supports(&g)?;
-        self.alloc.reserve(&g)?;
+        let pos0 = self.n_ctx() - n;
+        self.build(pos0, n, n);
+        self.plan.check_supports()?;
+        self.plan.reserve()?;
         Ok(())
     }
 
-    fn build(&mut self, pos0: usize, n: usize, n_out: usize) -> (Graph, Inputs, Tensor) {
-        self.last = None; // its tensors live in the arena reset here
-        self.ctx.reset();
-        let ctx = &self.ctx;
-        let g = ctx.graph(self.model.max_nodes());
-        let inp = Inputs {
-            tokens: ctx.tensor(Type::I32, &[n as i64]).set_input(),
-            pos: ctx.tensor(Type::I32, &[n as i64]).set_input(),
-            out_ids: ctx.tensor(Type::I32, &[n_out as i64]).set_input(),
-            n_tokens: n,
-        };
-        self.kv.start_forward(ctx, pos0, n);
-        let logits = self.model.forward(ctx, &g, &inp, &self.kv).set_output();
-        g.expand(logits);
-        (g, inp, logits)
+    /// Builds the forward pass of a batch of `n` tokens at `pos0` with
+    /// logits for `n_out` of them (not allocated).
+    fn build(&mut self, pos0: usize, n: usize, n_out: usize) {
+        self.last = None;
+        let model = self.model;
+        self.plan.build(|ctx, g, kv, _| {
+            let tokens = ctx.input(Type::I32, &[n as i64]);
+            let pos = ctx.input(Type::I32, &[n as i64]);
+            let out_ids = ctx.input(Type::I32, &[n_out as i64]);
+            let inp = Inputs {
+                tokens: tokens.t(),
+                pos: pos.t(),
+                out_ids: out_ids.t(),
+                n_tokens: n,
+            };
+            let kv = kv.batch(ctx, pos0, n);
+            let logits = model.forward(ctx, g, &inp, &kv).set_output();
+            let mut inputs = vec![Some(tokens), Some(pos), Some(out_ids)];
+            inputs.extend(kv.inputs());
+            Built {
+                inputs,
+                outputs: vec![logits],
+            }
+        });
     }
 
     /// Context length.
     pub fn n_ctx(&self) -> usize {
-        self.kv.n_ctx()
+        self.plan.state().n_ctx()
     }
 
     /// How many graphs [`Session::decode`] has built so far (the others ran
@@ -278,39 +293,30 @@ impl<'m> Session<'m> {
         let pos0 = self.history.len();
         let n = chunk.len();
         let n_out = if all { n } else { 1 };
-        let n_kv = self.kv.n_kv_for_batch(pos0, n);
-        let b = match self.last {
-            Some(b) if b.n_tokens == n && b.n_kv == n_kv && b.n_out == n_out => {
-                self.kv.reuse_forward(pos0, n);
-                b
-            }
-            _ => {
-                let (graph, inp, logits) = self.build(pos0, n, n_out);
-                self.alloc.alloc(&graph)?;
-                self.graphs_built += 1;
-                let b = Built {
-                    n_tokens: n,
-                    n_kv,
-                    n_out,
-                    graph,
-                    inp,
-                    logits,
-                };
-                self.last = Some(b);
-                b
-            }
+        let shape = Shape {
+            n_tokens: n,
+            n_kv: self.plan.state().n_kv_for_batch(pos0, n),
+            n_out,
         };
-        let (g, inp, logits) = (b.graph, b.inp, b.logits);
-        let be = &self.backend;
-        be.set_i32(inp.tokens, chunk);
-        let pos: Vec<i32> = (pos0..pos0 + n).map(|p| p as i32).collect();
-        be.set_i32(inp.pos, &pos);
-        if all {
-            be.set_i32(inp.out_ids, &(0..n as i32).collect::<Vec<_>>());
-        } else {
-            be.set_i32(inp.out_ids, &[n as i32 - 1]);
+        if self.last != Some(shape) {
+            self.build(pos0, n, n_out);
+            self.plan.alloc()?;
+            self.graphs_built += 1;
+            self.last = Some(shape);
         }
-        self.kv.write_inputs(be);
+        let plan = &self.plan;
+        let be = plan.backend();
+        let input = |i: usize| plan.input(i).expect("forward pass input");
+        plan.set_i32(input(TOKENS), chunk);
+        let pos: Vec<i32> = (pos0..pos0 + n).map(|p| p as i32).collect();
+        plan.set_i32(input(POS), &pos);
+        if all {
+            plan.set_i32(input(OUT_IDS), &(0..n as i32).collect::<Vec<_>>());
+        } else {
+            plan.set_i32(input(OUT_IDS), &[n as i32 - 1]);
+        }
+        let kv_inputs = std::array::from_fn(|i| plan.input(KV_INPUTS + i));
+        plan.state().write_inputs(plan, kv_inputs, pos0, n);
         self.model.before_pass();
         // A generation step (one token, or drafts with logits each) takes
         // the one-row kernels: ggml's batched ones (tinyBLAS for f16 and
@@ -321,14 +327,14 @@ impl<'m> Session<'m> {
         // fast kernels.
         let reference = self.batch_invariant || (self.exact_steps && (all || n == 1));
         be.set_reference_kernels(reference);
-        let r = self.backend.compute(&g);
+        let r = plan.compute();
         if reference {
             be.set_reference_kernels(false);
         }
         r?;
         self.history.extend_from_slice(chunk);
         self.logits.resize(n_vocab * n_out, 0.0);
-        logits.read_f32_at(0, &mut self.logits);
+        self.plan.output(0).read_f32_at(0, &mut self.logits);
         Ok(())
     }
 
@@ -359,27 +365,30 @@ impl<'m> Session<'m> {
     /// Moves cells `keep + discard..` to `keep..`, re-rotating their keys;
     /// `false` when the model or cache cannot.
     fn shift_cells(&mut self, keep: usize, discard: usize) -> Result<bool> {
-        if !self.kv.can_shift_cells() {
+        if !self.plan.state().can_shift_cells() {
             return Ok(false);
         }
         let moved = self.history.len() - keep - discard;
         self.last = None;
-        self.ctx.reset();
-        let ctx = &self.ctx;
-        let g = ctx.graph(self.model.max_nodes());
-        let delta = ctx.tensor(Type::I32, &[moved as i64]).set_input();
         let model = self.model;
-        let ok = self
-            .kv
-            .shift_cells(ctx, &g, (keep + discard, keep, moved), |k, layer| {
-                model.shift_keys(ctx, k, delta, layer)
+        let mut ok = false;
+        self.plan.build(|ctx, g, kv, _| {
+            let delta = ctx.input(Type::I32, &[moved as i64]);
+            ok = kv.shift_cells(ctx, g, (keep + discard, keep, moved), |k, layer| {
+                model.shift_keys(ctx, k, delta.t(), layer)
             });
-        if !ok || self.backend.check_supports(&g).is_err() {
+            Built {
+                inputs: vec![Some(delta)],
+                outputs: vec![],
+            }
+        });
+        if !ok || self.plan.check_supports().is_err() {
             return Ok(false);
         }
-        self.alloc.alloc(&g)?;
-        self.backend.set_i32(delta, &vec![-(discard as i32); moved]);
-        self.backend.compute(&g)?;
+        self.plan.alloc()?;
+        let delta = self.plan.input(0).expect("shift input");
+        self.plan.set_i32(delta, &vec![-(discard as i32); moved]);
+        self.plan.compute()?;
         Ok(true)
     }
 
@@ -395,6 +404,5 @@ impl<'m> Session<'m> {
     /// Forgets the whole sequence.
     pub fn clear(&mut self) {
         self.history.clear();
-        self.kv.clear();
     }
 }

@@ -203,8 +203,9 @@ fn ms(d: std::time::Duration) -> f64 {
 
 /// CPU time of this thread in ms (wall time misleads on a shared machine).
 fn thread_cpu_ms() -> f64 {
-    // SAFETY: getrusage writes into the zeroed struct we pass.
+    // SAFETY: rusage is plain integers, for which all zeros is valid.
     let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage writes into the struct we pass.
     unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut u) };
     let tv = |t: libc::timeval| t.tv_sec as f64 * 1e3 + t.tv_usec as f64 / 1e3;
     tv(u.ru_utime) + tv(u.ru_stime)

@@ -72,7 +72,7 @@ pub(crate) fn takes(a: Tensor, b: Tensor) -> bool {
 
 impl Context {
     /// `a [k, m] · b [k, n] f32` → `[m, n]` by our kernels (see [`takes`]).
-    pub(crate) fn mul_mat_own(&self, a: Tensor, b: Tensor) -> Tensor {
+    pub(crate) fn mul_mat_own<'c>(&'c self, a: Tensor<'c>, b: Tensor<'c>) -> Tensor<'c> {
         let mut args = [a.raw(), b.raw()];
         // SAFETY: live handles; ggml copies the argument list; the op
         // function has ggml's custom-op signature and only reads `args` and

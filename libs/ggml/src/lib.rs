@@ -3,40 +3,44 @@
 //! What the engine needs and nothing more: a [`Context`] that holds tensor
 //! metadata and builds graphs (ops are its methods, each a few lines over the
 //! C function), a CPU [`Backend`] with a persistent thread pool (or one on a
-//! GPU [`Device`] in a GPU build), [`Buffer`]s
-//! (one can wrap caller-owned bytes, e.g. a memory-mapped GGUF, so weights are
-//! read in place), and an [`Allocator`] that places a graph's intermediate
-//! tensors in one reusable compute buffer.
+//! GPU [`Device`] in a GPU build), a [`Plan`] that owns a graph with its
+//! compute buffer and runs it many times, [`Persistent`] tensors (a KV
+//! cache), and a model's [`Weight`]s, read in place from a memory-mapped
+//! GGUF ([`WeightLoader`]).
 //!
 //! Tensor shapes follow ggml: `ne[0]` is the innermost (contiguous) dimension,
 //! so a matrix of `rows` rows of `cols` numbers is `[cols, rows]`.
 //!
 //! ```
-//! use ggml::{Allocator, Backend, Context, Type};
-//! let backend = Backend::cpu(1).unwrap();
-//! let ctx = Context::new(16);
-//! let a = ctx.tensor(Type::F32, &[2, 2]); // [2, 2]
-//! let x = ctx.tensor(Type::F32, &[2, 1]); // [2, 1]
-//! let y = ctx.mul_mat(a, x); // [2, 1]: a · x
-//! let g = ctx.graph(16);
-//! g.expand(y);
-//! let mut alloc = Allocator::new(&backend);
-//! alloc.alloc(&g).unwrap();
-//! a.set_f32(&[1.0, 2.0, 3.0, 4.0]); // rows (1,2) and (3,4)
-//! x.set_f32(&[1.0, 1.0]);
-//! backend.compute(&g).unwrap();
-//! assert_eq!(y.to_f32(), vec![3.0, 7.0]);
+//! use ggml::{Backend, Built, Plan, Type};
+//! let mut plan = Plan::new(Backend::cpu(1).unwrap(), 16, ());
+//! plan.build(|ctx, _g, _state, _| {
+//!     let a = ctx.input(Type::F32, &[2, 2]); // [2, 2]
+//!     let x = ctx.input(Type::F32, &[2, 1]); // [2, 1]
+//!     let y = ctx.mul_mat(a, x); // [2, 1]: a · x
+//!     Built { inputs: vec![Some(a), Some(x)], outputs: vec![y] }
+//! });
+//! plan.alloc().unwrap();
+//! plan.input(0).unwrap().set_f32(&[1.0, 2.0, 3.0, 4.0]); // rows (1,2) and (3,4)
+//! plan.input(1).unwrap().set_f32(&[1.0, 1.0]);
+//! plan.compute().unwrap();
+//! assert_eq!(plan.output(0).to_f32(), vec![3.0, 7.0]);
 //! ```
 //!
-//! Handles ([`Tensor`], [`Graph`]) are plain pointers into the [`Context`]
-//! that made them; they stay valid while that context lives, and the engine
-//! keeps every context alive longer than the handles it hands out.
+//! Soundness rests on the handle types, so that misuse does not compile:
+//! a [`Tensor`] borrows what owns it (a context, a weight, a persistent
+//! set), a [`Graph`] is invariant in the lifetime of the tensors it holds,
+//! only a [`TensorMut`] (memory ggml allocated) can be written, and memory
+//! is allocated only by owners that outlive their handles ([`Plan`],
+//! [`Persistent`], [`WeightLoader`]). Views are checked against the tensor
+//! they view. Each `unsafe` block states the invariant it relies on.
 #![deny(missing_docs)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 use std::ffi::{c_int, c_void, CStr};
 use std::fmt;
+use std::marker::PhantomData;
 use std::ptr::NonNull;
-use std::sync::Arc;
 
 use llama_cpp_sys_2 as sys;
 
@@ -63,6 +67,8 @@ pub enum ErrorKind {
     Misaligned,
     /// The backend cannot compute an operation (backend, op, tensor name).
     Unsupported(String, String, String),
+    /// A weight does not fit the file or its description (the message says how).
+    Weight(String),
 }
 
 impl fmt::Display for Error {
@@ -75,6 +81,7 @@ impl fmt::Display for Error {
             ErrorKind::Unsupported(b, op, t) => {
                 write!(f, "ggml backend {b} cannot compute {op} (tensor {t:?})")
             }
+            ErrorKind::Weight(m) => f.write_str(m),
         }
     }
 }
@@ -210,21 +217,66 @@ impl Rope {
 
 // ---- tensors ----
 
-/// A handle to a tensor of a [`Context`] (see the crate doc on validity).
+/// A read-only handle to a tensor, borrowed from what owns it: a
+/// [`Context`] (graph nodes), a [`Weight`] or a [`Persistent`] set. It is
+/// `Copy` and cannot outlive its owner, so it cannot be used after the
+/// context is reset or dropped:
+///
+/// ```compile_fail
+/// let mut ctx = ggml::Context::new(4);
+/// let t = ctx.tensor(ggml::Type::F32, &[4]);
+/// ctx.reset(); // error: `ctx` is borrowed by `t`
+/// let _ = t.ne();
+/// ```
+///
+/// Graphs read it; nothing writes its data through it (see [`TensorMut`]).
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub struct Tensor(NonNull<sys::ggml_tensor>);
+pub struct Tensor<'c> {
+    raw: NonNull<sys::ggml_tensor>,
+    /// Covariant in `'c`; not `Send` or `Sync` (weights move between
+    /// buffers on the thread that runs the graphs, see [`Weight::move_to`]).
+    _owner: PhantomData<&'c Context>,
+}
 
-// SAFETY: a tensor handle is a pointer to metadata; ggml has no thread-local
-// state tied to it, and the engine never builds one graph from two threads.
-unsafe impl Send for Tensor {}
+/// A tensor whose data may be written: by the host ([`TensorMut::set_f32`],
+/// [`Plan::set_i32`]) and by graphs ([`Context::cpy`],
+/// [`Context::set_rows`]). Only tensors whose memory ggml allocated itself
+/// get one (graph inputs, a [`Persistent`] set such as a KV cache); never a
+/// [`Weight`], which may lie over a read-only file mapping.
+///
+/// ```compile_fail
+/// fn write(w: &ggml::Weight) {
+///     w.t().set_f32(&[0.0]); // error: no method `set_f32` on `Tensor`
+/// }
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct TensorMut<'c>(Tensor<'c>);
 
-impl Tensor {
+impl<'c> From<TensorMut<'c>> for Tensor<'c> {
+    fn from(t: TensorMut<'c>) -> Tensor<'c> {
+        t.0
+    }
+}
+
+impl<'c> Tensor<'c> {
+    /// # Safety
+    /// `raw` is a live tensor that stays valid (metadata and, once
+    /// allocated, data) for `'c`, and that graphs may only read unless it is
+    /// wrapped in a [`TensorMut`] (see there).
+    unsafe fn from_raw(raw: NonNull<sys::ggml_tensor>) -> Tensor<'c> {
+        Tensor {
+            raw,
+            _owner: PhantomData,
+        }
+    }
     fn raw(self) -> *mut sys::ggml_tensor {
-        self.0.as_ptr()
+        self.raw.as_ptr()
     }
     fn meta(&self) -> &sys::ggml_tensor {
-        // SAFETY: handle validity (crate doc).
-        unsafe { self.0.as_ref() }
+        // SAFETY: live for 'c (the borrow in the type). Metadata changes only
+        // through ggml calls made on this thread (the handle is not Send),
+        // none of which runs while this short borrow lives.
+        unsafe { self.raw.as_ref() }
     }
     /// Whether its elements lie one after the other, without gaps.
     pub fn is_contiguous(&self) -> bool {
@@ -247,84 +299,30 @@ impl Tensor {
     pub fn n_elements(&self) -> usize {
         self.ne().iter().product::<i64>() as usize
     }
-    /// Bytes the tensor's data occupies.
+    /// Bytes the tensor's data spans.
     pub fn n_bytes(&self) -> usize {
-        // SAFETY: handle validity.
+        // SAFETY: live tensor.
         unsafe { sys::ggml_nbytes(self.raw()) }
     }
     /// Names the tensor (shown in ggml debug output); names over 63 bytes are cut.
-    pub fn set_name(self, name: &str) -> Tensor {
+    pub fn set_name(self, name: &str) -> Self {
         let c = std::ffi::CString::new(name.replace('\0', "")).unwrap_or_default();
-        // SAFETY: ggml copies at most 63 bytes plus NUL.
+        // SAFETY: ggml copies at most 63 bytes plus NUL into the metadata.
         unsafe { sys::ggml_set_name(self.raw(), c.as_ptr()) };
         self
     }
-    /// Marks the tensor as a graph input (its memory is not reused before it is read).
-    pub fn set_input(self) -> Tensor {
-        // SAFETY: handle validity.
-        unsafe { sys::ggml_set_input(self.raw()) };
-        self
-    }
     /// Marks the tensor as a graph output (its memory is kept after compute).
-    pub fn set_output(self) -> Tensor {
-        // SAFETY: handle validity.
+    pub fn set_output(self) -> Self {
+        // SAFETY: sets a flag in the live metadata.
         unsafe { sys::ggml_set_output(self.raw()) };
         self
     }
     /// Whether the tensor has memory (a buffer) yet.
     pub fn is_allocated(&self) -> bool {
-        !self.meta().buffer.is_null() || !self.meta().data.is_null()
+        !self.meta().buffer.is_null() && !self.meta().data.is_null()
     }
-    /// Writes `bytes` (exactly [`Tensor::n_bytes`]): at once, or queued on
-    /// `backend`'s stream when it has one (see [`Backend::set_i32`]).
-    fn write_via(&self, backend: Option<sys::ggml_backend_t>, bytes: &[u8]) {
-        assert!(
-            self.is_allocated(),
-            "tensor written before it was allocated"
-        );
-        assert_eq!(
-            bytes.len(),
-            self.n_bytes(),
-            "tensor of {:?} {:?} written with {} bytes",
-            self.ty(),
-            self.ne(),
-            bytes.len()
-        );
-        let (data, n) = (bytes.as_ptr().cast(), bytes.len());
-        // SAFETY: sizes checked; the backend copies (or stages) the bytes
-        // before it returns.
-        unsafe {
-            match backend {
-                None => sys::ggml_backend_tensor_set(self.raw(), data, 0, n),
-                Some(b) => sys::ggml_backend_tensor_set_async(b, self.raw(), data, 0, n),
-            }
-        }
-    }
-    /// `v` as bytes for this tensor, which must have type `ty` (`what`
-    /// names the setter in the panic message).
-    fn typed<'v, T: Scalar>(&self, ty: Type, what: &str, v: &'v [T]) -> &'v [u8] {
-        assert_eq!(self.ty(), ty, "{what} on a {:?} tensor", self.ty());
-        // SAFETY: Scalar types have no padding; reinterpreting as bytes is sound.
-        unsafe { std::slice::from_raw_parts(v.as_ptr().cast(), std::mem::size_of_val(v)) }
-    }
-    /// Writes raw bytes (length must equal [`Tensor::n_bytes`]).
-    pub fn set_bytes(&self, bytes: &[u8]) {
-        self.write_via(None, bytes)
-    }
-    /// Writes f32 values (an F32 tensor, exactly its element count).
-    pub fn set_f32(&self, v: &[f32]) {
-        self.write_via(None, self.typed(Type::F32, "set_f32", v))
-    }
-    /// Writes i32 values (an I32 tensor).
-    pub fn set_i32(&self, v: &[i32]) {
-        self.write_via(None, self.typed(Type::I32, "set_i32", v))
-    }
-    /// Writes f32 values converted to f16 (an F16 tensor).
-    pub fn set_f32_as_f16(&self, v: &[f32]) {
-        let h = to_f16(v);
-        self.write_via(None, self.typed(Type::F16, "set_f32_as_f16", &h))
-    }
-    /// Reads `dst.len()` f32 values starting at element `offset` (an F32 tensor).
+    /// Reads `dst.len()` f32 values starting at element `offset` (an
+    /// allocated F32 tensor).
     pub fn read_f32_at(&self, offset: usize, dst: &mut [f32]) {
         assert_eq!(
             self.ty(),
@@ -332,14 +330,19 @@ impl Tensor {
             "read_f32_at on a {:?} tensor",
             self.ty()
         );
+        assert!(self.is_allocated(), "read of a tensor never allocated");
         assert!(
-            offset + dst.len() <= self.n_elements(),
+            self.is_contiguous()
+                && offset
+                    .checked_add(dst.len())
+                    .is_some_and(|e| e <= self.n_elements()),
             "read of {}+{} from {:?}",
             offset,
             dst.len(),
             self.ne()
         );
-        // SAFETY: range checked against the tensor's size.
+        // SAFETY: the range lies in the tensor's contiguous data (checked),
+        // which its buffer holds for 'c; `dst` has room for it.
         unsafe {
             sys::ggml_backend_tensor_get(
                 self.raw(),
@@ -357,15 +360,90 @@ impl Tensor {
     }
 }
 
-impl fmt::Debug for Tensor {
+impl<'c> TensorMut<'c> {
+    /// The read-only handle (what ops take).
+    pub fn t(self) -> Tensor<'c> {
+        self.0
+    }
+    /// Names the tensor (see [`Tensor::set_name`]).
+    pub fn set_name(self, name: &str) -> Self {
+        self.0.set_name(name);
+        self
+    }
+    /// Writes `bytes` (exactly [`Tensor::n_bytes`] of a contiguous,
+    /// allocated tensor) at once, or on `backend`'s queue (see
+    /// [`Plan::set_i32`]).
+    fn write_via(self, backend: Option<&Backend>, bytes: &[u8]) {
+        let t = self.0;
+        assert!(t.is_allocated(), "tensor written before it was allocated");
+        assert!(
+            bytes.len() == t.n_bytes() && t.is_contiguous(),
+            "tensor of {:?} {:?} written with {} bytes",
+            t.ty(),
+            t.ne(),
+            bytes.len()
+        );
+        match backend {
+            // SAFETY: the tensor's memory was allocated by ggml (the
+            // TensorMut invariant) and lives for 'c; sizes checked; ggml
+            // copies before it returns.
+            None => unsafe {
+                sys::ggml_backend_tensor_set(t.raw(), bytes.as_ptr().cast(), 0, bytes.len())
+            },
+            Some(b) => b.queue_write(t, bytes),
+        }
+    }
+    /// `v` as bytes for this tensor, which must have type `ty` (`what`
+    /// names the setter in the panic message).
+    fn typed<'v, T: Scalar>(self, ty: Type, what: &str, v: &'v [T]) -> &'v [u8] {
+        assert_eq!(self.0.ty(), ty, "{what} on a {:?} tensor", self.0.ty());
+        // SAFETY: Scalar types have no padding; reinterpreting as bytes is sound.
+        unsafe { std::slice::from_raw_parts(v.as_ptr().cast(), std::mem::size_of_val(v)) }
+    }
+    /// Writes raw bytes (length must equal [`Tensor::n_bytes`]).
+    pub fn set_bytes(self, bytes: &[u8]) {
+        self.write_via(None, bytes)
+    }
+    /// Writes f32 values (an F32 tensor, exactly its element count).
+    pub fn set_f32(self, v: &[f32]) {
+        self.write_via(None, self.typed(Type::F32, "set_f32", v))
+    }
+    /// Writes i32 values (an I32 tensor).
+    pub fn set_i32(self, v: &[i32]) {
+        self.write_via(None, self.typed(Type::I32, "set_i32", v))
+    }
+    /// Writes f32 values converted to f16 (an F16 tensor).
+    pub fn set_f32_as_f16(self, v: &[f32]) {
+        let h = to_f16(v);
+        self.write_via(None, self.typed(Type::F16, "set_f32_as_f16", &h))
+    }
+    /// Shape, `ne[0]` first.
+    pub fn ne(&self) -> [i64; 4] {
+        self.0.ne()
+    }
+    /// Reads the whole F32 tensor.
+    pub fn to_f32(&self) -> Vec<f32> {
+        self.0.to_f32()
+    }
+}
+
+impl fmt::Debug for Tensor<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Tensor({:?} {:?})", self.ty(), self.ne())
     }
 }
 
+impl fmt::Debug for TensorMut<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TensorMut({:?} {:?})", self.0.ty(), self.0.ne())
+    }
+}
+
 // ---- context ----
 
-/// Tensor metadata and graph storage (no tensor data: buffers hold that).
+/// Tensor metadata and graph storage (no tensor data: a [`Plan`], a
+/// [`Persistent`] set or a [`WeightLoader`] allocates that). Tensors and
+/// graphs borrow it; [`Context::reset`] takes it mutably, so none survives.
 pub struct Context {
     raw: NonNull<sys::ggml_context>,
     /// Whether [`Context::mul_mat`] may use our own CPU kernels
@@ -373,12 +451,13 @@ pub struct Context {
     own_kernels: std::cell::Cell<bool>,
 }
 
-// SAFETY: owned exclusively; ggml contexts have no thread affinity.
+// SAFETY: owned exclusively; ggml contexts have no thread affinity, and no
+// handle into it (all borrow it) can exist when it moves.
 unsafe impl Send for Context {}
 
 impl Drop for Context {
     fn drop(&mut self) {
-        // SAFETY: we own it.
+        // SAFETY: we own it; no handle borrows it any more.
         unsafe { sys::ggml_free(self.raw.as_ptr()) }
     }
 }
@@ -409,114 +488,142 @@ impl Context {
     pub fn use_own_kernels(&self, on: bool) {
         self.own_kernels.set(on);
     }
-    /// Forgets every tensor and graph (their handles must not be used again),
-    /// keeping the memory for the next graph.
+    /// Forgets every tensor and graph, keeping the memory for the next
+    /// graph (`&mut`: no handle into the context survives this).
     pub fn reset(&mut self) {
-        // SAFETY: we own the context; `&mut` means no op is being built.
+        // SAFETY: we own the context, and `&mut` means nothing borrows it.
         unsafe { sys::ggml_reset(self.ptr()) }
     }
     fn ptr(&self) -> *mut sys::ggml_context {
         self.raw.as_ptr()
     }
-    fn wrap(&self, t: *mut sys::ggml_tensor) -> Tensor {
-        Tensor(NonNull::new(t).expect("ggml op returned null (context full)"))
+    /// Whether `t` is metadata in this context's arena.
+    fn owns(&self, t: *const sys::ggml_tensor) -> bool {
+        // SAFETY: live context.
+        let (base, size) = unsafe {
+            (
+                sys::ggml_get_mem_buffer(self.ptr()) as usize,
+                sys::ggml_get_mem_size(self.ptr()),
+            )
+        };
+        (base..base + size).contains(&(t as usize))
     }
-    /// A new tensor of `ty` and shape `ne` (1 to 4 dims), without data.
-    pub fn tensor(&self, ty: Type, ne: &[i64]) -> Tensor {
+    fn wrap(&self, t: *mut sys::ggml_tensor) -> Tensor<'_> {
+        let t = NonNull::new(t).expect("ggml op returned null (context full)");
+        // SAFETY: a tensor of this context, borrowed from it; op results get
+        // their memory from a graph allocator (they are read-only handles).
+        unsafe { Tensor::from_raw(t) }
+    }
+    /// A new tensor of `ty` and shape `ne` (1 to 4 dims), without data; it
+    /// gets memory when its graph is allocated (see [`Plan`]).
+    pub fn tensor(&self, ty: Type, ne: &[i64]) -> TensorMut<'_> {
         assert!(
             (1..=4).contains(&ne.len()) && ne.iter().all(|&n| n >= 0),
             "bad shape {ne:?}"
         );
-        // SAFETY: shape checked; ggml copies ne.
-        self.wrap(unsafe { sys::ggml_new_tensor(self.ptr(), ty.0, ne.len() as c_int, ne.as_ptr()) })
+        assert!(ty.is_known(), "tensor of unknown type {ty:?}");
+        // SAFETY: shape and type checked; ggml copies ne.
+        let t = unsafe { sys::ggml_new_tensor(self.ptr(), ty.0, ne.len() as c_int, ne.as_ptr()) };
+        TensorMut(self.wrap(t))
+    }
+    /// A new graph input: [`Context::tensor`] marked so its memory is not
+    /// reused before it is read; write it after allocation.
+    pub fn input(&self, ty: Type, ne: &[i64]) -> TensorMut<'_> {
+        let t = self.tensor(ty, ne);
+        // SAFETY: sets a flag in the live metadata.
+        unsafe { sys::ggml_set_input(t.0.raw()) };
+        t
     }
     /// A new empty graph with room for `size` nodes.
-    pub fn graph(&self, size: usize) -> Graph {
+    pub fn graph(&self, size: usize) -> Graph<'_> {
         // SAFETY: the context was sized for it by `new`.
         let g = unsafe { sys::ggml_new_graph_custom(self.ptr(), size, false) };
         Graph {
             raw: NonNull::new(g).expect("ggml_new_graph_custom returned null"),
+            _owner: PhantomData,
         }
-    }
-    /// Allocates every tensor of this context in one new buffer of `backend`, zeroed.
-    pub fn alloc_tensors(&self, backend: &Backend) -> Result<Buffer, Error> {
-        // SAFETY: live context and backend.
-        let b = unsafe { sys::ggml_backend_alloc_ctx_tensors(self.ptr(), backend.raw) };
-        let raw = NonNull::new(b).ok_or(Error {
-            kind: ErrorKind::Alloc(0),
-        })?;
-        // SAFETY: fresh buffer.
-        unsafe { sys::ggml_backend_buffer_clear(raw.as_ptr(), 0) };
-        Ok(Buffer {
-            raw,
-            _owner: None,
-            writable: false,
-        })
-    }
-    /// Allocates every tensor of this context that has no memory yet in one
-    /// new buffer in `dev`'s memory (not cleared: the caller writes them all).
-    pub fn alloc_tensors_on(&self, dev: Device) -> Result<Buffer, Error> {
-        // SAFETY: live context; the device's buffer type lives as long as ggml.
-        let b = unsafe {
-            sys::ggml_backend_alloc_ctx_tensors_from_buft(
-                self.ptr(),
-                sys::ggml_backend_dev_buffer_type(dev.raw),
-            )
-        };
-        let raw = NonNull::new(b).ok_or(Error {
-            kind: ErrorKind::Alloc(0),
-        })?;
-        Ok(Buffer {
-            raw,
-            _owner: None,
-            writable: false,
-        })
     }
 }
 
 // ---- ops: see ops.rs ----
 
 mod kernels;
+mod memory;
 mod ops;
+mod plan;
+
+pub use memory::{
+    release_file_pages, AlignedBytes, Buffer, FileMap, HostBytes, Weight, WeightLoader,
+};
+pub use plan::{Built, Persistent, Plan, Scope};
 
 // ---- graphs ----
 
-/// A computation graph in a [`Context`] (a handle, valid while the context
-/// lives and is not reset, like [`Tensor`]).
-#[derive(Clone, Copy)]
-pub struct Graph {
+/// A computation graph in a [`Context`]. Invariant in `'g`: every tensor
+/// added must live at least as long as every use of the graph, so a graph
+/// cannot outlive a weight it reads:
+///
+/// ```compile_fail
+/// fn keep<'g>(ctx: &'g ggml::Context, g: &ggml::Graph<'g>, w: ggml::Weight) {
+///     g.expand(ctx.add(w.t(), w.t()));
+///     drop(w); // error: `w` is borrowed by the graph
+///     let _ = g.n_nodes();
+/// }
+/// ```
+pub struct Graph<'g> {
     raw: NonNull<sys::ggml_cgraph>,
+    _owner: PhantomData<std::cell::Cell<&'g Context>>,
 }
 
-impl Graph {
+impl<'g> Graph<'g> {
     /// Adds `t` and everything it depends on.
-    pub fn expand(&self, t: Tensor) {
-        // SAFETY: live graph and tensor.
-        unsafe { sys::ggml_build_forward_expand(self.raw.as_ptr(), t.raw()) }
+    pub fn expand(&self, t: impl Into<Tensor<'g>>) {
+        // SAFETY: live graph and tensor (both borrow for 'g).
+        unsafe { sys::ggml_build_forward_expand(self.raw.as_ptr(), t.into().raw()) }
     }
     /// Number of compute nodes.
     pub fn n_nodes(&self) -> usize {
         // SAFETY: live graph.
         unsafe { sys::ggml_graph_n_nodes(self.raw.as_ptr()) as usize }
     }
+    /// The nodes and their sources.
+    fn for_each_tensor(&self, mut f: impl FnMut(*mut sys::ggml_tensor)) {
+        for i in 0..self.n_nodes() {
+            // SAFETY: i < n_nodes; nodes and their sources are live tensors.
+            unsafe {
+                let t = sys::ggml_graph_node(self.raw.as_ptr(), i as c_int);
+                f(t);
+                for &s in (*t).src.iter().filter(|s| !s.is_null()) {
+                    f(s);
+                }
+            }
+        }
+    }
 }
 
 // ---- backend ----
 
 /// A compute backend: the CPU, with a thread pool kept for its lifetime, or
-/// a GPU [`Device`].
+/// a GPU [`Device`]. Graphs run through a [`Plan`] that owns it.
 pub struct Backend {
     raw: sys::ggml_backend_t,
     pool: *mut sys::ggml_threadpool,
+    /// Bytes of writes queued on a GPU backend's stream ([`Plan::set_i32`]),
+    /// kept until the backend is synchronized: ggml does not promise that
+    /// an asynchronous copy has read its source when it returns.
+    staged: std::cell::RefCell<Vec<Vec<u8>>>,
 }
 
-// SAFETY: owned exclusively; used from one thread at a time (&mut not needed by ggml).
+// SAFETY: owned exclusively; the staged bytes are owned. Not Sync: ggml
+// backends are used from one thread at a time.
 unsafe impl Send for Backend {}
 
 impl Drop for Backend {
     fn drop(&mut self) {
-        // SAFETY: we own both; the backend goes first, it references the pool.
+        // SAFETY: we own both; queued writes finish before their bytes and
+        // the backend go; the backend goes first, it references the pool.
         unsafe {
+            sys::ggml_backend_synchronize(self.raw);
             sys::ggml_backend_free(self.raw);
             if !self.pool.is_null() {
                 sys::ggml_threadpool_free(self.pool);
@@ -526,6 +633,13 @@ impl Drop for Backend {
 }
 
 impl Backend {
+    fn new(raw: sys::ggml_backend_t, pool: *mut sys::ggml_threadpool) -> Backend {
+        Backend {
+            raw,
+            pool,
+            staged: Default::default(),
+        }
+    }
     /// The CPU backend with `n_threads` worker threads in a persistent pool
     /// (no threads are created per graph).
     pub fn cpu(n_threads: usize) -> Result<Backend, Error> {
@@ -543,7 +657,7 @@ impl Backend {
             if !pool.is_null() {
                 sys::ggml_backend_cpu_set_threadpool(raw, pool);
             }
-            Ok(Backend { raw, pool })
+            Ok(Backend::new(raw, pool))
         }
     }
     /// A backend computing on `dev` (a GPU: tensors of its graphs must live
@@ -554,15 +668,16 @@ impl Backend {
         if raw.is_null() {
             return err(ErrorKind::Backend(dev.name()));
         }
-        Ok(Backend {
-            raw,
-            pool: std::ptr::null_mut(),
-        })
+        Ok(Backend::new(raw, std::ptr::null_mut()))
     }
     /// The backend's name (`CPU`, `CUDA0`, ...).
     pub fn name(&self) -> String {
         // SAFETY: live backend; ggml returns a static string.
         unsafe { cstr(sys::ggml_backend_name(self.raw)) }
+    }
+    fn is_cpu(&self) -> bool {
+        // SAFETY: live backend.
+        unsafe { sys::ggml_backend_is_cpu(self.raw) }
     }
     /// Fails, naming the first operation of `g` this backend cannot compute
     /// (a GPU backend lacks some op/type pairs the CPU has).
@@ -580,25 +695,45 @@ impl Backend {
         }
         Ok(())
     }
-    /// Writes `v` into the I32 tensor `t` in this backend's order of work: a
-    /// GPU queues the copy before its next computation instead of waiting
-    /// for it (one round trip per step, not one per input); the CPU writes
-    /// at once. `v` may be dropped on return.
-    pub fn set_i32(&self, t: Tensor, v: &[i32]) {
-        t.write_via(Some(self.raw), t.typed(Type::I32, "set_i32", v))
+    /// Queues a write of `bytes` (checked by the caller to be exactly `t`'s
+    /// allocated, contiguous data) on this backend's stream.
+    fn queue_write(&self, t: Tensor, bytes: &[u8]) {
+        if self.is_cpu() {
+            // The CPU backend has no queue: ggml writes at once.
+            // SAFETY: as in TensorMut::write_via.
+            unsafe { sys::ggml_backend_tensor_set(t.raw(), bytes.as_ptr().cast(), 0, bytes.len()) };
+            return;
+        }
+        let copy = bytes.to_vec();
+        // SAFETY: the destination as in TensorMut::write_via, and it stays
+        // allocated until the backend is synchronized (a Plan synchronizes
+        // before it frees or moves memory); the source is `copy`, kept in
+        // `staged` (its heap bytes do not move) until then.
+        unsafe {
+            sys::ggml_backend_tensor_set_async(
+                self.raw,
+                t.raw(),
+                copy.as_ptr().cast(),
+                0,
+                copy.len(),
+            )
+        };
+        self.staged.borrow_mut().push(copy);
     }
-    /// Like [`Backend::set_i32`], for an I64 tensor.
-    pub fn set_i64(&self, t: Tensor, v: &[i64]) {
-        t.write_via(Some(self.raw), t.typed(Type::I64, "set_i64", v))
+    /// Waits for queued work, then drops the staged bytes.
+    fn synchronize(&self) {
+        // SAFETY: live backend.
+        unsafe { sys::ggml_backend_synchronize(self.raw) };
+        self.staged.borrow_mut().clear();
     }
-    /// Like [`Backend::set_i32`], for an F32 tensor.
-    pub fn set_f32(&self, t: Tensor, v: &[f32]) {
-        t.write_via(Some(self.raw), t.typed(Type::F32, "set_f32", v))
-    }
-    /// Like [`Backend::set_i32`]: f32 values converted into an F16 tensor.
-    pub fn set_f32_as_f16(&self, t: Tensor, v: &[f32]) {
-        let h = to_f16(v);
-        t.write_via(Some(self.raw), t.typed(Type::F16, "set_f32_as_f16", &h))
+    /// Writes `v` (elements of type `ty`; `what` names the setter in a
+    /// panic) into `t` in this backend's order of work: a GPU queues the
+    /// copy before its next computation instead of waiting for it (the
+    /// bytes are copied and kept until the backend synchronizes); the CPU
+    /// writes at once. Private: only a [`Plan`] queues writes, into tensors
+    /// of its own graph, whose memory outlives its next synchronization.
+    fn queue<T: Scalar>(&self, t: TensorMut, ty: Type, what: &str, v: &[T]) {
+        t.write_via(Some(self), t.typed(ty, what, v))
     }
     /// On a CPU backend, whether matrix products take ggml's one-row
     /// ("reference") kernels for any number of rows: no tinyBLAS, tiled or
@@ -614,10 +749,15 @@ impl Backend {
             }
         }
     }
-    /// Computes every node of `g` (all its tensors must be allocated).
-    pub fn compute(&self, g: &Graph) -> Result<(), Error> {
-        // SAFETY: live backend and graph.
+    /// Computes every node of `g`, then drops the staged input bytes (ggml
+    /// synchronizes before it returns).
+    ///
+    /// # Safety
+    /// Every tensor of `g` is allocated, in memory that lives until this returns.
+    unsafe fn compute(&self, g: &Graph) -> Result<(), Error> {
+        // SAFETY: per the contract.
         let s = unsafe { sys::ggml_backend_graph_compute(self.raw, g.raw.as_ptr()) };
+        self.synchronize();
         if s != 0 {
             return err(ErrorKind::Compute(s));
         }
@@ -697,393 +837,6 @@ impl Device {
 impl fmt::Debug for Device {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Device({} {})", self.name(), self.description())
-    }
-}
-
-// ---- buffers ----
-
-/// Backend memory holding tensor data. It may borrow caller-owned bytes
-/// (kept alive by an `Arc` inside the buffer).
-pub struct Buffer {
-    raw: NonNull<sys::ggml_backend_buffer>,
-    _owner: Option<Arc<dyn AsRef<[u8]> + Send + Sync>>,
-    /// Host memory we may write into ([`Buffer::huge_pages`]).
-    writable: bool,
-}
-
-// SAFETY: owned exclusively.
-unsafe impl Send for Buffer {}
-
-impl Drop for Buffer {
-    fn drop(&mut self) {
-        // SAFETY: we own the buffer; ggml does not free borrowed host memory.
-        unsafe { sys::ggml_backend_buffer_free(self.raw.as_ptr()) }
-    }
-}
-
-impl Buffer {
-    /// A CPU buffer over `bytes` without copying (e.g. a memory-mapped file);
-    /// ggml only reads tensors placed in it. The bytes must be 32-byte aligned.
-    pub fn from_host_bytes(bytes: Arc<dyn AsRef<[u8]> + Send + Sync>) -> Result<Buffer, Error> {
-        let s: &[u8] = (*bytes).as_ref();
-        if (s.as_ptr() as usize) % 32 != 0 {
-            return err(ErrorKind::Misaligned);
-        }
-        // SAFETY: the Arc keeps the bytes alive as long as the buffer; ggml
-        // never writes to weight tensors.
-        let b =
-            unsafe { sys::ggml_backend_cpu_buffer_from_ptr(s.as_ptr() as *mut c_void, s.len()) };
-        let raw = NonNull::new(b).ok_or(Error {
-            kind: ErrorKind::Alloc(s.len()),
-        })?;
-        Ok(Buffer {
-            raw,
-            _owner: Some(bytes),
-            writable: false,
-        })
-    }
-    /// A new zeroed CPU buffer of `len` bytes in 2 MiB huge pages (see
-    /// [`AlignedBytes::zeroed`]), to fill with [`Buffer::write`].
-    pub fn huge_pages(len: usize) -> Result<Buffer, Error> {
-        let bytes = AlignedBytes::zeroed(len).map_err(|_| Error {
-            kind: ErrorKind::Alloc(len),
-        })?;
-        let mut b = Buffer::from_host_bytes(Arc::new(bytes))?;
-        b.writable = true;
-        Ok(b)
-    }
-    /// Copies `bytes` to byte `offset` of a [`Buffer::huge_pages`] buffer.
-    /// Tensors placed over that range must not be in a running computation.
-    pub fn write(&self, offset: usize, bytes: &[u8]) {
-        assert!(self.writable, "write into a buffer not made by huge_pages");
-        let end = offset.checked_add(bytes.len());
-        assert!(
-            end.is_some_and(|e| e <= self.size()),
-            "write of {} bytes at {offset} outside buffer of {}",
-            bytes.len(),
-            self.size()
-        );
-        // SAFETY: range checked; the memory is our writable anonymous
-        // mapping, and Rust holds no reference into it (ggml has pointers,
-        // not used while no graph runs).
-        unsafe {
-            let base = sys::ggml_backend_buffer_get_base(self.raw.as_ptr()) as *mut u8;
-            std::ptr::copy_nonoverlapping(bytes.as_ptr(), base.add(offset), bytes.len());
-        }
-    }
-    /// Size in bytes.
-    pub fn size(&self) -> usize {
-        // SAFETY: live buffer.
-        unsafe { sys::ggml_backend_buffer_get_size(self.raw.as_ptr()) }
-    }
-    /// The address of byte `offset` for `t`; panics when `t` does not fit
-    /// there (callers check ranges when they read the file).
-    fn addr_for(&self, t: Tensor, offset: usize) -> *mut c_void {
-        let end = offset.checked_add(t.n_bytes());
-        assert!(
-            end.is_some_and(|e| e <= self.size()),
-            "tensor {:?} at {offset} outside buffer of {}",
-            t,
-            self.size()
-        );
-        // SAFETY: range checked; base is valid for `size` bytes.
-        unsafe {
-            let base = sys::ggml_backend_buffer_get_base(self.raw.as_ptr()) as *mut u8;
-            base.add(offset).cast()
-        }
-    }
-    /// Places `t` at byte `offset` of this buffer (no copy). Panics when it
-    /// does not fit: callers check ranges when they read the file.
-    pub fn place(&self, t: Tensor, offset: usize) {
-        let addr = self.addr_for(t, offset);
-        // SAFETY: `addr` lies in this buffer with room for `t`.
-        unsafe { sys::ggml_backend_tensor_alloc(self.raw.as_ptr(), t.raw(), addr) };
-    }
-    /// Moves `t`, already placed in another host buffer, to byte `offset` of
-    /// this one (no copy: write the bytes there first). Graphs built over
-    /// `t` read the new place from their next computation; none may be
-    /// running.
-    pub fn replace(&self, t: Tensor, offset: usize) {
-        assert!(t.is_allocated(), "replace of a tensor never placed");
-        let addr = self.addr_for(t, offset);
-        // SAFETY: `addr` lies in this buffer with room for `t`; both buffers
-        // are CPU host buffers, which keep no per-tensor state (no
-        // init_tensor), so pointing the tensor at the new memory is all
-        // ggml_backend_tensor_alloc would do.
-        unsafe {
-            let raw = t.raw();
-            (*raw).buffer = self.raw.as_ptr();
-            (*raw).data = addr;
-        }
-    }
-}
-
-/// The CPU backend's extra weight buffer types (`CPU_REPACK` on x86 and
-/// ARM): a weight uploaded into one is rearranged into interleaved blocks
-/// that its matrix kernels read faster (Q4_0 and Q4_K on AVX2, more on ARM).
-/// llama.cpp uses them by default; the data is a copy, not the mapped file.
-pub struct Repack {
-    dev: sys::ggml_backend_dev_t,
-    bufts: Vec<sys::ggml_backend_buffer_type_t>,
-}
-
-impl Repack {
-    /// The extra buffer types of the CPU device (empty when the build or the
-    /// CPU has none).
-    pub fn cpu() -> Repack {
-        errors_only_logs();
-        // SAFETY: registry lookups; the proc address has the documented type.
-        unsafe {
-            let dev = sys::ggml_backend_dev_by_type(sys::GGML_BACKEND_DEVICE_TYPE_CPU);
-            let mut bufts = vec![];
-            if !dev.is_null() {
-                let reg = sys::ggml_backend_dev_backend_reg(dev);
-                let f = sys::ggml_backend_reg_get_proc_address(
-                    reg,
-                    c"ggml_backend_dev_get_extra_bufts".as_ptr(),
-                );
-                if !f.is_null() {
-                    let f: unsafe extern "C" fn(
-                        sys::ggml_backend_dev_t,
-                    )
-                        -> *mut sys::ggml_backend_buffer_type_t = std::mem::transmute(f);
-                    let mut p = f(dev);
-                    while !p.is_null() && !(*p).is_null() {
-                        bufts.push(*p);
-                        p = p.add(1);
-                    }
-                }
-            }
-            Repack { dev, bufts }
-        }
-    }
-
-    /// The first extra buffer type whose kernels take `mul_mat(w, x)` for
-    /// this weight (`w` not yet allocated), as llama.cpp picks it.
-    pub fn choose(&self, w: Tensor) -> Option<RepackType> {
-        if self.bufts.is_empty() || w.is_allocated() {
-            return None;
-        }
-        let ne = w.ne();
-        let scratch = Context::new(4);
-        let x = scratch.tensor(Type::F32, &[ne[0], 512, ne[2], ne[3]]);
-        let op = scratch.mul_mat(w, x);
-        self.bufts.iter().copied().find_map(|buft| {
-            // SAFETY: as llama.cpp does, give the weight a dummy buffer of
-            // the type for the check and take it away again; nothing reads it.
-            let ok = unsafe {
-                let dummy = sys::ggml_backend_buft_alloc_buffer(buft, 0);
-                if dummy.is_null() {
-                    return None;
-                }
-                (*w.raw()).buffer = dummy;
-                let ok = sys::ggml_backend_dev_supports_op(self.dev, op.raw());
-                (*w.raw()).buffer = std::ptr::null_mut();
-                sys::ggml_backend_buffer_free(dummy);
-                ok
-            };
-            ok.then_some(RepackType(buft))
-        })
-    }
-}
-
-/// One extra weight buffer type (see [`Repack`]).
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub struct RepackType(sys::ggml_backend_buffer_type_t);
-
-impl RepackType {
-    /// Allocates one buffer of this type for `items` (unallocated tensors)
-    /// and uploads each from its bytes in ggml's plain layout (exactly the
-    /// tensor's size); the upload repacks.
-    pub fn upload(self, items: &[(Tensor, &[u8])]) -> Result<Buffer, Error> {
-        // SAFETY: sizes come from ggml for these tensors; every tensor is
-        // placed inside the buffer at an aligned offset, then written with
-        // exactly its own byte count.
-        unsafe {
-            let align = sys::ggml_backend_buft_get_alignment(self.0).max(1);
-            let sizes: Vec<usize> = items
-                .iter()
-                .map(|(t, _)| {
-                    sys::ggml_backend_buft_get_alloc_size(self.0, t.raw()).next_multiple_of(align)
-                })
-                .collect();
-            let total: usize = sizes.iter().sum();
-            let raw = sys::ggml_backend_buft_alloc_buffer(self.0, total.max(1));
-            let raw = NonNull::new(raw).ok_or(Error {
-                kind: ErrorKind::Alloc(total),
-            })?;
-            let buf = Buffer {
-                raw,
-                _owner: None,
-                writable: false,
-            };
-            let base = sys::ggml_backend_buffer_get_base(raw.as_ptr()) as *mut u8;
-            let mut off = 0;
-            for ((t, bytes), size) in items.iter().zip(&sizes) {
-                assert_eq!(bytes.len(), t.n_bytes(), "upload of {t:?}");
-                let s = sys::ggml_backend_tensor_alloc(raw.as_ptr(), t.raw(), base.add(off).cast());
-                if s != 0 {
-                    return err(ErrorKind::Alloc(*size));
-                }
-                sys::ggml_backend_tensor_set(t.raw(), bytes.as_ptr().cast(), 0, bytes.len());
-                off += size;
-            }
-            Ok(buf)
-        }
-    }
-}
-
-/// Alignment of [`AlignedBytes`]: a transparent huge page.
-const HUGE_PAGE: usize = 2 << 20;
-
-/// Owned bytes aligned to 2 MiB, in anonymous memory the kernel is asked to
-/// back with huge pages (for reading a file into memory with `--no-mmap`).
-pub struct AlignedBytes {
-    map: NonNull<u8>, // start of the mapping, `map_len` bytes
-    map_len: usize,
-    ptr: NonNull<u8>, // aligned start of the data, `len` bytes
-    len: usize,
-}
-
-// SAFETY: plain owned memory.
-unsafe impl Send for AlignedBytes {}
-// SAFETY: immutable after construction.
-unsafe impl Sync for AlignedBytes {}
-
-impl AlignedBytes {
-    /// Reads all of `r` (exactly `len` bytes) into a new aligned allocation.
-    pub fn read_exact(mut r: impl std::io::Read, len: usize) -> std::io::Result<AlignedBytes> {
-        let me = AlignedBytes::zeroed(len)?;
-        // SAFETY: we own `len` initialised (zeroed) bytes, and nothing else
-        // refers to them yet.
-        r.read_exact(unsafe { std::slice::from_raw_parts_mut(me.ptr.as_ptr(), len) })?;
-        Ok(me)
-    }
-
-    /// `len` zero bytes, 2 MiB aligned, in memory the kernel is asked to back
-    /// with huge pages (allocated when first written).
-    pub fn zeroed(len: usize) -> std::io::Result<AlignedBytes> {
-        let too_big = || std::io::Error::other(format!("cannot allocate {len} bytes"));
-        let map_len = len.max(1).checked_add(HUGE_PAGE).ok_or_else(too_big)?;
-        // SAFETY: a fresh private anonymous mapping (zero-filled by the
-        // kernel, so every byte is initialised); checked for failure.
-        let map = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                map_len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if map == libc::MAP_FAILED {
-            return Err(too_big());
-        }
-        let map = NonNull::new(map.cast::<u8>()).ok_or_else(too_big)?;
-        let ptr = map.as_ptr() as usize;
-        let aligned = ptr.next_multiple_of(HUGE_PAGE);
-        // SAFETY: `aligned..aligned + len` lies inside the mapping.
-        let ptr = unsafe { NonNull::new_unchecked(map.as_ptr().add(aligned - ptr)) };
-        // Weights are streamed through on every token: 2 MiB pages cut the
-        // TLB misses of that walk (a hint; the kernel may ignore it).
-        // SAFETY: the range is inside our mapping.
-        unsafe { libc::madvise(ptr.as_ptr().cast(), len, libc::MADV_HUGEPAGE) };
-        Ok(AlignedBytes {
-            map,
-            map_len,
-            ptr,
-            len,
-        })
-    }
-}
-
-/// Gives back the pages of `bytes` that lie wholly inside it (the pages at
-/// its ends may hold other data and are kept), lowering the resident size.
-///
-/// # Safety
-/// `bytes` must be part of a read-only mapping of a file that is not
-/// modified: a later read faults the same content back in. (On anonymous
-/// memory the pages would read back as zeros.)
-pub unsafe fn release_file_pages(bytes: &[u8]) {
-    // SAFETY: sysconf has no preconditions.
-    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
-    let start = (bytes.as_ptr() as usize).next_multiple_of(page);
-    let end = (bytes.as_ptr() as usize + bytes.len()) / page * page;
-    if end > start {
-        // SAFETY: a page-aligned range inside `bytes`; per the contract it
-        // is file-backed, so dropping its pages loses nothing.
-        unsafe { libc::madvise(start as *mut c_void, end - start, libc::MADV_DONTNEED) };
-    }
-}
-
-impl AsRef<[u8]> for AlignedBytes {
-    fn as_ref(&self) -> &[u8] {
-        // SAFETY: `len` initialised bytes.
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
-    }
-}
-
-impl Drop for AlignedBytes {
-    fn drop(&mut self) {
-        // SAFETY: our own mapping, unmapped once.
-        unsafe { libc::munmap(self.map.as_ptr().cast(), self.map_len) };
-    }
-}
-
-// ---- graph allocator ----
-
-/// Places a graph's intermediate tensors in one compute buffer that is
-/// reserved once for the largest graph and reused for every later graph.
-/// The buffer is freed with the allocator: keep it alive while a graph it
-/// allocated is used.
-pub struct Allocator {
-    raw: NonNull<sys::ggml_gallocr>,
-}
-
-// SAFETY: owned exclusively.
-unsafe impl Send for Allocator {}
-
-impl Drop for Allocator {
-    fn drop(&mut self) {
-        // SAFETY: we own it.
-        unsafe { sys::ggml_gallocr_free(self.raw.as_ptr()) }
-    }
-}
-
-impl Allocator {
-    /// An allocator for `backend`'s default buffer type.
-    pub fn new(backend: &Backend) -> Allocator {
-        // SAFETY: live backend.
-        let raw = unsafe {
-            sys::ggml_gallocr_new(sys::ggml_backend_get_default_buffer_type(backend.raw))
-        };
-        Allocator {
-            raw: NonNull::new(raw).expect("ggml_gallocr_new returned null"),
-        }
-    }
-    /// Sizes the compute buffer for `g` (call with the worst-case graph).
-    pub fn reserve(&mut self, g: &Graph) -> Result<(), Error> {
-        // SAFETY: live allocator and graph.
-        if unsafe { sys::ggml_gallocr_reserve(self.raw.as_ptr(), g.raw.as_ptr()) } {
-            Ok(())
-        } else {
-            err(ErrorKind::Alloc(0))
-        }
-    }
-    /// Allocates `g`'s tensors that have no memory yet.
-    pub fn alloc(&mut self, g: &Graph) -> Result<(), Error> {
-        // SAFETY: live allocator and graph.
-        if unsafe { sys::ggml_gallocr_alloc_graph(self.raw.as_ptr(), g.raw.as_ptr()) } {
-            Ok(())
-        } else {
-            err(ErrorKind::Alloc(0))
-        }
-    }
-    /// Bytes of the compute buffer.
-    pub fn buffer_size(&self) -> usize {
-        // SAFETY: live allocator.
-        unsafe { sys::ggml_gallocr_get_buffer_size(self.raw.as_ptr(), 0) }
     }
 }
 

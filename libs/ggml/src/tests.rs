@@ -1,24 +1,55 @@
 use super::*;
 
-/// Runs `f` on a graph with inputs set by `set`, returning the output values.
-fn run(
-    build: impl FnOnce(&Context) -> (Tensor, Vec<(Tensor, Vec<f32>)>, Vec<(Tensor, Vec<i32>)>),
-) -> Vec<f32> {
-    let backend = Backend::cpu(1).unwrap();
-    let ctx = Context::new(64);
-    let (out, f32s, i32s) = build(&ctx);
-    let g = ctx.graph(64);
-    g.expand(out);
-    let mut alloc = Allocator::new(&backend);
-    alloc.alloc(&g).unwrap();
-    for (t, v) in f32s {
-        t.set_f32(&v);
+/// Values for a graph input.
+enum Vals {
+    F32(Vec<f32>),
+    F16(Vec<f32>),
+    I32(Vec<i32>),
+    Bytes(Vec<u8>),
+}
+
+/// Builds the graph `build` returns (its output and inputs with their
+/// values) in a plan on a CPU backend of `threads` threads, writes the
+/// inputs, computes, and returns the output values.
+fn run_with<F>(threads: usize, own: bool, build: F) -> Vec<f32>
+where
+    F: for<'c> FnOnce(&'c Context) -> (Tensor<'c>, Vec<(TensorMut<'c>, Vals)>),
+{
+    let mut plan = Plan::new(Backend::cpu(threads).unwrap(), 64, ());
+    plan.use_own_kernels(own);
+    let mut vals = vec![];
+    plan.build(|ctx, _g, _, _| {
+        let (out, ins) = build(ctx);
+        let mut inputs = vec![];
+        for (t, v) in ins {
+            inputs.push(Some(t));
+            vals.push(v);
+        }
+        Built {
+            inputs,
+            outputs: vec![out],
+        }
+    });
+    plan.check_supports().unwrap();
+    plan.alloc().unwrap();
+    for (i, v) in vals.iter().enumerate() {
+        let t = plan.input(i).unwrap();
+        match v {
+            Vals::F32(v) => t.set_f32(v),
+            Vals::F16(v) => t.set_f32_as_f16(v),
+            Vals::I32(v) => t.set_i32(v),
+            Vals::Bytes(v) => t.set_bytes(v),
+        }
     }
-    for (t, v) in i32s {
-        t.set_i32(&v);
-    }
-    backend.compute(&g).unwrap();
-    out.to_f32()
+    plan.compute().unwrap();
+    plan.output(0).to_f32()
+}
+
+fn run<F>(build: F) -> Vec<f32>
+where
+    F: for<'c> FnOnce(&'c Context) -> (Tensor<'c>, Vec<(TensorMut<'c>, Vals)>),
+{
+    run_with(1, false, build)
 }
 
 /// Reference RoPE on one head vector at `pos`.
@@ -46,12 +77,13 @@ fn check_rope(mode: RopeMode) {
         .collect();
     let pos = vec![0, 5, 123];
     let got = run(|ctx| {
-        let a = ctx
-            .tensor(Type::F32, &[d as i64, heads as i64, toks as i64])
-            .set_input();
-        let p = ctx.tensor(Type::I32, &[toks as i64]).set_input();
+        let a = ctx.input(Type::F32, &[d as i64, heads as i64, toks as i64]);
+        let p = ctx.input(Type::I32, &[toks as i64]);
         let out = ctx.rope(a, p, None, &Rope::new(d as i32, mode, 10000.0));
-        (out, vec![(a, x.clone())], vec![(p, pos.clone())])
+        (
+            out,
+            vec![(a, Vals::F32(x.clone())), (p, Vals::I32(pos.clone()))],
+        )
     });
     for (t, &p) in pos.iter().enumerate() {
         for h in 0..heads {
@@ -97,24 +129,23 @@ fn attention_flash_matches_unfused() {
         }
     }
     let attn = |flash: bool| {
-        let backend = Backend::cpu(1).unwrap();
-        let ctx = Context::new(64);
-        let q = ctx.tensor(Type::F32, &[d, t, n_head]).set_input();
-        let k = ctx.tensor(Type::F16, &[d, kv, n_kv_head]).set_input();
-        let v = ctx.tensor(Type::F16, &[d, kv, n_kv_head]).set_input();
-        let m = ctx.tensor(Type::F16, &[kv, t]).set_input();
-        let out = ctx.scaled_dot_product_attention(q, k, v, m, 0.5, flash);
-        let g = ctx.graph(64);
-        g.expand(out);
-        let mut alloc = Allocator::new(&backend);
-        alloc.alloc(&g).unwrap();
-        q.set_f32(&vals(d * t * n_head, 1));
-        k.set_f32_as_f16(&vals(d * kv * n_kv_head, 2));
-        v.set_f32_as_f16(&vals(d * kv * n_kv_head, 3));
-        m.set_f32_as_f16(&mask);
-        backend.compute(&g).unwrap();
-        assert_eq!(out.ne()[..2], [d * n_head, t]);
-        out.to_f32()
+        let out = run(|ctx| {
+            let q = ctx.input(Type::F32, &[d, t, n_head]);
+            let k = ctx.input(Type::F16, &[d, kv, n_kv_head]);
+            let v = ctx.input(Type::F16, &[d, kv, n_kv_head]);
+            let m = ctx.input(Type::F16, &[kv, t]);
+            let out = ctx.scaled_dot_product_attention(q.t(), k.t(), v.t(), m.t(), 0.5, flash);
+            assert_eq!(out.ne()[..2], [d * n_head, t]);
+            let ins = vec![
+                (q, Vals::F32(vals(d * t * n_head, 1))),
+                (k, Vals::F16(vals(d * kv * n_kv_head, 2))),
+                (v, Vals::F16(vals(d * kv * n_kv_head, 3))),
+                (m, Vals::F16(mask.clone())),
+            ];
+            (out, ins)
+        });
+        assert_eq!(out.len() as i64, d * n_head * t);
+        out
     };
     let (a, b) = (attn(true), attn(false));
     for (x, y) in a.iter().zip(&b) {
@@ -130,11 +161,13 @@ fn type_names_and_unknown_ids() {
     assert_eq!(Type(999).name(), "type=999");
 }
 
+fn host(bytes: &[u8]) -> HostBytes {
+    std::sync::Arc::new(AlignedBytes::read_exact(bytes, bytes.len()).unwrap())
+}
+
 #[test]
 fn misaligned_host_bytes_are_refused() {
-    let v: Arc<dyn AsRef<[u8]> + Send + Sync> =
-        Arc::new(AlignedBytes::read_exact(&[0u8; 100][..], 100).unwrap());
-    assert!(Buffer::from_host_bytes(v).is_ok());
+    assert!(WeightLoader::new(host(&[0u8; 100]), 1, None, false).is_ok());
     struct Off(AlignedBytes);
     impl AsRef<[u8]> for Off {
         fn as_ref(&self) -> &[u8] {
@@ -142,7 +175,9 @@ fn misaligned_host_bytes_are_refused() {
         }
     }
     let off = Off(AlignedBytes::read_exact(&[0u8; 100][..], 100).unwrap());
-    assert!(Buffer::from_host_bytes(Arc::new(off)).is_err());
+    let off: HostBytes = std::sync::Arc::new(off);
+    let e = WeightLoader::new(off, 1, None, false).err().unwrap();
+    assert_eq!(e.kind, ErrorKind::Misaligned);
 }
 
 #[test]
@@ -157,10 +192,13 @@ fn hadamard_is_orthonormal_and_rotation_round_trips() {
     }
     let x: Vec<f32> = (0..2 * n).map(|i| (i % 7) as f32 - 3.0).collect();
     let got = run(|ctx| {
-        let a = ctx.tensor(Type::F32, &[n as i64, 2]).set_input();
-        let m = ctx.tensor(Type::F32, &[n as i64, n as i64]).set_input();
+        let a = ctx.input(Type::F32, &[n as i64, 2]);
+        let m = ctx.input(Type::F32, &[n as i64, n as i64]);
         let out = ctx.hadamard_rotate(ctx.hadamard_rotate(a, m), m);
-        (out, vec![(a, x.clone()), (m, h.clone())], vec![])
+        (
+            out,
+            vec![(a, Vals::F32(x.clone())), (m, Vals::F32(h.clone()))],
+        )
     });
     for (g, w) in got.iter().zip(&x) {
         assert!((g - w).abs() < 1e-4, "{g} vs {w}");
@@ -201,6 +239,37 @@ fn half_value(h: u16) -> f32 {
     unsafe { sys::ggml_fp16_to_fp32(h) }
 }
 
+/// `w · x` for a weight `w` given by its bytes, loaded by a
+/// [`WeightLoader`] (with `repack`, or into `gpu`) and computed on `backend`;
+/// also whether the weight was read in place from the bytes.
+fn weight_mul(
+    backend: Backend,
+    gpu: Option<Device>,
+    repack: bool,
+    w: (Type, [i64; 2], &[u8]),
+    x: &[f32],
+) -> (Vec<f32>, bool) {
+    let (ty, ne, bytes) = w;
+    let loader = WeightLoader::new(host(bytes), 4, gpu, repack).unwrap();
+    let w = loader.weight("w", ty, &ne, 0..bytes.len(), true).unwrap();
+    let placed = loader.finish().unwrap();
+    let in_place = placed.iter().any(|(p, off)| p.t() == w.t() && *off == 0);
+    let n = x.len() as i64 / ne[0];
+    let mut plan = Plan::new(backend, 8, ());
+    plan.build(|ctx, _, _, _| {
+        let xt = ctx.input(Type::F32, &[ne[0], n]);
+        Built {
+            inputs: vec![Some(xt)],
+            outputs: vec![ctx.mul_mat(&w, xt)],
+        }
+    });
+    plan.check_supports().unwrap();
+    plan.alloc().unwrap();
+    plan.input(0).unwrap().set_f32(x);
+    plan.compute().unwrap();
+    (plan.output(0).to_f32(), in_place)
+}
+
 #[test]
 fn repacked_weights_multiply_like_plain_ones() {
     let (k, m, n) = (256usize, 16usize, 3usize);
@@ -208,39 +277,19 @@ fn repacked_weights_multiply_like_plain_ones() {
     let x: Vec<f32> = (0..k * n)
         .map(|i| ((i * 13 % 17) as f32 - 8.0) / 8.0)
         .collect();
-    let repack = Repack::cpu();
-    let ctx = Context::new(16);
-    let plain_w = ctx.tensor(Type::Q4_0, &[k as i64, m as i64]);
-    let packed_w = ctx.tensor(Type::Q4_0, &[k as i64, m as i64]);
-    let chosen = repack.choose(packed_w);
+    let w = (Type::Q4_0, [k as i64, m as i64], &wbytes[..]);
+    let (a, plain_in_place) = weight_mul(Backend::cpu(1).unwrap(), None, false, w, &x);
+    let (b, packed_in_place) = weight_mul(Backend::cpu(1).unwrap(), None, true, w, &x);
+    assert!(
+        plain_in_place,
+        "without repacking the weight is read in place"
+    );
     if std::is_x86_feature_detected!("avx2") {
-        assert!(chosen.is_some(), "AVX2 has repacked Q4_0 kernels");
+        assert!(!packed_in_place, "AVX2 has repacked Q4_0 kernels");
     }
-    let plain_f32 = ctx.tensor(Type::F32, &[k as i64, m as i64]);
-    assert!(repack.choose(plain_f32).is_none(), "f32 is never repacked");
-    let aligned = AlignedBytes::read_exact(&wbytes[..], wbytes.len()).unwrap();
-    let host = Buffer::from_host_bytes(Arc::new(aligned)).unwrap();
-    host.place(plain_w, 0);
-    let _packed_buf = match chosen {
-        Some(rt) => rt.upload(&[(packed_w, &wbytes[..])]).unwrap(),
-        None => {
-            let aligned = AlignedBytes::read_exact(&wbytes[..], wbytes.len()).unwrap();
-            let b = Buffer::from_host_bytes(Arc::new(aligned)).unwrap();
-            b.place(packed_w, 0);
-            b
-        }
-    };
-    let backend = Backend::cpu(1).unwrap();
-    let xt = ctx.tensor(Type::F32, &[k as i64, n as i64]).set_input();
-    let (a, b) = (ctx.mul_mat(plain_w, xt), ctx.mul_mat(packed_w, xt));
-    let g = ctx.graph(16);
-    g.expand(a);
-    g.expand(b);
-    let mut alloc = Allocator::new(&backend);
-    alloc.alloc(&g).unwrap();
-    xt.set_f32(&x);
-    backend.compute(&g).unwrap();
-    let (a, b) = (a.to_f32(), b.to_f32());
+    let f = (Type::F32, [4, 4], &[0u8; 64][..]);
+    let (_, f32_in_place) = weight_mul(Backend::cpu(1).unwrap(), None, true, f, &[0.0; 4]);
+    assert!(f32_in_place, "f32 is never repacked");
     for j in 0..n {
         for i in 0..m {
             let exact: f32 = (0..k).map(|l| wvals[i * k + l] * x[j * k + l]).sum();
@@ -270,38 +319,12 @@ fn gpu_weights_multiply_like_cpu_ones() {
     let x: Vec<f32> = (0..k * n)
         .map(|i| ((i * 13 % 17) as f32 - 8.0) / 8.0)
         .collect();
-    let mul = |backend: &Backend, on: Option<Device>| {
-        let wctx = Context::new(4);
-        let w = wctx.tensor(Type::Q4_0, &[k as i64, m as i64]);
-        let _wbuf = match on {
-            Some(d) => {
-                let b = wctx.alloc_tensors_on(d).unwrap();
-                w.set_bytes(&wbytes);
-                b
-            }
-            None => {
-                let aligned = AlignedBytes::read_exact(&wbytes[..], wbytes.len()).unwrap();
-                let b = Buffer::from_host_bytes(Arc::new(aligned)).unwrap();
-                b.place(w, 0);
-                b
-            }
-        };
-        let ctx = Context::new(8);
-        let xt = ctx.tensor(Type::F32, &[k as i64, n as i64]).set_input();
-        let y = ctx.mul_mat(w, xt);
-        let g = ctx.graph(8);
-        g.expand(y);
-        backend.check_supports(&g).unwrap();
-        let mut alloc = Allocator::new(backend);
-        alloc.alloc(&g).unwrap();
-        xt.set_f32(&x);
-        backend.compute(&g).unwrap();
-        y.to_f32()
-    };
-    let cpu = mul(&Backend::cpu(1).unwrap(), None);
+    let w = (Type::Q4_0, [k as i64, m as i64], &wbytes[..]);
+    let (cpu, _) = weight_mul(Backend::cpu(1).unwrap(), None, false, w, &x);
     let gpu_backend = Backend::on(dev).unwrap();
     assert_ne!(gpu_backend.name(), "CPU");
-    let gpu = mul(&gpu_backend, Some(dev));
+    let (gpu, in_place) = weight_mul(gpu_backend, Some(dev), false, w, &x);
+    assert!(!in_place, "GPU weights are copies");
     for (a, b) in gpu.iter().zip(&cpu) {
         assert!(
             (a - b).abs() < 1e-2 * b.abs().max(1.0),
@@ -312,13 +335,16 @@ fn gpu_weights_multiply_like_cpu_ones() {
 
 #[test]
 fn cpu_backend_supports_what_it_computes() {
-    let backend = Backend::cpu(1).unwrap();
-    assert_eq!(backend.name(), "CPU");
-    let ctx = Context::new(8);
-    let a = ctx.tensor(Type::F32, &[4, 4]);
-    let g = ctx.graph(8);
-    g.expand(ctx.mul_mat(a, a));
-    backend.check_supports(&g).unwrap();
+    let mut plan = Plan::new(Backend::cpu(1).unwrap(), 8, ());
+    assert_eq!(plan.backend().name(), "CPU");
+    plan.build(|ctx, _, _, _| {
+        let a = ctx.tensor(Type::F32, &[4, 4]);
+        Built {
+            inputs: vec![],
+            outputs: vec![ctx.mul_mat(a, a)],
+        }
+    });
+    plan.check_supports().unwrap();
 }
 
 /// `w [k, m] · x [k, n]` on a 2-thread CPU backend, with or without our kernels.
@@ -344,21 +370,15 @@ fn mul_mat_with(own: bool, ty: Type, k: usize, m: usize, n: usize) -> (Vec<f32>,
             std::ptr::null(),
         );
     }
-    let backend = Backend::cpu(2).unwrap();
-    let ctx = Context::new(16);
-    ctx.use_own_kernels(own);
-    let w = ctx.tensor(ty, &[k as i64, m as i64]).set_input();
-    let x = ctx.tensor(Type::F32, &[k as i64, n as i64]).set_input();
-    let used = kernels::takes(w, x);
-    let out = ctx.mul_mat(w, x);
-    let g = ctx.graph(16);
-    g.expand(out);
-    let mut alloc = Allocator::new(&backend);
-    alloc.alloc(&g).unwrap();
-    w.set_bytes(&wq);
-    x.set_f32(&xf);
-    backend.compute(&g).unwrap();
-    (out.to_f32(), own && used)
+    let mut used = false;
+    let out = run_with(2, own, |ctx| {
+        let w = ctx.input(ty, &[k as i64, m as i64]);
+        let x = ctx.input(Type::F32, &[k as i64, n as i64]);
+        used = kernels::takes(w.t(), x.t());
+        let out = ctx.mul_mat(w, x);
+        (out, vec![(w, Vals::Bytes(wq)), (x, Vals::F32(xf))])
+    });
+    (out, own && used)
 }
 
 #[test]
@@ -392,4 +412,217 @@ fn own_kernels_equal_ggml_bit_for_bit() {
             }
         }
     }
+}
+
+/// Whether `f` panics (quietly).
+fn panics(f: impl FnOnce()) -> bool {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err()
+}
+
+#[test]
+fn views_stay_inside_the_viewed_tensor() {
+    let ctx = Context::new(32);
+    let a = ctx.tensor(Type::F32, &[4, 3]).t(); // 3 rows of 16 bytes
+                                                // inside: whole, a column pair, every other row, a 3-d split
+    assert_eq!(ctx.view_2d(a, [4, 3], 16, 0).n_bytes(), 48);
+    assert_eq!(ctx.view_2d(a, [2, 3], 16, 8).ne()[..2], [2, 3]);
+    ctx.view_2d(a, [4, 2], 32, 0);
+    ctx.view_3d(a, [2, 2, 3], 8, 16, 0);
+    ctx.view_2d(a, [0, 3], 16, 48); // empty
+                                    // a view of a view is checked against the view
+    let v = ctx.view_2d(a, [4, 2], 16, 16);
+    ctx.view_2d(v, [4, 2], 16, 0);
+    assert!(panics(|| {
+        ctx.view_2d(v, [4, 2], 16, 4);
+    }));
+    // outside: offset, rows, stride, third dimension, overflow, negative
+    assert!(panics(|| {
+        ctx.view_2d(a, [4, 3], 16, 4);
+    }));
+    assert!(panics(|| {
+        ctx.view_2d(a, [4, 4], 16, 0);
+    }));
+    assert!(panics(|| {
+        ctx.view_2d(a, [4, 3], 20, 0);
+    }));
+    assert!(panics(|| {
+        ctx.view_3d(a, [4, 3, 2], 16, 48, 0);
+    }));
+    assert!(panics(|| {
+        ctx.view_2d(a, [4, 3], usize::MAX / 2, 0);
+    }));
+    assert!(panics(|| {
+        ctx.view_2d(a, [1, 1], 16, usize::MAX);
+    }));
+    assert!(panics(|| {
+        ctx.view_2d(a, [-1, 3], 16, 0);
+    }));
+    // quantized rows are whole blocks
+    let q = ctx.tensor(Type::Q8_0, &[64, 2]).t(); // 2 rows of 2 blocks of 34 bytes
+    ctx.view_2d(q, [32, 2], 68, 34);
+    assert!(panics(|| {
+        ctx.view_2d(q, [16, 2], 68, 0);
+    }));
+    assert!(panics(|| {
+        ctx.view_2d(q, [64, 2], 68, 34);
+    }));
+}
+
+#[test]
+fn writes_check_their_tensor() {
+    let mut plan = Plan::new(Backend::cpu(1).unwrap(), 8, ());
+    plan.build(|ctx, _, _, _| {
+        let a = ctx.input(Type::F32, &[4]);
+        Built {
+            inputs: vec![Some(a)],
+            outputs: vec![ctx.scale(a, 2.0)],
+        }
+    });
+    plan.alloc().unwrap();
+    let a = plan.input(0).unwrap();
+    assert!(panics(|| a.set_f32(&[1.0; 3])), "too few values");
+    assert!(panics(|| a.set_i32(&[1; 4])), "wrong type");
+    assert!(panics(|| a.set_bytes(&[0; 17])), "too many bytes");
+    let mut out = [0.0; 2];
+    assert!(
+        panics(|| plan.output(0).read_f32_at(3, &mut out)),
+        "read past the end"
+    );
+    a.set_f32(&[1.0, 2.0, 3.0, 4.0]);
+    plan.compute().unwrap();
+    plan.output(0).read_f32_at(2, &mut out);
+    assert_eq!(out, [6.0, 8.0]);
+}
+
+/// A 4 × 4 f32 weight over the file bytes.
+fn f32_weight(repack: bool) -> (Weight, Vec<(Weight, usize)>, Vec<u8>) {
+    let bytes: Vec<u8> = (0..16).flat_map(|i| (i as f32).to_le_bytes()).collect();
+    let loader = WeightLoader::new(host(&bytes), 2, None, repack).unwrap();
+    let w = loader.weight("w", Type::F32, &[4, 4], 0..64, true).unwrap();
+    let placed = loader.finish().unwrap();
+    (w, placed, bytes)
+}
+
+#[test]
+fn weights_move_into_huge_pages_and_compute_the_same() {
+    let (w, placed, bytes) = f32_weight(false);
+    assert_eq!(placed.len(), 1);
+    let mut plan = Plan::new(Backend::cpu(1).unwrap(), 8, ());
+    plan.build(|ctx, _, _, _| {
+        let x = ctx.input(Type::F32, &[4, 1]);
+        Built {
+            inputs: vec![Some(x)],
+            outputs: vec![ctx.mul_mat(&w, x)],
+        }
+    });
+    plan.alloc().unwrap();
+    plan.input(0).unwrap().set_f32(&[1.0, 0.0, 0.0, 1.0]);
+    plan.compute().unwrap();
+    let before = plan.output(0).to_f32();
+    assert_eq!(before, vec![3.0, 11.0, 19.0, 27.0]);
+
+    let dst = std::rc::Rc::new(Buffer::huge_pages(128).unwrap());
+    dst.write(64, &bytes);
+    assert!(panics(|| w.move_to(&dst, 100)), "does not fit");
+    w.move_to(&dst, 64);
+    plan.compute().unwrap();
+    assert_eq!(plan.output(0).to_f32(), before);
+    // the moved-into range takes no more writes; the rest does
+    assert!(panics(|| dst.write(60, &[0; 8])));
+    assert!(panics(|| dst.write(120, &[0; 9])), "outside the buffer");
+    dst.write(0, &[7; 64]);
+    plan.compute().unwrap();
+    assert_eq!(plan.output(0).to_f32(), before);
+    drop(placed);
+    drop(dst); // the weight keeps its memory alive
+    plan.compute().unwrap();
+    assert_eq!(plan.output(0).to_f32(), before);
+}
+
+#[test]
+fn repacked_and_gpu_weights_do_not_move() {
+    let (k, m) = (256usize, 16usize);
+    let (wbytes, _) = q4_0_blocks(k * m / 32);
+    let loader = WeightLoader::new(host(&wbytes), 2, None, true).unwrap();
+    let w = loader
+        .weight(
+            "w",
+            Type::Q4_0,
+            &[k as i64, m as i64],
+            0..wbytes.len(),
+            true,
+        )
+        .unwrap();
+    let placed = loader.finish().unwrap();
+    let dst = std::rc::Rc::new(Buffer::huge_pages(wbytes.len()).unwrap());
+    if placed.is_empty() {
+        assert!(panics(|| w.move_to(&dst, 0)), "a repacked weight moved");
+    } else {
+        w.move_to(&dst, 0);
+    }
+    if let Some(dev) = Device::gpu() {
+        let loader = WeightLoader::new(host(&wbytes), 2, Some(dev), false).unwrap();
+        let w = loader
+            .weight(
+                "w",
+                Type::Q4_0,
+                &[k as i64, m as i64],
+                0..wbytes.len(),
+                true,
+            )
+            .unwrap();
+        assert!(loader.finish().unwrap().is_empty());
+        assert!(panics(|| w.move_to(&dst, 0)), "a GPU weight moved");
+    }
+}
+
+#[test]
+fn weights_must_fit_the_file_and_their_shape() {
+    let loader = WeightLoader::new(host(&[0u8; 64]), 4, None, false).unwrap();
+    let e = |r: Result<Weight, Error>| r.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(e(loader.weight("a", Type::F32, &[4, 4], 0..60, false)).contains("bytes"));
+    assert!(e(loader.weight("b", Type::F32, &[4, 4], 32..96, false)).contains("outside"));
+    assert!(e(loader.weight("c", Type(4), &[4], 0..8, false)).contains("unsupported"));
+    assert!(loader.weight("d", Type::F32, &[4, 4], 0..64, false).is_ok());
+}
+
+#[test]
+fn persistent_tensors_keep_their_values_across_graphs() {
+    let backend = Backend::cpu(1).unwrap();
+    let cache = Persistent::new(&backend, &[(Type::F32, vec![4])]).unwrap();
+    assert_eq!(cache.get(0).to_f32(), vec![0.0; 4], "zeroed");
+    let mut plan = Plan::new(backend, 8, cache);
+    for step in 1..=2 {
+        plan.build(|ctx, _, cache, _| {
+            let x = ctx.input(Type::F32, &[4]);
+            let c = cache.get(0);
+            Built {
+                inputs: vec![Some(x)],
+                outputs: vec![ctx.cpy(ctx.add(c, x), c)],
+            }
+        });
+        plan.alloc().unwrap();
+        plan.input(0).unwrap().set_f32(&[step as f32; 4]);
+        plan.compute().unwrap();
+    }
+    assert_eq!(plan.state().get(0).to_f32(), vec![3.0; 4]);
+}
+
+#[test]
+fn plans_queue_writes_only_into_their_own_graph() {
+    let backend = Backend::cpu(1).unwrap();
+    let other = Persistent::new(&backend, &[(Type::I32, vec![2])]).unwrap();
+    let mut plan = Plan::new(backend, 8, ());
+    plan.build(|ctx, _, _, _| {
+        let a = ctx.input(Type::I32, &[2]);
+        Built {
+            inputs: vec![Some(a)],
+            outputs: vec![ctx.cast(a, Type::F32)],
+        }
+    });
+    plan.alloc().unwrap();
+    assert!(panics(|| plan.set_i32(other.get(0), &[1, 2])));
+    plan.set_i32(plan.input(0).unwrap(), &[1, 2]);
+    plan.compute().unwrap();
+    assert_eq!(plan.output(0).to_f32(), vec![1.0, 2.0]);
 }
