@@ -162,17 +162,29 @@ impl<'w, S> Plan<'w, S> {
         for &o in &built.outputs {
             g.expand(o);
         }
-        let ctx = &self.ctx;
+        let (ctx, backend) = (&self.ctx, &self.backend);
         g.for_each_tensor(|t| {
-            // SAFETY: live tensors of the graph (a view's source too).
-            let (root, has_memory) = unsafe {
+            // SAFETY: live tensors of the graph (a view's source too) and a
+            // live backend; a tensor with data has the buffer holding it.
+            let (root, has_memory, usable) = unsafe {
                 let v = (*t).view_src;
                 let root = if v.is_null() { t } else { v };
-                (root, !(*root).data.is_null())
+                let buf = (*root).buffer;
+                let usable = !buf.is_null()
+                    && sys::ggml_backend_supports_buft(
+                        backend.raw,
+                        sys::ggml_backend_buffer_get_type(buf),
+                    );
+                (root, !(*root).data.is_null(), usable)
             };
             assert!(
                 ctx.owns(root) || has_memory,
                 "graph reads a tensor from outside its plan that has no memory"
+            );
+            assert!(
+                !has_memory || usable,
+                "graph reads memory its backend {} cannot use",
+                backend.name()
             );
         });
         self.built = Some(Graphed {

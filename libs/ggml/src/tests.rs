@@ -626,3 +626,22 @@ fn plans_queue_writes_only_into_their_own_graph() {
     plan.compute().unwrap();
     assert_eq!(plan.output(0).to_f32(), vec![1.0, 2.0]);
 }
+
+/// A CPU plan cannot read a weight in a GPU's memory (it would read device
+/// addresses); without a GPU it checks a CPU weight is fine.
+#[test]
+fn plans_read_only_memory_their_backend_can_use() {
+    let bytes = [0u8; 64];
+    let gpu = Device::gpu();
+    let loader = WeightLoader::new(host(&bytes), 2, gpu, false).unwrap();
+    let w = loader.weight("w", Type::F32, &[4, 4], 0..64, true).unwrap();
+    loader.finish().unwrap();
+    let mut plan = Plan::new(Backend::cpu(1).unwrap(), 8, ());
+    let build = std::panic::AssertUnwindSafe(|| {
+        plan.build(|ctx, _, _, _| Built {
+            inputs: vec![],
+            outputs: vec![ctx.scale(&w, 2.0)],
+        })
+    });
+    assert_eq!(std::panic::catch_unwind(build).is_err(), gpu.is_some());
+}
