@@ -22,6 +22,7 @@ pub mod infer;
 pub mod llama;
 mod migrate;
 pub mod mistral3;
+pub mod nn;
 pub mod phi3;
 pub mod qwen2;
 pub mod qwen3;
@@ -109,7 +110,8 @@ impl<'g, 'a> Meta<'g, 'a> {
             gg,
         })
     }
-    fn key(&self, k: &str) -> String {
+    /// `<arch>.<k>`.
+    pub fn key(&self, k: &str) -> String {
         format!("{}.{k}", self.arch)
     }
     /// `<arch>.<k>` as an integer within `range` (missing, mistyped or out of range → error).
@@ -144,6 +146,29 @@ impl<'g, 'a> Meta<'g, 'a> {
             return Err(Error::hparam(format!("{key} = {v} is not finite")));
         }
         Ok(v)
+    }
+    /// Like [`Meta::f32_or`], and at least `min` (ggml asserts a
+    /// non-negative RMSNorm ε, for one).
+    pub fn f32_at_least(&self, k: &str, default: f32, min: f32) -> Result<f32> {
+        let v = self.f32_or(k, default)?;
+        match v >= min {
+            true => Ok(v),
+            false => Err(Error::hparam(format!(
+                "{} = {v} is below {min}",
+                self.key(k)
+            ))),
+        }
+    }
+    /// Like [`Meta::f32_or`], and above `min` (a RoPE base, for one).
+    pub fn f32_above(&self, k: &str, default: f32, min: f32) -> Result<f32> {
+        let v = self.f32_or(k, default)?;
+        match v > min {
+            true => Ok(v),
+            false => Err(Error::hparam(format!(
+                "{} = {v} must be above {min}",
+                self.key(k)
+            ))),
+        }
     }
     /// `<arch>.<k>` as a string, with a default when absent.
     pub fn str_or(&self, k: &str, default: &'a str) -> Result<&'a str> {
@@ -225,6 +250,24 @@ impl Weights<'_, '_> {
         if !ty.is_known() || !info.ggml_type.is_known() {
             return Err(Error::tensor(format!(
                 "tensor {name} has unsupported type {}",
+                ty.name()
+            )));
+        }
+        // ggml's CPU kernels abort (GGML_ABORT) on operand types they lack:
+        // norms, biases and RoPE factors are f32 in every converter's
+        // output; matrices need a float or quantized type (a dot product).
+        let fits = match dims.len() {
+            1 => ty == Type::F32,
+            _ => !matches!(ty.name().as_str(), "i8" | "i16" | "i32" | "i64" | "f64"),
+        };
+        if !fits {
+            let want = if dims.len() == 1 {
+                "f32"
+            } else {
+                "a float or quantized type"
+            };
+            return Err(Error::tensor(format!(
+                "tensor {name} has type {}, expected {want}",
                 ty.name()
             )));
         }

@@ -56,11 +56,13 @@ fn ours(sess: &mut Session, prompt: &[i32]) -> (Vec<i32>, Vec<f32>) {
 }
 
 fn check(model: &str, kv: KvType, ref_kv: RefKv, flash: bool, n_prompts: usize) {
-    check_on(None, model, kv, ref_kv, flash, n_prompts, 1e-2);
+    // On the CPU both engines run the same kernels in the same order: the
+    // first-step logits are equal, not merely close.
+    check_on(None, model, kv, ref_kv, flash, n_prompts, 0.0);
 }
 
 /// Both engines on `gpu` (the whole model) or the CPU; first-step logits
-/// must agree within `tolerance` and the greedy tokens exactly.
+/// must differ by at most `tolerance` and the greedy tokens not at all.
 fn check_on(
     gpu: Option<ggml::Device>,
     model: &str,
@@ -127,7 +129,7 @@ fn check_on(
              {same}/{N_GEN} tokens equal",
             prompt.len()
         );
-        if diff >= tolerance {
+        if diff > tolerance {
             failures.push(format!(
                 "{kv:?} prompt {text:?}: first-step logits differ by {diff}"
             ));

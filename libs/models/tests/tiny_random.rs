@@ -147,6 +147,24 @@ fn zero_heads_is_a_clear_error() {
 }
 
 #[test]
+fn r12_odd_rope_dimension_count_is_a_clear_error() {
+    // See: issue 12 ("one decoder for every family"): ggml aborted the
+    // process (GGML_ASSERT(n_dims % 2 == 0)) instead.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.gguf");
+    tiny(&path, "", 4);
+    common::edit_u32(&path, "llama.rope.dimension_count", 31);
+    let err = models::load(&path, &Default::default())
+        .err()
+        .expect("must fail")
+        .to_string();
+    assert!(
+        err.contains("llama.rope.dimension_count = 31 is odd"),
+        "{err}"
+    );
+}
+
+#[test]
 fn full_context_shifts_instead_of_failing() {
     use engine::generate::{generate, GenerateOptions};
     use engine::sampler::{Sampler, SamplerOptions};
