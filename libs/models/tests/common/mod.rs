@@ -8,7 +8,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
-use engine::reference::{argmax, ContextOptions, ModelOptions, RefContext, RefModel};
+use engine::llama_cpp::{argmax, ContextOptions, LlamaContext, LlamaModel, ModelOptions};
 use engine::session::{Session, SessionOptions};
 
 pub fn smollm2() -> PathBuf {
@@ -271,13 +271,13 @@ pub const PROMPTS: [&str; 3] = [
 pub fn check_against_llama_cpp(path: &Path, n_ctx: usize, n_gen: usize, tol: f32) -> f32 {
     // both engines with their defaults (both repack what their CPU backend
     // has faster kernels for; nothing, for f32 weights)
-    let rm = RefModel::load(path, &ModelOptions::default()).unwrap();
+    let rm = LlamaModel::load(path, &ModelOptions::default()).unwrap();
     let co = ContextOptions {
         n_ctx: n_ctx as u32,
         n_threads: 1,
         ..Default::default()
     };
-    let mut rc = RefContext::new(&rm, &co).unwrap();
+    let mut rc = LlamaContext::new(&rm, &co).unwrap();
     let loaded = models::load(path, &Default::default()).unwrap();
     let so = SessionOptions {
         n_ctx,
@@ -291,7 +291,7 @@ pub fn check_against_llama_cpp(path: &Path, n_ctx: usize, n_gen: usize, tol: f32
         let want = rc.greedy(&prompt, n_gen).unwrap();
         rc.clear();
         rc.decode(&prompt, 0).unwrap();
-        let want_logits = rc.logits_last().to_vec();
+        let want_logits = rc.logits_last().unwrap().to_vec();
         sess.clear();
         let mut logits = sess.decode(&prompt).unwrap().to_vec();
         let diff = logits
