@@ -444,3 +444,45 @@ fn chat_with_closed_stdout_ends_quietly_with_0() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A real model with one inconsistent key (an odd RoPE dimension count,
+/// which ggml asserts against and would abort on): exit 2 and one line
+/// naming the key, on the engine that runs it by default and on llama.cpp's
+/// (which refuses the file at load).
+#[test]
+fn r12_inconsistent_model_exits_2_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("odd-rope.gguf");
+    let mut bytes = std::fs::read(smollm2()).unwrap();
+    // the key, its type (u32 = 4), then the value: patch the value in place
+    let key = b"llama.rope.dimension_count\x04\x00\x00\x00";
+    let at = bytes
+        .windows(key.len())
+        .position(|w| w == key)
+        .expect("SmolLM2 has llama.rope.dimension_count")
+        + key.len();
+    bytes[at..at + 4].copy_from_slice(&63u32.to_le_bytes());
+    std::fs::write(&path, &bytes).unwrap();
+    let p = path.to_str().unwrap();
+    let out = infer(&["--model", p, "-p", "Once upon a time", "-n", "4"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("llama.rope.dimension_count = 63 is odd"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(out.stdout.is_empty());
+    let out = infer(&[
+        "--model",
+        p,
+        "-p",
+        "Once",
+        "-n",
+        "4",
+        "--engine",
+        "llama.cpp",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(out.stdout.is_empty());
+}
