@@ -23,6 +23,10 @@
 #   INFER_ARGS="--draft-max 0"  extra infer flags (e.g. to compare settings)
 #   INFER_BIN=target/portable/release/infer   another infer build (the
 #                               portable one: scripts/build-portable.sh)
+#   INFER_BASE=/path/to/infer   a second infer build run in the same rounds,
+#                               alternating with the others (a "before" build,
+#                               to show a change does not regress): a column
+#                               "base" and the ratio infer / base
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-10}
@@ -77,32 +81,38 @@ PY
 
 run_round() { # model round-index results-file
   local m=$1 r=$2 res=$3 order
-  if [ $((r % 2)) -eq 0 ]; then order="infer peer"; else order="peer infer"; fi
+  if [ -n "${INFER_BASE:-}" ]; then
+    case $((r % 3)) in
+      0) order="infer base peer" ;; 1) order="base peer infer" ;; *) order="peer infer base" ;;
+    esac
+  elif [ $((r % 2)) -eq 0 ]; then order="infer peer"; else order="peer infer"; fi
   for who in $order; do
-    if [ "$who" = infer ]; then
+    if [ "$who" != peer ]; then
+      local INFER=$INFER
+      [ "$who" = base ] && INFER=$INFER_BASE
       # generation (and RSS)
       /usr/bin/time -v -o "$work/time" "$INFER" --model "$m" --raw -p "Once upon a time" -n 128 \
         --ignore-eos --temperature 0 --threads "$THREADS" --json ${INFER_ARGS:-} >"$work/out" 2>"$work/err" ||
         { cat "$work/err" >&2; exit 1; }
-      python3 - "$work/out" >>"$res" <<'PY'
+      python3 - "$work/out" "$who" >>"$res" <<'PY'
 import json, sys
 d = json.loads(open(sys.argv[1]).read().splitlines()[-1])["data"]
 # eval_duration covers the decodes after the first token (sampled from the
 # prompt's pass): eval_count - 1 of them, as llama.cpp counts its runs.
-print("infer tg", (d["eval_count"] - 1) / (d["eval_duration"] / 1e9))
+print(sys.argv[2], "tg", (d["eval_count"] - 1) / (d["eval_duration"] / 1e9))
 PY
-      echo "infer rss $(awk -F': ' '/Maximum resident/ {print $2}' "$work/time")" >>"$res"
+      echo "$who rss $(awk -F': ' '/Maximum resident/ {print $2}' "$work/time")" >>"$res"
       # pp512
       "$INFER" --model "$m" --raw --prompt-file "$work/p512.txt" -n 1 --temperature 0 \
         --threads "$THREADS" --json ${INFER_ARGS:-} >"$work/out" 2>"$work/err" || { cat "$work/err" >&2; exit 1; }
-      python3 -c 'import json,sys; d=json.loads(open(sys.argv[1]).read().splitlines()[-1])["data"]; print("infer pp", d["prompt_eval_count"]/(d["prompt_eval_duration"]/1e9))' "$work/out" >>"$res"
+      python3 -c 'import json,sys; d=json.loads(open(sys.argv[1]).read().splitlines()[-1])["data"]; print(sys.argv[2], "pp", d["prompt_eval_count"]/(d["prompt_eval_duration"]/1e9))' "$work/out" "$who" >>"$res"
       # load to first token
       local t0 t1
       t0=$(date +%s%N)
       "$INFER" --model "$m" --raw -p "Once upon a time" -n 1 --temperature 0 --threads "$THREADS" \
         ${INFER_ARGS:-} >/dev/null 2>&1
       t1=$(date +%s%N)
-      echo "infer load $(((t1 - t0) / 1000000))" >>"$res"
+      echo "$who load $(((t1 - t0) / 1000000))" >>"$res"
     else
       /usr/bin/time -v -o "$work/time" "$PEERS/llama-completion" -m "$m" -p "Once upon a time" -n 128 \
         -t "$THREADS" --temp 0 --ignore-eos -no-cnv >"$work/out" 2>"$work/err" </dev/null ||
@@ -125,6 +135,7 @@ CPU=$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)
 echo "machine: $CPU, $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB; $THREADS threads; read loop $BW GB/s"
 echo "peers: $PEERS (llama.cpp 0c1e570; flash attention: its default, auto = on for CPU)"
 echo "infer: $INFER ${INFER_ARGS:-} (flash attention: its default)"
+[ -z "${INFER_BASE:-}" ] || echo "base: $INFER_BASE ${INFER_ARGS:-}"
 for m in "${MODELS[@]}"; do
   n=$(prompt512 "$m" "$work/p512.txt")
   res="$work/$(basename "$m").res"
@@ -153,6 +164,11 @@ print("| | infer | llama.cpp | ratio | goal |\n|---|---|---|---|---|")
 for name, key, fmt, goal in rows:
     a, b = v[("infer", key)], v[("peer", key)]
     print(f"| {name} | {cell(a, fmt)} | {cell(b, fmt)} | {st.median(a) / st.median(b):.2f} | {goal} |")
+if ("base", "tg") in v:
+    print("\n| | infer | base | infer / base |\n|---|---|---|---|")
+    for name, key, fmt, _ in rows:
+        a, b = v[("infer", key)], v[("base", key)]
+        print(f"| {name} | {cell(a, fmt)} | {cell(b, fmt)} | {st.median(a) / st.median(b):.2f} |")
 size = os.path.getsize(model)
 for who in ("infer", "peer"):
     tg = st.median(v[(who, "tg")])

@@ -1,5 +1,5 @@
 #!/bin/sh
-# Benchmark: our native engine vs llama.cpp's (engine::reference, same ggml
+# Benchmark: our native engine vs llama.cpp's (engine::llama_cpp, same ggml
 # build) on the same GGUF, threads and KV type, in one run. Prints tokens/s for
 # pp512 and tg128 (best of --reps), load-to-first-token time and peak RSS, and
 # the ratios ours/llama.cpp. Each engine runs in its own process so RSS is its own.

@@ -74,7 +74,7 @@ fn store_tools_do_not_link_ggml() {
             String::from_utf8_lossy(&out.stderr)
         );
         let tree = String::from_utf8_lossy(&out.stdout);
-        for banned in ["llama-cpp-sys-2", "ggml ", "engine ", "models "] {
+        for banned in ["llama-cpp-sys-2", "ggml ", "engine ", "models ", "runner "] {
             assert!(
                 !tree.lines().any(|l| l.starts_with(banned)),
                 "{tool} depends on {banned}:\n{tree}"

@@ -1,7 +1,7 @@
 //! Tokenizer, KV cache, sampling and the generation loop
 #![deny(missing_docs)]
 
-pub mod reference;
+pub mod llama_cpp;
 pub mod tokenizer;
 
 pub mod generate;

@@ -10,7 +10,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use engine::reference::{ModelOptions, RefModel};
+use engine::llama_cpp::{LlamaModel, ModelOptions};
 use engine::tokenizer::{StreamDecoder, Tokenizer};
 
 fn model_path(name: &str) -> PathBuf {
@@ -255,7 +255,7 @@ fn parity(model: &'static str, path: &std::path::Path) -> Report {
         build_cpu = build_cpu.min(thread_cpu_ms() - c);
     }
     let (t2, c2) = (Instant::now(), thread_cpu_ms());
-    let theirs = RefModel::load(
+    let theirs = LlamaModel::load(
         path,
         &ModelOptions {
             vocab_only: true,
@@ -306,13 +306,16 @@ fn parity(model: &'static str, path: &std::path::Path) -> Report {
     for id in 0..n {
         for special in [false, true] {
             if ours.token_to_piece(id, special)
-                != theirs.token_to_piece(id as i32, special).as_slice()
+                != theirs
+                    .token_to_piece(id as i32, special)
+                    .unwrap()
+                    .as_slice()
             {
                 piece_mismatch.push((id, special));
             }
         }
-        if ours.is_control(id) != theirs.is_control(id as i32)
-            || ours.token_attr(id) != theirs.token_attr(id as i32)
+        if ours.is_control(id) != theirs.is_control(id as i32).unwrap()
+            || ours.token_attr(id) != theirs.token_attr(id as i32).unwrap()
         {
             piece_mismatch.push((id, true));
         }
@@ -394,7 +397,8 @@ fn parity(model: &'static str, path: &std::path::Path) -> Report {
                 r.check(
                     || format!("decode of {text:?} remove_special={rm} unparse_special={unparse}"),
                     String::from_utf8_lossy(&ours.decode(&a, rm, unparse)).into_owned(),
-                    String::from_utf8_lossy(&theirs.detokenize(&ids, rm, unparse)).into_owned(),
+                    String::from_utf8_lossy(&theirs.detokenize(&ids, rm, unparse).unwrap())
+                        .into_owned(),
                 );
             }
             // Streaming the pieces one token at a time gives what llama.cpp's own generation
@@ -405,7 +409,7 @@ fn parity(model: &'static str, path: &std::path::Path) -> Report {
                 let mut want = Vec::new();
                 for &id in &a {
                     got += &s.push(ours.token_to_piece(id, false));
-                    want.extend(theirs.token_to_piece(id as i32, false));
+                    want.extend(theirs.token_to_piece(id as i32, false).unwrap());
                 }
                 got += &s.finish();
                 r.check(

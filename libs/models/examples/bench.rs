@@ -13,9 +13,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use engine::kv_cache::KvType;
-use engine::reference::{
-    argmax, ContextOptions, KvType as RefKv, ModelOptions, RefContext, RefModel,
-};
+use engine::llama_cpp::{argmax, ContextOptions, LlamaContext, LlamaModel, ModelOptions};
 use engine::session::{Session, SessionOptions};
 
 const PROMPT: &str = "The capital of France is";
@@ -127,32 +125,27 @@ fn main() {
             t.elapsed().as_secs_f64()
         });
     } else {
-        let rkv = match kv {
-            KvType::F16 => RefKv::F16,
-            KvType::Q8_0 => RefKv::Q8_0,
-            KvType::Q4_0 => RefKv::Q4_0,
-        };
         let mo = ModelOptions {
             n_gpu_layers: gpu_layers,
             ..Default::default()
         };
-        let m = RefModel::load(&model, &mo).expect("load");
+        let m = LlamaModel::load(&model, &mo).expect("load");
         let co = ContextOptions {
             n_ctx: 1024,
             n_batch: 512,
             n_threads: threads as i32,
-            type_k: rkv,
-            type_v: rkv,
+            type_k: kv,
+            type_v: kv,
             flash_attn: kv != KvType::F16,
         };
-        let mut c = RefContext::new(&m, &co).expect("context");
+        let mut c = LlamaContext::new(&m, &co).expect("context");
         let p = m.tokenize(PROMPT, true, false).expect("tokenize");
         c.decode(&p, 0).expect("decode");
-        let mut t = argmax(c.logits_last());
+        let mut t = argmax(c.logits_last().unwrap());
         first_ms = t0.elapsed().as_secs_f64() * 1e3;
         for i in 0..WARM_UP {
             c.decode(&[t], p.len() + i).expect("warm-up");
-            t = argmax(c.logits_last());
+            t = argmax(c.logits_last().unwrap());
         }
         let (pt, gt) = (tokens(n_pp, m.n_vocab()), tokens(n_tg, m.n_vocab()));
         pp = best(reps, n_pp, || {

@@ -10,6 +10,9 @@ use engine::kv_cache::{KvCache, KvShape};
 use engine::session::Inputs;
 use ggml::{Context, Graph, Rope, RopeMode, Tensor};
 
+use crate::nn::{
+    AttnOptions, Block, Embedding, Gate, Hparams, Linear, Pass, RmsNorm, Rotary, Spec, Width,
+};
 use crate::{Error, Meta, Result, Weights};
 
 // ---- config ----
@@ -17,24 +20,9 @@ use crate::{Error, Meta, Result, Weights};
 /// Hyperparameters from the GGUF metadata (`gemma3.*`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
-    /// Model width.
-    pub n_embd: usize,
-    /// Decoder blocks.
-    pub n_layer: usize,
-    /// Query heads.
-    pub n_head: usize,
-    /// Key/value heads.
-    pub n_head_kv: usize,
-    /// Dimensions per head (256 on every Gemma 3 size; not `n_embd / n_head`).
-    pub head_dim: usize,
-    /// MLP hidden width.
-    pub n_ff: usize,
-    /// Vocabulary size.
-    pub n_vocab: usize,
-    /// Training context.
-    pub n_ctx_train: usize,
-    /// RMSNorm ε.
-    pub rms_eps: f32,
+    /// Widths, heads (256 dimensions each on every size; not
+    /// `n_embd / n_head`), layers, ε.
+    pub hp: Hparams,
     /// Sliding window of the local layers (0: every layer global).
     pub n_swa: usize,
     /// Per layer: local (sliding-window) attention?
@@ -52,68 +40,34 @@ pub struct Config {
 impl Config {
     /// Reads and range-checks the hyperparameters.
     pub fn from_meta(m: &Meta) -> Result<Config> {
-        let n_embd = m.usize_in("embedding_length", 1..=65536)?;
-        let n_layer = m.usize_in("block_count", 1..=512)?;
-        let n_head = m.usize_in("attention.head_count", 1..=1024)?;
-        let n_head_kv = m.usize_or_in("attention.head_count_kv", n_head, 1..=n_head)?;
-        if n_head % n_head_kv != 0 {
-            return Err(Error::hparam(format!(
-                "head count {n_head} is not a multiple of kv head count {n_head_kv}"
-            )));
-        }
-        let head_dim = m.usize_or_in("attention.key_length", 256, 2..=1024)?;
-        if m.usize_or_in("attention.value_length", head_dim, 1..=1024)? != head_dim {
-            return Err(Error::hparam(
-                "attention.value_length differs from key_length".into(),
-            ));
-        }
-        let n_ctx_train = m.usize_in("context_length", 1..=(1 << 24))?;
-        let n_rot = m.usize_or_in("rope.dimension_count", head_dim, 2..=head_dim)?;
-        let mut rope_global = Rope::new(
-            n_rot as i32,
-            RopeMode::Neox,
-            m.f32_or("rope.freq_base", 1_000_000.0)?,
-        );
-        rope_global.n_ctx_orig = n_ctx_train as i32;
-        match m.str_or("rope.scaling.type", "none")? {
-            "none" => {}
-            "linear" => {
-                rope_global.freq_scale = 1.0 / m.f32_or("rope.scaling.factor", 1.0)?.max(1e-6)
-            }
-            other => {
-                return Err(Error::hparam(format!(
-                    "rope scaling {other:?} is not supported by the native engine"
-                )))
-            }
-        }
+        let hp = Hparams::read(
+            m,
+            Spec {
+                width: Width::Free,
+                head_dim: Some(256),
+                whole_heads_rotate: false,
+                rms_eps: 1e-6,
+            },
+        )?;
+        let rope_global = hp.rope(m, RopeMode::Neox, 1_000_000.0)?;
         let mut rope_local = rope_global;
-        rope_local.freq_base = m.f32_or("rope.freq_base_swa", 10_000.0)?;
+        rope_local.freq_base = m.f32_above("rope.freq_base_swa", 10_000.0, 0.0)?;
         rope_local.freq_scale = 1.0;
 
         let n_swa = m.usize_or_in("attention.sliding_window", 0, 0..=(1 << 24))?;
-        let is_local = if n_swa == 0 {
-            vec![false; n_layer]
-        } else {
-            local_layers(m, n_layer)?
+        let is_local = match n_swa {
+            0 => vec![false; hp.n_layer],
+            _ => local_layers(m, hp.n_layer)?,
         };
         // Gemma 3 27B scales queries by (n_embd / n_head)^-½, the others by
         // head_dim^-½ (query_pre_attn_scalar in Google's configs).
-        let attn_scale = if n_layer == 62 {
-            1.0 / ((n_embd / n_head) as f32).sqrt()
-        } else {
-            1.0 / (head_dim as f32).sqrt()
+        let attn_scale = match hp.n_layer {
+            62 => 1.0 / ((hp.n_embd / hp.n_head) as f32).sqrt(),
+            _ => 1.0 / (hp.head_dim as f32).sqrt(),
         };
         let cap = m.f32_or("final_logit_softcapping", 0.0)?;
         Ok(Config {
-            n_embd,
-            n_layer,
-            n_head,
-            n_head_kv,
-            head_dim,
-            n_ff: m.usize_in("feed_forward_length", 1..=1 << 20)?,
-            n_vocab: m.n_vocab()?,
-            n_ctx_train,
-            rms_eps: m.f32_or("attention.layer_norm_rms_epsilon", 1e-6)?,
+            hp,
             n_swa,
             is_local,
             rope_global,
@@ -143,150 +97,38 @@ fn local_layers(m: &Meta, n_layer: usize) -> Result<Vec<bool>> {
         .collect())
 }
 
-// ---- attention ----
-
-/// Grouped-query self-attention with per-head RMSNorm on queries and keys.
-pub struct Attention {
-    wq: Tensor,     // "attn_q"      [n_embd, n_head * head_dim]
-    wk: Tensor,     // "attn_k"      [n_embd, n_head_kv * head_dim]
-    wv: Tensor,     // "attn_v"      [n_embd, n_head_kv * head_dim]
-    q_norm: Tensor, // "attn_q_norm" [head_dim]
-    k_norm: Tensor, // "attn_k_norm" [head_dim]
-    wo: Tensor,     // "attn_output" [n_head * head_dim, n_embd]
-}
-
-impl Attention {
-    fn load(w: &Weights, p: &str, c: &Config) -> Result<Attention> {
-        let (e, q, kv) = (c.n_embd, c.n_head * c.head_dim, c.n_head_kv * c.head_dim);
-        Ok(Attention {
-            wq: w.mat(&format!("{p}.attn_q.weight"), &[e, q])?,
-            wk: w.mat(&format!("{p}.attn_k.weight"), &[e, kv])?,
-            wv: w.mat(&format!("{p}.attn_v.weight"), &[e, kv])?,
-            q_norm: w.get(&format!("{p}.attn_q_norm.weight"), &[c.head_dim])?,
-            k_norm: w.get(&format!("{p}.attn_k_norm.weight"), &[c.head_dim])?,
-            wo: w.mat(&format!("{p}.attn_output.weight"), &[q, e])?,
-        })
-    }
-
-    /// `x [n_embd, n_tokens]` → `[n_embd, n_tokens]`; `local` picks the
-    /// sliding-window mask and the local RoPE.
-    #[allow(clippy::too_many_arguments)]
-    fn forward(
-        &self,
-        ctx: &Context,
-        g: &Graph,
-        c: &Config,
-        x: Tensor,
-        inp: &Inputs,
-        kv: &KvCache,
-        layer: usize,
-    ) -> Tensor {
-        let local = c.is_local[layer];
-        let rope = if local { &c.rope_local } else { &c.rope_global };
-        let (d, t) = (c.head_dim as i64, inp.n_tokens as i64);
-        let q = ctx.reshape_3d(ctx.mul_mat(self.wq, x), d, c.n_head as i64, t); // [head_dim, n_head, n_tokens]
-        let k = ctx.reshape_3d(ctx.mul_mat(self.wk, x), d, c.n_head_kv as i64, t); // [head_dim, n_head_kv, n_tokens]
-        let v = ctx.reshape_3d(ctx.mul_mat(self.wv, x), d, c.n_head_kv as i64, t); // [head_dim, n_head_kv, n_tokens]
-        let q = ctx.mul(ctx.rms_norm(q, c.rms_eps), self.q_norm);
-        let k = ctx.mul(ctx.rms_norm(k, c.rms_eps), self.k_norm);
-        let q = ctx.scale(ctx.rope(q, inp.pos, None, rope), c.attn_scale);
-        let q = kv.rotate_q(ctx, q);
-        let k = ctx.rope(k, inp.pos, None, rope);
-        kv.put(ctx, g, layer, k, v);
-        let (k, v) = kv.get(ctx, layer); // [head_dim, n_kv, n_head_kv] each
-        let q = ctx.permute(q, [0, 2, 1, 3]); // [head_dim, n_tokens, n_head]
-        let mask = if local { kv.mask_swa() } else { kv.mask() };
-        // the queries are already scaled
-        let out = ctx.scaled_dot_product_attention(q, k, v, mask, 1.0, kv.flash()); // [n_head * head_dim, n_tokens]
-        ctx.mul_mat(self.wo, kv.unrotate_out(ctx, out))
-    }
-}
-
-// ---- mlp ----
-
-/// GeGLU feed-forward: `down(gelu_tanh(gate(x)) * up(x))`.
-pub struct Mlp {
-    gate: Tensor, // "ffn_gate" [n_embd, n_ff]
-    up: Tensor,   // "ffn_up"   [n_embd, n_ff]
-    down: Tensor, // "ffn_down" [n_ff, n_embd]
-}
-
-impl Mlp {
-    fn load(w: &Weights, p: &str, c: &Config) -> Result<Mlp> {
-        Ok(Mlp {
-            gate: w.mat(&format!("{p}.ffn_gate.weight"), &[c.n_embd, c.n_ff])?,
-            up: w.mat(&format!("{p}.ffn_up.weight"), &[c.n_embd, c.n_ff])?,
-            down: w.mat(&format!("{p}.ffn_down.weight"), &[c.n_ff, c.n_embd])?,
-        })
-    }
-
-    /// `x [n_embd, n] → [n_embd, n]`.
-    fn forward(&self, ctx: &Context, x: Tensor) -> Tensor {
-        let h = ctx.geglu(ctx.mul_mat(self.gate, x), ctx.mul_mat(self.up, x)); // [n_ff, n]
-        ctx.mul_mat(self.down, h)
-    }
-}
-
-// ---- block ----
-
-/// One decoder block: `x + post(attn(pre(x)))`, then `x + post(mlp(pre(x)))`.
-pub struct Block {
-    attn_norm: Tensor,      // "attn_norm"      [n_embd]
-    attn: Attention,        //
-    attn_post_norm: Tensor, // "post_attention_norm" [n_embd]
-    ffn_norm: Tensor,       // "ffn_norm"       [n_embd]
-    mlp: Mlp,               //
-    ffn_post_norm: Tensor,  // "post_ffw_norm"  [n_embd]
-}
-
-impl Block {
-    fn load(w: &Weights, p: &str, c: &Config) -> Result<Block> {
-        let norm = |name: &str| w.get(&format!("{p}.{name}.weight"), &[c.n_embd]);
-        Ok(Block {
-            attn_norm: norm("attn_norm")?,
-            attn: Attention::load(w, p, c)?,
-            attn_post_norm: norm("post_attention_norm")?,
-            ffn_norm: norm("ffn_norm")?,
-            mlp: Mlp::load(w, p, c)?,
-            ffn_post_norm: norm("post_ffw_norm")?,
-        })
-    }
-}
-
 // ---- model ----
 
 /// The whole model: scaled embeddings, blocks, final norm, tied output head.
 pub struct Model {
     cfg: Config,
-    tok_embd: Tensor,    // "token_embd"  [n_embd, n_vocab]
-    blocks: Vec<Block>,  // "blk.{i}"
-    output_norm: Tensor, // "output_norm" [n_embd]
-    output: Tensor,      // "output"      [n_embd, n_vocab], or token_embd when tied
+    tok_embd: Embedding,  // "token_embd"  [n_embd, n_vocab]
+    rope_global: Rotary,  //
+    rope_local: Rotary,   //
+    blocks: Vec<Block>,   // "blk.{i}", with q/k norms and post norms
+    output_norm: RmsNorm, // "output_norm" [n_embd]
+    output: Linear,       // "output"      [n_embd, n_vocab], or token_embd when tied
 }
 
 impl Model {
     /// Loads every weight, checking names and shapes.
     pub fn load(m: &Meta, w: &Weights) -> Result<Model> {
         let cfg = Config::from_meta(m)?;
-        let (e, nv) = (cfg.n_embd, cfg.n_vocab);
-        let tok_embd = w.get("token_embd.weight", &[e, nv])?;
-        let blocks = (0..cfg.n_layer)
-            .map(|i| Block::load(w, &format!("blk.{i}"), &cfg))
-            .collect::<Result<_>>()?;
-        let output_norm = w.get("output_norm.weight", &[e])?;
-        // Tied embeddings (SmolLM2, Gemma, many small models have no
-        // output.weight): a second handle on the same bytes, which may be
-        // repacked for mul_mat while the embeddings stay for get_rows.
-        let output = match w.opt_mat("output.weight", &[e, nv])? {
-            Some(t) => t,
-            None => w.mat("token_embd.weight", &[e, nv])?,
+        let hp = &cfg.hp;
+        let attn = AttnOptions {
+            qk_norm: true,
+            q_scale: Some(cfg.attn_scale),
+            ..Default::default()
         };
+        let block = |i| Block::load(w, &format!("blk.{i}"), hp, attn, Gate::GeluTanh, true);
         Ok(Model {
+            tok_embd: Embedding::load(w, hp)?,
+            rope_global: Rotary::new(cfg.rope_global),
+            rope_local: Rotary::new(cfg.rope_local),
+            blocks: (0..hp.n_layer).map(block).collect::<Result<_>>()?,
+            output_norm: RmsNorm::load(w, "output_norm", hp.n_embd, hp.rms_eps)?,
+            output: Linear::output(w, hp, false)?,
             cfg,
-            tok_embd,
-            blocks,
-            output_norm,
-            output,
         })
     }
 
@@ -294,55 +136,52 @@ impl Model {
     pub fn config(&self) -> &Config {
         &self.cfg
     }
+
+    /// The RoPE of `layer`: local layers have their own base.
+    fn rope(&self, layer: usize) -> &Rotary {
+        match self.cfg.is_local[layer] {
+            true => &self.rope_local,
+            false => &self.rope_global,
+        }
+    }
 }
 
 impl engine::session::Model for Model {
     fn n_vocab(&self) -> usize {
-        self.cfg.n_vocab
+        self.cfg.hp.n_vocab
     }
     fn kv_shape(&self) -> KvShape {
-        let c = &self.cfg;
-        KvShape {
-            n_layer: c.n_layer,
-            n_head_kv: c.n_head_kv,
-            head_dim_k: c.head_dim,
-            head_dim_v: c.head_dim,
-            n_swa: c.n_swa,
-        }
+        self.cfg.hp.kv_shape(self.cfg.n_swa)
     }
     fn n_ctx_train(&self) -> usize {
-        self.cfg.n_ctx_train
+        self.cfg.hp.n_ctx_train
     }
-
     fn shift_keys(&self, ctx: &Context, k: Tensor, delta: Tensor, layer: usize) -> Option<Tensor> {
-        let c = &self.cfg;
-        let rope = if c.is_local[layer] {
-            &c.rope_local
-        } else {
-            &c.rope_global
-        };
-        Some(ctx.rope(k, delta, None, rope))
+        Some(self.rope(layer).forward(ctx, k, delta))
     }
 
     // ---- forward ----
 
     fn forward(&self, ctx: &Context, g: &Graph, inp: &Inputs, kv: &KvCache) -> Tensor {
         let c = &self.cfg;
-        let norm = |x: Tensor, w: Tensor| ctx.mul(ctx.rms_norm(x, c.rms_eps), w);
-        let x = ctx.get_rows(self.tok_embd, inp.tokens); // [n_embd, n_tokens]
-        let mut x = ctx.scale(x, (c.n_embd as f32).sqrt());
+        let p = Pass {
+            ctx,
+            g,
+            inp,
+            kv,
+            n_layer: self.blocks.len(),
+        };
+        let x = self.tok_embd.forward(ctx, inp.tokens); // [n_embd, n_tokens]
+        let mut x = ctx.scale(x, (c.hp.n_embd as f32).sqrt());
         for (i, b) in self.blocks.iter().enumerate() {
-            let mut h = b.attn.forward(ctx, g, c, norm(x, b.attn_norm), inp, kv, i);
-            if i + 1 == self.blocks.len() {
-                // only the rows we need logits for go on
-                h = ctx.get_rows(h, inp.out_ids); // [n_embd, n_out]
-                x = ctx.get_rows(x, inp.out_ids);
-            }
-            let x1 = ctx.add(norm(h, b.attn_post_norm), x);
-            let h = b.mlp.forward(ctx, norm(x1, b.ffn_norm));
-            x = ctx.add(norm(h, b.ffn_post_norm), x1);
+            let mask = if c.is_local[i] {
+                kv.mask_swa()
+            } else {
+                kv.mask()
+            };
+            x = b.forward(&p, x, i, self.rope(i), mask); // [n_embd, n_out] after the last
         }
-        let logits = ctx.mul_mat(self.output, norm(x, self.output_norm)); // [n_vocab, n_out]
+        let logits = self.output.forward(ctx, self.output_norm.forward(ctx, x)); // [n_vocab, n_out]
         match c.final_softcap {
             Some(cap) => ctx.scale(ctx.tanh(ctx.scale(logits, 1.0 / cap)), cap),
             None => logits,

@@ -1,12 +1,13 @@
 //! Model architectures on the ggml wrapper, one file each, and the registry
-//! that picks one by `general.architecture`.
+//! that picks one by `general.architecture`. This crate only builds models;
+//! running them (engine choice, prompts, chat) is the `runner` crate's.
 //!
 //! ```no_run
 //! use models::{load, LoadOptions};
 //! let loaded = load("SmolLM2-135M-Instruct.Q4_1.gguf".as_ref(), &LoadOptions::default())?;
 //! let mut sess = engine::session::Session::new(loaded.model.as_ref(), &Default::default())?;
 //! let logits = sess.decode(&[504, 3575, 282, 4649, 314])?; // "The capital of France is"
-//! assert_eq!(engine::reference::argmax(logits), 7042); // " Paris"
+//! assert_eq!(engine::llama_cpp::argmax(logits), 7042); // " Paris"
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 #![deny(missing_docs)]
@@ -16,12 +17,11 @@ use std::sync::Arc;
 
 use ggml::{Buffer, Context, Tensor, Type};
 
-pub mod chat;
 pub mod gemma3;
-pub mod infer;
 pub mod llama;
 mod migrate;
 pub mod mistral3;
+pub mod nn;
 pub mod phi3;
 pub mod qwen2;
 pub mod qwen3;
@@ -109,7 +109,8 @@ impl<'g, 'a> Meta<'g, 'a> {
             gg,
         })
     }
-    fn key(&self, k: &str) -> String {
+    /// `<arch>.<k>`.
+    pub fn key(&self, k: &str) -> String {
         format!("{}.{k}", self.arch)
     }
     /// `<arch>.<k>` as an integer within `range` (missing, mistyped or out of range → error).
@@ -144,6 +145,29 @@ impl<'g, 'a> Meta<'g, 'a> {
             return Err(Error::hparam(format!("{key} = {v} is not finite")));
         }
         Ok(v)
+    }
+    /// Like [`Meta::f32_or`], and at least `min` (ggml asserts a
+    /// non-negative RMSNorm ε, for one).
+    pub fn f32_at_least(&self, k: &str, default: f32, min: f32) -> Result<f32> {
+        let v = self.f32_or(k, default)?;
+        match v >= min {
+            true => Ok(v),
+            false => Err(Error::hparam(format!(
+                "{} = {v} is below {min}",
+                self.key(k)
+            ))),
+        }
+    }
+    /// Like [`Meta::f32_or`], and above `min` (a RoPE base, for one).
+    pub fn f32_above(&self, k: &str, default: f32, min: f32) -> Result<f32> {
+        let v = self.f32_or(k, default)?;
+        match v > min {
+            true => Ok(v),
+            false => Err(Error::hparam(format!(
+                "{} = {v} must be above {min}",
+                self.key(k)
+            ))),
+        }
     }
     /// `<arch>.<k>` as a string, with a default when absent.
     pub fn str_or(&self, k: &str, default: &'a str) -> Result<&'a str> {
@@ -225,6 +249,24 @@ impl Weights<'_, '_> {
         if !ty.is_known() || !info.ggml_type.is_known() {
             return Err(Error::tensor(format!(
                 "tensor {name} has unsupported type {}",
+                ty.name()
+            )));
+        }
+        // ggml's CPU kernels abort (GGML_ABORT) on operand types they lack:
+        // norms, biases and RoPE factors are f32 in every converter's
+        // output; matrices need a float or quantized type (a dot product).
+        let fits = match dims.len() {
+            1 => ty == Type::F32,
+            _ => !matches!(ty.name().as_str(), "i8" | "i16" | "i32" | "i64" | "f64"),
+        };
+        if !fits {
+            let want = if dims.len() == 1 {
+                "f32"
+            } else {
+                "a float or quantized type"
+            };
+            return Err(Error::tensor(format!(
+                "tensor {name} has type {}, expected {want}",
                 ty.name()
             )));
         }
@@ -361,51 +403,83 @@ pub fn supports(arch: &str) -> bool {
     )
 }
 
+/// The bytes of a GGUF file: mapped, or read into aligned memory.
+#[derive(Clone)]
+pub struct File {
+    bytes: Arc<dyn AsRef<[u8]> + Send + Sync>,
+    mapped: bool,
+}
+
+impl File {
+    /// Maps the file read-only (errors are the OS's: the caller names the file).
+    pub fn map(path: &Path) -> std::io::Result<File> {
+        let file = std::fs::File::open(path)?;
+        // SAFETY: the file is mapped read-only; like every mmap reader we
+        // assume it is not truncated while in use.
+        let map = unsafe { memmap2::Mmap::map(&file) }?;
+        Ok(File {
+            bytes: Arc::new(map),
+            mapped: true,
+        })
+    }
+
+    /// Reads the whole file into memory aligned for the weights.
+    pub fn read(path: &Path) -> std::io::Result<File> {
+        let file = std::fs::File::open(path)?;
+        let len = usize::try_from(file.metadata()?.len())
+            .map_err(|_| std::io::Error::other("file too large"))?;
+        let bytes = ggml::AlignedBytes::read_exact(std::io::BufReader::new(file), len)?;
+        Ok(File {
+            bytes: Arc::new(bytes),
+            mapped: false,
+        })
+    }
+
+    /// [`File::read`] when `no_mmap`, else [`File::map`].
+    pub fn open(path: &Path, no_mmap: bool) -> std::io::Result<File> {
+        match no_mmap {
+            true => File::read(path),
+            false => File::map(path),
+        }
+    }
+
+    /// The file's bytes.
+    pub fn bytes(&self) -> &[u8] {
+        (*self.bytes).as_ref()
+    }
+
+    /// Whether the bytes are a mapping of the file.
+    pub fn is_mapped(&self) -> bool {
+        self.mapped
+    }
+}
+
 /// Maps (or reads) a GGUF file and builds its model.
 pub fn load(path: &Path, opts: &LoadOptions) -> Result<Loaded> {
-    let io = |source| Error {
+    let file = File::open(path, opts.no_mmap).map_err(|source| Error {
         kind: ErrorKind::Io {
             path: path.display().to_string(),
             source,
         },
-    };
-    let file = std::fs::File::open(path).map_err(io)?;
-    let bytes: Arc<dyn AsRef<[u8]> + Send + Sync> = if opts.no_mmap {
-        let len = file.metadata().map_err(io)?.len();
-        let len = usize::try_from(len).map_err(|_| io(std::io::Error::other("file too large")))?;
-        Arc::new(ggml::AlignedBytes::read_exact(std::io::BufReader::new(file), len).map_err(io)?)
-    } else {
-        // SAFETY: the file is mapped read-only; like every mmap reader we
-        // assume it is not truncated while in use.
-        Arc::new(unsafe { memmap2::Mmap::map(&file) }.map_err(io)?)
-    };
-    let gg = gguf::parse((*bytes).as_ref())?;
-    let (model, in_huge_pages) = build_inner(&gg, bytes.clone(), opts, !opts.no_mmap)?;
+    })?;
+    let gg = gguf::parse(file.bytes())?;
+    load_parsed(&gg, &file, opts)
+}
+
+/// Builds the model of a GGUF already parsed, so that a caller which read
+/// its metadata first (tokenizer, template, engine choice) does not parse it
+/// again. `gg` is the parse of `file`, or of another copy of the same file's
+/// bytes (a mapping parsed before the file was read into memory): tensors
+/// are found through `gg` and read from `file`, bounds checked against it.
+/// [`LoadOptions::no_mmap`] is `file`'s to say, so it is ignored here.
+pub fn load_parsed(gg: &gguf::Gguf<'_>, file: &File, opts: &LoadOptions) -> Result<Loaded> {
+    let (model, in_huge_pages) = build_inner(gg, file.bytes.clone(), opts, file.mapped)?;
     Ok(Loaded {
         model,
         arch: gg.architecture().unwrap_or_default().to_string(),
-        bytes,
+        bytes: file.bytes.clone(),
         in_huge_pages,
     })
-}
-
-/// Builds the model of a parsed GGUF whose bytes are `bytes`, with the
-/// default [`LoadOptions`].
-pub fn build(
-    gg: &gguf::Gguf<'_>,
-    bytes: Arc<dyn AsRef<[u8]> + Send + Sync>,
-) -> Result<Box<dyn engine::session::Model>> {
-    build_with(gg, bytes, &LoadOptions::default())
-}
-
-/// Builds the model of a parsed GGUF whose bytes are `bytes` (weights stay
-/// where they are: [`LoadOptions::huge_pages`] applies to [`load`]'s mapping).
-pub fn build_with(
-    gg: &gguf::Gguf<'_>,
-    bytes: Arc<dyn AsRef<[u8]> + Send + Sync>,
-    opts: &LoadOptions,
-) -> Result<Box<dyn engine::session::Model>> {
-    Ok(build_inner(gg, bytes, opts, false)?.0)
 }
 
 type Built = (
@@ -413,7 +487,7 @@ type Built = (
     Option<Arc<std::sync::atomic::AtomicBool>>,
 );
 
-/// [`build_with`]; when `bytes` is a file mapping (`mapped`), the weights
+/// Builds the model of `gg` on `bytes`; when `bytes` is a file mapping (`mapped`), the weights
 /// placed on it move into huge pages during the run as
 /// [`LoadOptions::huge_pages`] asks.
 fn build_inner(

@@ -389,5 +389,82 @@ fn mistral3_reads_ollamas_yarn_keys_like_llama_cpps() {
     let (ours, theirs) = (config(false), config(true));
     assert_eq!(ours, theirs);
     assert_eq!((ours.rope.beta_fast, ours.rope.beta_slow), (24.0, 2.0));
-    assert_eq!(ours.n_ctx_train, MISTRAL3_ORIG_CTX as usize);
+    assert_eq!(ours.hp.n_ctx_train, MISTRAL3_ORIG_CTX as usize);
+}
+
+// ---- gemma3 ----
+
+/// Gemma 3: head size 64 (not n_embd / n_head), q/k norms, post norms,
+/// GeGLU, local layers with a window, tied output. Loaded by our engine
+/// only (the parity of Gemma 3 is checked on the real 270M model).
+fn gemma3(path: &Path) {
+    let mut m = Tiny::new("gemma3", "");
+    common_keys(&mut m, N_HEAD as u32);
+    let hd = 64u64;
+    m.u32("attention.key_length", hd as u32);
+    m.u32("attention.value_length", hd as u32);
+    m.u32("attention.sliding_window", 16);
+    embeddings_and_output(&mut m, true);
+    for i in 0..N_LAYER {
+        let p = format!("blk.{i}");
+        m.norm(&format!("{p}.attn_norm.weight"), &[N_EMBD]);
+        m.weight(&format!("{p}.attn_q.weight"), &[N_EMBD, N_HEAD * hd]);
+        m.weight(&format!("{p}.attn_k.weight"), &[N_EMBD, N_HEAD_KV * hd]);
+        m.weight(&format!("{p}.attn_v.weight"), &[N_EMBD, N_HEAD_KV * hd]);
+        m.norm(&format!("{p}.attn_q_norm.weight"), &[hd]);
+        m.norm(&format!("{p}.attn_k_norm.weight"), &[hd]);
+        m.weight(&format!("{p}.attn_output.weight"), &[N_HEAD * hd, N_EMBD]);
+        m.norm(&format!("{p}.post_attention_norm.weight"), &[N_EMBD]);
+        swiglu_mlp(&mut m, &p);
+        m.norm(&format!("{p}.post_ffw_norm.weight"), &[N_EMBD]);
+    }
+    m.write(path);
+}
+
+// ---- every family ----
+
+#[test]
+fn r12_odd_rope_dimension_count_is_a_clear_error() {
+    // See: issue 12 ("one decoder for every family"): only phi3 checked, and
+    // ggml aborted the process (GGML_ASSERT(n_dims % 2 == 0)) on the others.
+    let dir = tempfile::tempdir().unwrap();
+    type Build = fn(&Path);
+    let families: [(&str, Build, u32); 5] = [
+        ("qwen3", |p| qwen3(p, "", N_HEAD as u32, false), 47),
+        ("qwen2", |p| qwen2(p, "", true), 31),
+        ("phi3", |p| phi3(p, "", true, false), 23),
+        ("mistral3", |p| mistral3(p, "", true), 31),
+        ("gemma3", gemma3, 63),
+    ];
+    for (arch, build, odd) in families {
+        let path = dir.path().join(format!("{arch}.gguf"));
+        build(&path);
+        // the file as written loads: only the edit breaks it
+        models::load(&path, &Default::default()).unwrap();
+        let key = format!("{arch}.rope.dimension_count");
+        common::edit_u32(&path, &key, odd);
+        let err = load_error(&path);
+        assert!(err.contains(&format!("{key} = {odd} is odd")), "{err}");
+    }
+}
+
+#[test]
+fn r12_inconsistent_tiny_models_are_refused() {
+    // See: issue 12: every GGML_ASSERT reachable from a model file is
+    // preceded by a clear error, in all six families (llama and gemma3 on
+    // the real models in inconsistent.rs).
+    let dir = tempfile::tempdir().unwrap();
+    type Build = fn(&Path);
+    let families: [(&str, Build); 5] = [
+        ("qwen3", |p| qwen3(p, "", N_HEAD as u32, false)),
+        ("qwen2", |p| qwen2(p, "", true)),
+        ("phi3", |p| phi3(p, "", true, false)),
+        ("mistral3", |p| mistral3(p, "", true)),
+        ("gemma3", gemma3),
+    ];
+    for (arch, build) in families {
+        let src = dir.path().join(format!("{arch}.gguf"));
+        build(&src);
+        common::check_breakages(&src, arch, dir.path());
+    }
 }

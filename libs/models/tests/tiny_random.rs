@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 
 use common::Writer;
-use engine::reference::{ContextOptions, ModelOptions, RefContext, RefModel};
+use engine::llama_cpp::{ContextOptions, LlamaContext, LlamaModel, ModelOptions};
 use engine::session::{Session, SessionOptions};
 
 const N_EMBD: usize = 128;
@@ -86,13 +86,13 @@ fn tiny_random_llama_matches_llama_cpp() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tiny.gguf");
     tiny(&path, "", 4);
-    let rm = RefModel::load(&path, &ModelOptions::default()).unwrap();
+    let rm = LlamaModel::load(&path, &ModelOptions::default()).unwrap();
     let co = ContextOptions {
         n_ctx: 512,
         n_threads: 1,
         ..Default::default()
     };
-    let mut rc = RefContext::new(&rm, &co).unwrap();
+    let mut rc = LlamaContext::new(&rm, &co).unwrap();
     let loaded = models::load(&path, &Default::default()).unwrap();
     let so = SessionOptions {
         n_ctx: 512,
@@ -110,7 +110,7 @@ fn tiny_random_llama_matches_llama_cpp() {
         let mut logits = sess.decode(&prompt).unwrap().to_vec();
         let mut got = vec![];
         for _ in 0..32 {
-            let t = engine::reference::argmax(&logits);
+            let t = engine::llama_cpp::argmax(&logits);
             got.push(t);
             logits = sess.decode(&[t]).unwrap().to_vec();
         }
@@ -144,6 +144,24 @@ fn zero_heads_is_a_clear_error() {
         .expect("must fail")
         .to_string();
     assert!(err.contains("llama.attention.head_count"), "{err}");
+}
+
+#[test]
+fn r12_odd_rope_dimension_count_is_a_clear_error() {
+    // See: issue 12 ("one decoder for every family"): ggml aborted the
+    // process (GGML_ASSERT(n_dims % 2 == 0)) instead.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.gguf");
+    tiny(&path, "", 4);
+    common::edit_u32(&path, "llama.rope.dimension_count", 31);
+    let err = models::load(&path, &Default::default())
+        .err()
+        .expect("must fail")
+        .to_string();
+    assert!(
+        err.contains("llama.rope.dimension_count = 31 is odd"),
+        "{err}"
+    );
 }
 
 #[test]

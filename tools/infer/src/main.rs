@@ -5,9 +5,9 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use models::chat::{chat, ChatOptions};
-use models::infer::{infer, EngineChoice, Event, InferOptions};
 use protocol::{media, Line};
+use runner::{chat, ChatOptions};
+use runner::{infer, EngineChoice, Event, InferOptions};
 
 mod term;
 

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use engine::reference::{ContextOptions, ModelOptions, RefContext, RefModel};
+use engine::llama_cpp::{ContextOptions, LlamaContext, LlamaModel, ModelOptions};
 
 fn smollm2() -> PathBuf {
     pipeline_tests::real_model("SmolLM2-135M-Instruct.Q4_1.gguf")
@@ -20,8 +20,8 @@ fn infer(args: &[&str]) -> std::process::Output {
 fn raw_greedy_text_matches_llama_cpp() {
     let model = smollm2();
     let prompt = "The capital of France is";
-    let rm = RefModel::load(&model, &ModelOptions::default()).unwrap();
-    let mut rc = RefContext::new(
+    let rm = LlamaModel::load(&model, &ModelOptions::default()).unwrap();
+    let mut rc = LlamaContext::new(
         &rm,
         &ContextOptions {
             n_ctx: 256,
@@ -32,12 +32,14 @@ fn raw_greedy_text_matches_llama_cpp() {
         },
     )
     .unwrap();
-    let want = rm.detokenize(
-        &rc.greedy(&rm.tokenize(prompt, true, false).unwrap(), 8)
-            .unwrap(),
-        false,
-        false,
-    );
+    let want = rm
+        .detokenize(
+            &rc.greedy(&rm.tokenize(prompt, true, false).unwrap(), 8)
+                .unwrap(),
+            false,
+            false,
+        )
+        .unwrap();
     let want = format!("{}\n", String::from_utf8(want).unwrap());
     let m = model.to_str().unwrap();
     let out = infer(&[
@@ -106,6 +108,51 @@ fn no_prompt_is_a_usage_error() {
     let out = infer(&["--model", m.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no prompt"));
+}
+
+/// A file that is not a model fails with one line that names it once.
+#[test]
+fn bad_model_file_is_one_line_naming_it_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.gguf");
+    std::fs::write(&bad, "not a gguf file at all").unwrap();
+    let bad = bad.to_str().unwrap();
+    let out = infer(&["--model", bad, "-p", "hi"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!(
+            "infer: error: running {bad}: not a gguf file: magic is \"not \", expected \"GGUF\" (at byte 0)\n"
+        )
+    );
+    assert!(out.stdout.is_empty());
+    let missing = dir.path().join("missing.gguf");
+    let missing = missing.to_str().unwrap();
+    for engine in ["native", "llama.cpp"] {
+        let out = infer(&["--model", missing, "-p", "hi", "--engine", engine]);
+        assert_eq!(out.status.code(), Some(2));
+        assert_eq!(
+            String::from_utf8_lossy(&out.stderr),
+            format!(
+                "infer: error: running {missing}: cannot open the model file: No such file or directory (os error 2)\n"
+            )
+        );
+    }
+    // a chat names it the same way
+    let out = Command::new(env!("CARGO_BIN_EXE_infer"))
+        .args(["--model", bad, "--chat"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with(&format!(
+            "infer: error: chatting with {bad}: not a gguf file"
+        )),
+        "{err}"
+    );
+    assert_eq!(err.matches(bad).count(), 1, "{err}");
 }
 
 #[test]
@@ -182,8 +229,8 @@ fn chatml(turns: &[(&str, &str)]) -> String {
 fn chat_template_greedy_text_matches_llama_cpp() {
     let model = smollm2();
     let prompt = "What is 2+2?";
-    let rm = RefModel::load(&model, &ModelOptions::default()).unwrap();
-    let mut rc = RefContext::new(
+    let rm = LlamaModel::load(&model, &ModelOptions::default()).unwrap();
+    let mut rc = LlamaContext::new(
         &rm,
         &ContextOptions {
             n_ctx: 256,
@@ -196,7 +243,9 @@ fn chat_template_greedy_text_matches_llama_cpp() {
     .unwrap();
     let text = chatml(&[("system", SMOL_SYSTEM), ("user", prompt)]);
     let ids = rm.tokenize(&text, true, true).unwrap();
-    let want = rm.detokenize(&rc.greedy(&ids, 8).unwrap(), false, false);
+    let want = rm
+        .detokenize(&rc.greedy(&ids, 8).unwrap(), false, false)
+        .unwrap();
     let want = format!("{}\n", String::from_utf8(want).unwrap());
     let m = model.to_str().unwrap();
     let out = infer(&[
@@ -256,7 +305,7 @@ fn system_flag_overrides_the_system_layer_and_messages_come_first() {
         let last: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
         last["data"]["prompt_eval_count"].as_u64().unwrap() as usize
     };
-    let vocab = RefModel::load(
+    let vocab = LlamaModel::load(
         &m,
         &ModelOptions {
             vocab_only: true,
@@ -365,4 +414,75 @@ fn closed_stdout_ends_quietly_with_0() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// A chat whose stdout is closed before it answers ends quietly with 0 too.
+#[test]
+fn chat_with_closed_stdout_ends_quietly_with_0() {
+    use std::io::Write;
+    use std::process::Stdio;
+    let m = smollm2();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_infer"))
+        .args(["--model", m.to_str().unwrap(), "--chat"])
+        .args(["-n", "16", "--temperature", "0", "--threads", "1"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run infer");
+    // nobody reads the answers
+    drop(child.stdout.take());
+    let mut stdin = child.stdin.take().unwrap();
+    // the chat may already have ended on the closed stdout
+    let _ = stdin.write_all(b"Hi\nTell me more\n/bye\n");
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A real model with one inconsistent key (an odd RoPE dimension count,
+/// which ggml asserts against and would abort on): exit 2 and one line
+/// naming the key, on the engine that runs it by default and on llama.cpp's
+/// (which refuses the file at load).
+#[test]
+fn r12_inconsistent_model_exits_2_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("odd-rope.gguf");
+    let mut bytes = std::fs::read(smollm2()).unwrap();
+    // the key, its type (u32 = 4), then the value: patch the value in place
+    let key = b"llama.rope.dimension_count\x04\x00\x00\x00";
+    let at = bytes
+        .windows(key.len())
+        .position(|w| w == key)
+        .expect("SmolLM2 has llama.rope.dimension_count")
+        + key.len();
+    bytes[at..at + 4].copy_from_slice(&63u32.to_le_bytes());
+    std::fs::write(&path, &bytes).unwrap();
+    let p = path.to_str().unwrap();
+    let out = infer(&["--model", p, "-p", "Once upon a time", "-n", "4"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("llama.rope.dimension_count = 63 is odd"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(out.stdout.is_empty());
+    let out = infer(&[
+        "--model",
+        p,
+        "-p",
+        "Once",
+        "-n",
+        "4",
+        "--engine",
+        "llama.cpp",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(out.stdout.is_empty());
 }

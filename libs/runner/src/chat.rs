@@ -17,7 +17,7 @@
 //!
 //! ```no_run
 //! use std::sync::atomic::AtomicBool;
-//! use models::chat::{chat, ChatOptions};
+//! use runner::{chat, ChatOptions};
 //! let mut o = ChatOptions::default();
 //! o.infer.model = "SmolLM2-135M-Instruct.Q4_1.gguf".into();
 //! o.infer.sampler.temperature = 0.0;
@@ -38,11 +38,10 @@ use engine::stop::StopBuffer;
 use engine::tokenizer::{StreamDecoder, Tokenizer};
 use serde_json::{Map, Value};
 
-use crate::infer::{
-    block_count, encode_prompt, load_options, plan, ref_model, session_options, Event,
-    InferOptions, Message, Output, RefDecode, Summary,
-};
-use crate::load;
+use crate::infer::{Event, Output, Summary};
+use crate::plan::{self, session_options, Header, LlamaDecode, Loaded};
+use crate::prompt::encode_prompt;
+use crate::{InferOptions, Message};
 
 /// What a [`LineSource`] read.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -105,8 +104,8 @@ pub struct Turn {
 /// Setting `interrupt` (from a Ctrl-C handler) ends the answer being
 /// generated, not the chat; it is cleared when a turn starts. Returns the
 /// turns. Errors: the model cannot be loaded, the engine fails, or `out`
-/// fails; a turn whose template cannot be rendered is reported on `out`
-/// and skipped.
+/// fails (they do not name the model file: the caller does); a turn whose
+/// template cannot be rendered is reported on `out` and skipped.
 pub fn chat(
     opts: &ChatOptions,
     input: &mut dyn LineSource,
@@ -117,23 +116,19 @@ pub fn chat(
     if o.raw {
         return Err("a chat needs the chat template (--raw is for one-shot prompts)".into());
     }
-    let path = o.model.display().to_string();
-    let file = std::fs::File::open(&o.model).map_err(|e| format!("cannot open {path}: {e}"))?;
-    // SAFETY: read-only map, see `crate::load`.
-    let map =
-        unsafe { memmap2::Mmap::map(&file) }.map_err(|e| format!("cannot map {path}: {e}"))?;
-    let gg = gguf::parse(&map).map_err(|e| format!("{path}: {e}"))?;
-    let arch = gg.architecture().unwrap_or("").to_string();
-    let tok = Tokenizer::from_gguf(&gg).map_err(|e| format!("tokenizer of {path}: {e}"))?;
-    let gguf_template = gg.get_str("tokenizer.chat_template").map(str::to_owned);
-    let n_layer = block_count(&gg, &arch);
+    let map = plan::map(o)?;
+    let gg = gguf::parse(map.bytes()).map_err(|e| e.to_string())?;
+    let Header {
+        arch,
+        tok,
+        template: gguf_template,
+        n_layer,
+    } = Header::read(&gg)?;
     let layers = gguf::show::Layers {
         template: o.template.clone(),
         ..Default::default()
     };
-    let info = gguf::show::inspect(&gg, &layers, &Default::default())
-        .map_err(|e| format!("{path}: {e}"))?;
-    drop(gg);
+    let info = gguf::show::inspect(&gg, &layers, &Default::default()).map_err(|e| e.to_string())?;
     Sampler::new(o.sampler.clone()).map_err(|e| e.to_string())?;
     let params_layer = match opts.params_layer.as_deref().map(serde_json::from_str) {
         Some(Ok(Value::Object(m))) => m,
@@ -157,20 +152,24 @@ pub fn chat(
     };
     let first = (!o.prompt.is_empty()).then_some(o.prompt.as_str());
     let io = |e: std::io::Error| e.to_string();
-    let plan = plan(o, &arch, n_layer)?;
+    let plan = plan::plan(o, &arch, n_layer)?;
     for notice in &plan.notices {
         writeln!(out, "{notice}").map_err(io)?;
     }
-    if plan.native {
-        let loaded = load(&o.model, &load_options(o, &plan)).map_err(|e| format!("{path}: {e}"))?;
-        let mut sess =
-            Session::new(loaded.model.as_ref(), &session_options(o)).map_err(|e| e.to_string())?;
-        state.run(&mut sess, first, input, out, interrupt)?;
-    } else {
-        state.engine = "llama.cpp";
-        let m = ref_model(o)?;
-        let mut dec = RefDecode::new(&m, o)?;
-        state.run(&mut dec, first, input, out, interrupt)?;
+    let loaded = plan::load(o, &plan, &gg, &map)?;
+    drop(gg);
+    drop(map);
+    match &loaded {
+        Loaded::Native(l) => {
+            let mut sess =
+                Session::new(l.model.as_ref(), &session_options(o)).map_err(|e| e.to_string())?;
+            state.run(&mut sess, first, input, out, interrupt)?;
+        }
+        Loaded::LlamaCpp(m) => {
+            state.engine = "llama.cpp";
+            let mut dec = LlamaDecode::new(m, o)?;
+            state.run(&mut dec, first, input, out, interrupt)?;
+        }
     }
     Ok(state.turns)
 }
@@ -190,7 +189,7 @@ impl Cache for Session<'_> {
     }
 }
 
-impl Cache for RefDecode<'_> {
+impl Cache for LlamaDecode<'_> {
     fn tokens(&self) -> &[i32] {
         &self.history
     }

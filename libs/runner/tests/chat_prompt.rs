@@ -4,31 +4,30 @@
 
 use std::path::PathBuf;
 
-use engine::reference::{ModelOptions, RefModel};
+use engine::llama_cpp::{LlamaModel, ModelOptions};
 use engine::tokenizer::Tokenizer;
-use models::infer::{encode_prompt, render_prompt, InferOptions, Message};
+use runner::prompt::{encode_prompt, render_prompt};
+use runner::{InferOptions, Message};
 
 fn model(file: &str) -> PathBuf {
     pipeline_tests::real_model(file)
 }
 
 /// Our tokenizer, the GGUF's chat template and llama.cpp's vocabulary.
-fn load(file: &str) -> (Tokenizer, Option<String>, RefModel) {
+fn load(file: &str) -> (Tokenizer, Option<String>, LlamaModel) {
     let path = model(file);
-    let f = std::fs::File::open(&path).unwrap();
-    // SAFETY: read-only map of a file nobody writes during the test.
-    let map = unsafe { memmap2::Mmap::map(&f) }.unwrap();
-    let gg = gguf::parse(&map).unwrap();
+    let map = models::File::map(&path).unwrap();
+    let gg = gguf::parse(map.bytes()).unwrap();
     let tok = Tokenizer::from_gguf(&gg).unwrap();
     let tmpl = gg.get_str("tokenizer.chat_template").map(str::to_owned);
     let opts = ModelOptions {
         vocab_only: true,
         ..ModelOptions::default()
     };
-    (tok, tmpl, RefModel::load(&path, &opts).unwrap())
+    (tok, tmpl, LlamaModel::load(&path, &opts).unwrap())
 }
 
-fn smollm2() -> (Tokenizer, Option<String>, RefModel) {
+fn smollm2() -> (Tokenizer, Option<String>, LlamaModel) {
     load("SmolLM2-135M-Instruct.Q4_1.gguf")
 }
 

@@ -1,4 +1,4 @@
-//! The prompt `infer` feeds the model: the conversation rendered with the
+//! The prompt a run feeds the model: the conversation rendered with the
 //! model's chat template (`template` crate), then tokenized so that only the
 //! template's own text may hold control tokens.
 //!
@@ -12,7 +12,7 @@
 use engine::tokenizer::{Attr, Tokenizer};
 use template::{render_chat, ChatTemplate, Message, Rendered, Request, Segment};
 
-use super::InferOptions;
+use crate::InferOptions;
 
 /// Renders the prompt of `opts`: with `--raw`, the prompt as it is
 /// (untrusted); else a [`Request`] of the system prompt, the earlier

@@ -1,20 +1,28 @@
-//! llama.cpp's own engine, in process: the reference our engine is measured against.
+//! llama.cpp's own engine, in process.
 //!
 //! This wraps the `llama_*` C API of the llama.cpp build vendored by `llama-cpp-sys-2`
-//! (the same build whose ggml our engine runs on), so that tests can compare tokens and
-//! logits and benchmarks can time both engines in one process on the same machine.
+//! (the same build whose ggml our engine runs on). It is a production engine: `infer`
+//! runs it for architectures the native engine lacks and for a partial GPU offload.
+//! It is also the oracle tests compare our tokens and logits with, and benchmarks time
+//! both engines with it in one process on the same machine.
+//!
+//! llama.cpp's vocabulary functions index `std::vector`s with `at()`, which throws a C++
+//! exception for an unknown token id, and an exception must not cross `extern "C"`
+//! into Rust (that aborts the process). So every token id and output row is checked
+//! here, before the call, and refused with [`ErrorKind::TokenOutOfRange`] or
+//! [`ErrorKind::NoLogits`].
 //!
 //! llama.cpp logs a lot on stderr; this module silences it unless the environment
 //! variable `LLPIPE_LLAMA_LOG` is set to a non-empty value other than `0`.
 //!
 //! ```no_run
-//! use engine::reference::{ContextOptions, ModelOptions, RefContext, RefModel};
-//! let model = RefModel::load("SmolLM2-135M-Instruct.Q4_1.gguf".as_ref(), &ModelOptions::default())?;
+//! use engine::llama_cpp::{ContextOptions, ModelOptions, LlamaContext, LlamaModel};
+//! let model = LlamaModel::load("SmolLM2-135M-Instruct.Q4_1.gguf".as_ref(), &ModelOptions::default())?;
 //! let prompt = model.tokenize("The capital of France is", true, false)?;
-//! let mut ctx = RefContext::new(&model, &ContextOptions::default())?;
+//! let mut ctx = LlamaContext::new(&model, &ContextOptions::default())?;
 //! let out = ctx.greedy(&prompt, 8)?;
 //! assert_eq!(out.len(), 8);
-//! # Ok::<(), engine::reference::Error>(())
+//! # Ok::<(), engine::llama_cpp::Error>(())
 //! ```
 
 use std::ffi::{c_char, c_void, CString};
@@ -25,9 +33,11 @@ use std::time::Instant;
 
 use llama_cpp_sys_2 as sys;
 
+use crate::kv_cache::KvType;
+
 // ---- errors ----
 
-/// An error from the llama.cpp reference engine.
+/// An error from llama.cpp's engine.
 #[derive(Debug, thiserror::Error)]
 #[error("{kind}")]
 pub struct Error {
@@ -73,6 +83,31 @@ pub enum ErrorKind {
     /// Decoding was asked for an empty token list.
     #[error("cannot decode an empty batch")]
     EmptyBatch,
+    /// A token id outside the vocabulary.
+    #[error("token id {token} is out of range (vocabulary of {n_vocab})")]
+    TokenOutOfRange {
+        /// The id.
+        token: i32,
+        /// Vocabulary size.
+        n_vocab: usize,
+    },
+    /// More tokens than a batch holds were given to
+    /// [`LlamaContext::decode_all_logits`].
+    #[error("{n_tokens} tokens do not fit in a batch of {n_batch}")]
+    BatchTooLarge {
+        /// Tokens given.
+        n_tokens: usize,
+        /// Batch size.
+        n_batch: u32,
+    },
+    /// Logits were asked for a token the last decode kept none for.
+    #[error("no logits for output {index} (the last decode kept {n_outputs})")]
+    NoLogits {
+        /// The token's index in the last batch (-1: the last one).
+        index: i64,
+        /// How many tokens the last decode kept logits for.
+        n_outputs: usize,
+    },
 }
 
 impl From<ErrorKind> for Error {
@@ -140,20 +175,20 @@ impl Default for ModelOptions {
 }
 
 /// A model loaded by llama.cpp, with its vocabulary.
-pub struct RefModel {
+pub struct LlamaModel {
     model: NonNull<sys::llama_model>,
     vocab: *const sys::llama_vocab,
 }
 
 // SAFETY: llama.cpp models are immutable after loading and documented as shareable
 // between contexts on different threads.
-unsafe impl Send for RefModel {}
+unsafe impl Send for LlamaModel {}
 // SAFETY: as above; every method takes &self and only reads the model.
-unsafe impl Sync for RefModel {}
+unsafe impl Sync for LlamaModel {}
 
-impl RefModel {
+impl LlamaModel {
     /// Loads a GGUF file with llama.cpp.
-    pub fn load(path: &Path, opts: &ModelOptions) -> Result<RefModel> {
+    pub fn load(path: &Path, opts: &ModelOptions) -> Result<LlamaModel> {
         init_backend();
         let cpath = CString::new(path.as_os_str().as_encoded_bytes())
             .map_err(|_| ErrorKind::Load(path.display().to_string()))?;
@@ -180,7 +215,7 @@ impl RefModel {
             NonNull::new(model).ok_or_else(|| ErrorKind::Load(path.display().to_string()))?;
         // SAFETY: model is a valid, loaded model.
         let vocab = unsafe { sys::llama_model_get_vocab(model.as_ptr()) };
-        Ok(RefModel { model, vocab })
+        Ok(LlamaModel { model, vocab })
     }
 
     /// Tokenizes `text` like llama.cpp does: `add_special` adds BOS/EOS as the model's
@@ -216,9 +251,24 @@ impl RefModel {
         Err(ErrorKind::Tokenize("buffer size mismatch".into()).into())
     }
 
+    /// `tok` when it is in the vocabulary; llama.cpp's vocabulary functions
+    /// must never see another id (see the module doc).
+    pub fn check_token(&self, tok: i32) -> Result<i32> {
+        let n_vocab = self.n_vocab();
+        match usize::try_from(tok) {
+            Ok(t) if t < n_vocab => Ok(tok),
+            _ => Err(ErrorKind::TokenOutOfRange {
+                token: tok,
+                n_vocab,
+            }
+            .into()),
+        }
+    }
+
     /// The bytes of one token as llama.cpp renders it (special tokens rendered too when
-    /// `special`).
-    pub fn token_to_piece(&self, tok: i32, special: bool) -> Vec<u8> {
+    /// `special`); an id outside the vocabulary is an error.
+    pub fn token_to_piece(&self, tok: i32, special: bool) -> Result<Vec<u8>> {
+        self.check_token(tok)?;
         let mut buf = vec![0u8; 64];
         loop {
             // SAFETY: buf is valid for buf.len() bytes.
@@ -234,19 +284,25 @@ impl RefModel {
             };
             if n >= 0 {
                 buf.truncate(n as usize);
-                return buf;
+                return Ok(buf);
             }
             buf.resize((-n) as usize, 0);
         }
     }
 
-    /// Decodes a token sequence into text bytes like llama.cpp does.
+    /// Decodes a token sequence into text bytes like llama.cpp does; an id
+    /// outside the vocabulary is an error.
     pub fn detokenize(
         &self,
         tokens: &[i32],
         remove_special: bool,
         unparse_special: bool,
-    ) -> Vec<u8> {
+    ) -> Result<Vec<u8>> {
+        for &t in tokens {
+            self.check_token(t)?;
+        }
+        let len = i32::try_from(tokens.len())
+            .map_err(|_| ErrorKind::Tokenize("too many tokens".into()))?;
         let mut buf = vec![0u8; tokens.len() * 8 + 16];
         loop {
             // SAFETY: tokens and buf are valid for their lengths.
@@ -254,7 +310,7 @@ impl RefModel {
                 sys::llama_detokenize(
                     self.vocab,
                     tokens.as_ptr(),
-                    tokens.len() as i32,
+                    len,
                     buf.as_mut_ptr().cast(),
                     buf.len() as i32,
                     remove_special,
@@ -263,7 +319,7 @@ impl RefModel {
             };
             if n >= 0 {
                 buf.truncate(n as usize);
-                return buf;
+                return Ok(buf);
             }
             buf.resize((-n) as usize, 0);
         }
@@ -287,16 +343,19 @@ impl RefModel {
         unsafe { sys::llama_vocab_eos(self.vocab) }
     }
 
-    /// Whether `tok` ends generation (EOS, EOT, `<|im_end|>`…).
+    /// Whether `tok` ends generation (EOS, EOT, `<|im_end|>`…); never for
+    /// an id outside the vocabulary.
     pub fn is_eog(&self, tok: i32) -> bool {
-        // SAFETY: vocab is valid; llama.cpp checks membership in a set.
-        unsafe { sys::llama_vocab_is_eog(self.vocab, tok) }
+        // SAFETY: vocab is valid; llama.cpp only looks the id up in a set.
+        self.check_token(tok).is_ok() && unsafe { sys::llama_vocab_is_eog(self.vocab, tok) }
     }
 
-    /// Whether `tok` is a control token.
-    pub fn is_control(&self, tok: i32) -> bool {
-        // SAFETY: vocab is valid.
-        unsafe { sys::llama_vocab_is_control(self.vocab, tok) }
+    /// Whether `tok` is a control token; an id outside the vocabulary is an
+    /// error (llama.cpp would read past its table).
+    pub fn is_control(&self, tok: i32) -> Result<bool> {
+        self.check_token(tok)?;
+        // SAFETY: vocab is valid and tok is within it.
+        Ok(unsafe { sys::llama_vocab_is_control(self.vocab, tok) })
     }
 
     /// Whether the model's metadata asks for BOS at the start.
@@ -311,10 +370,12 @@ impl RefModel {
         unsafe { sys::llama_vocab_get_add_eos(self.vocab) }
     }
 
-    /// The token's attribute bit set (`llama_token_attr`).
-    pub fn token_attr(&self, tok: i32) -> u32 {
-        // SAFETY: vocab is valid.
-        unsafe { sys::llama_vocab_get_attr(self.vocab, tok) as u32 }
+    /// The token's attribute bit set (`llama_token_attr`); an id outside the
+    /// vocabulary is an error (llama.cpp would throw).
+    pub fn token_attr(&self, tok: i32) -> Result<u32> {
+        self.check_token(tok)?;
+        // SAFETY: vocab is valid and tok is within it.
+        Ok(unsafe { sys::llama_vocab_get_attr(self.vocab, tok) as u32 })
     }
 
     /// Embedding width.
@@ -330,7 +391,7 @@ impl RefModel {
     }
 }
 
-impl Drop for RefModel {
+impl Drop for LlamaModel {
     fn drop(&mut self) {
         // SAFETY: model came from llama_model_load_from_file and is freed once; contexts
         // borrow the model, so none outlives it.
@@ -339,28 +400,6 @@ impl Drop for RefModel {
 }
 
 // ---- context ----
-
-/// KV cache element type.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum KvType {
-    /// 16-bit floats (llama.cpp's default).
-    #[default]
-    F16,
-    /// 8-bit blocks; needs flash attention.
-    Q8_0,
-    /// 4-bit blocks; needs flash attention.
-    Q4_0,
-}
-
-impl KvType {
-    fn ggml(self) -> sys::ggml_type {
-        match self {
-            KvType::F16 => sys::GGML_TYPE_F16,
-            KvType::Q8_0 => sys::GGML_TYPE_Q8_0,
-            KvType::Q4_0 => sys::GGML_TYPE_Q4_0,
-        }
-    }
-}
 
 /// How to create a llama.cpp context.
 #[derive(Debug, Clone)]
@@ -407,13 +446,13 @@ pub fn default_threads() -> i32 {
         .unwrap_or(1)
 }
 
-/// A llama.cpp context (KV cache and compute buffers) over a [`RefModel`].
-pub struct RefContext<'m> {
+/// A llama.cpp context (KV cache and compute buffers) over a [`LlamaModel`].
+pub struct LlamaContext<'m> {
     ctx: NonNull<sys::llama_context>,
     /// Persistent worker threads, as llama-cli and llama-bench attach them
     /// (without one, every graph computation starts and joins its threads).
     threadpool: *mut sys::ggml_threadpool,
-    model: &'m RefModel,
+    model: &'m LlamaModel,
     n_ctx: u32,
     n_batch: u32,
     /// Number of positions filled in the KV cache.
@@ -422,9 +461,9 @@ pub struct RefContext<'m> {
     n_outputs: usize,
 }
 
-impl<'m> RefContext<'m> {
+impl<'m> LlamaContext<'m> {
     /// Creates a context.
-    pub fn new(model: &'m RefModel, opts: &ContextOptions) -> Result<RefContext<'m>> {
+    pub fn new(model: &'m LlamaModel, opts: &ContextOptions) -> Result<LlamaContext<'m>> {
         // SAFETY: params are plain data; the model is valid and outlives the context ('m).
         let ctx = unsafe {
             let mut p = sys::llama_context_default_params();
@@ -433,8 +472,8 @@ impl<'m> RefContext<'m> {
             p.n_ubatch = opts.n_batch;
             p.n_threads = opts.n_threads;
             p.n_threads_batch = opts.n_threads;
-            p.type_k = opts.type_k.ggml();
-            p.type_v = opts.type_v.ggml();
+            p.type_k = opts.type_k.ggml().0 as sys::ggml_type;
+            p.type_v = opts.type_v.ggml().0 as sys::ggml_type;
             p.flash_attn_type = if opts.flash_attn {
                 sys::LLAMA_FLASH_ATTN_TYPE_ENABLED
             } else {
@@ -454,7 +493,7 @@ impl<'m> RefContext<'m> {
             }
             (sys::llama_n_ctx(ctx.as_ptr()), tp)
         };
-        Ok(RefContext {
+        Ok(LlamaContext {
             ctx,
             threadpool,
             model,
@@ -466,7 +505,7 @@ impl<'m> RefContext<'m> {
     }
 
     /// The model this context runs.
-    pub fn model(&self) -> &'m RefModel {
+    pub fn model(&self) -> &'m LlamaModel {
         self.model
     }
 
@@ -481,20 +520,21 @@ impl<'m> RefContext<'m> {
     }
 
     /// Runs `tokens` at positions `pos0..`, in chunks of `n_batch`, keeping the logits of
-    /// the last token (see [`RefContext::logits_last`]).
+    /// the last token (see [`LlamaContext::logits_last`]).
     pub fn decode(&mut self, tokens: &[i32], pos0: usize) -> Result<()> {
         self.decode_impl(tokens, pos0, false)
     }
 
-    /// Like [`RefContext::decode`] but keeps the logits of every token; all tokens must fit
-    /// in one batch (`n_batch`). Read them with [`RefContext::logits_ith`].
+    /// Like [`LlamaContext::decode`] but keeps the logits of every token; all tokens must fit
+    /// in one batch (`n_batch`, else an error). Read them with [`LlamaContext::logits_ith`].
     pub fn decode_all_logits(&mut self, tokens: &[i32], pos0: usize) -> Result<()> {
-        assert!(
-            tokens.len() <= self.n_batch as usize,
-            "decode_all_logits: {} tokens exceed n_batch {}",
-            tokens.len(),
-            self.n_batch
-        );
+        if tokens.len() > self.n_batch as usize {
+            return Err(ErrorKind::BatchTooLarge {
+                n_tokens: tokens.len(),
+                n_batch: self.n_batch,
+            }
+            .into());
+        }
         self.decode_impl(tokens, pos0, true)
     }
 
@@ -502,7 +542,10 @@ impl<'m> RefContext<'m> {
         if tokens.is_empty() {
             return Err(ErrorKind::EmptyBatch.into());
         }
-        let needed = pos0 + tokens.len();
+        for &t in tokens {
+            self.model.check_token(t)?;
+        }
+        let needed = pos0.saturating_add(tokens.len());
         if needed > self.n_ctx as usize {
             return Err(ErrorKind::ContextFull {
                 needed,
@@ -510,6 +553,8 @@ impl<'m> RefContext<'m> {
             }
             .into());
         }
+        // no logits to read until this decode succeeds
+        self.n_outputs = 0;
         let chunk = self.n_batch as usize;
         // SAFETY: llama_batch_init allocates arrays for `chunk` tokens with one seq id each;
         // we write only within those bounds and free it below.
@@ -539,40 +584,56 @@ impl<'m> RefContext<'m> {
                 .into());
                 break;
             }
-            self.n_outputs = if all { part.len() } else { 1 };
         }
         // SAFETY: batch came from llama_batch_init and is freed once.
         unsafe { sys::llama_batch_free(batch) };
         result?;
+        // the last chunk's outputs: all its tokens, or its last one
+        let last = (tokens.len() - 1) % chunk + 1;
+        self.n_outputs = if all { last } else { 1 };
         self.n_past = needed as i32;
         Ok(())
     }
 
-    /// The logits of the last token of the last [`RefContext::decode`], `[n_vocab]`.
-    pub fn logits_last(&self) -> &[f32] {
-        assert!(self.n_outputs > 0, "logits_last: nothing decoded yet");
+    /// The logits of the last token of the last [`LlamaContext::decode`], `[n_vocab]`;
+    /// an error when there are none (nothing decoded since the cache changed).
+    pub fn logits_last(&self) -> Result<&[f32]> {
+        if self.n_outputs == 0 {
+            return Err(self.no_logits(-1));
+        }
         self.logits_raw(-1)
     }
 
-    /// The logits of token `i` of the last [`RefContext::decode_all_logits`] batch,
-    /// `[n_vocab]`.
-    pub fn logits_ith(&self, i: usize) -> &[f32] {
-        assert!(
-            i < self.n_outputs,
-            "logits_ith: token {i} of {} outputs",
-            self.n_outputs
-        );
+    /// The logits of token `i` of the last [`LlamaContext::decode_all_logits`] batch,
+    /// `[n_vocab]`; an error when `i` is not in that batch.
+    pub fn logits_ith(&self, i: usize) -> Result<&[f32]> {
+        if i >= self.n_outputs {
+            return Err(self.no_logits(i as i64));
+        }
         self.logits_raw(i as i32)
     }
 
-    fn logits_raw(&self, i: i32) -> &[f32] {
+    fn no_logits(&self, index: i64) -> Error {
+        ErrorKind::NoLogits {
+            index,
+            n_outputs: self.n_outputs,
+        }
+        .into()
+    }
+
+    /// Row `i` (checked by the caller: -1 or below `n_outputs`).
+    fn logits_raw(&self, i: i32) -> Result<&[f32]> {
         let n = self.model.n_vocab();
-        // SAFETY: llama.cpp keeps n_vocab floats per output row alive until the next decode,
-        // which needs &mut self, so the borrow cannot outlive them.
+        // SAFETY: i is a row the last decode kept, so llama.cpp finds it
+        // (it would log and return null otherwise, never throw out of the
+        // call). It keeps n_vocab floats per output row alive until the next
+        // decode, which needs &mut self, so the borrow cannot outlive them.
         unsafe {
             let p = sys::llama_get_logits_ith(self.ctx.as_ptr(), i);
-            assert!(!p.is_null(), "llama_get_logits_ith({i}) returned null");
-            std::slice::from_raw_parts(p, n)
+            if p.is_null() {
+                return Err(self.no_logits(i64::from(i)));
+            }
+            Ok(std::slice::from_raw_parts(p, n))
         }
     }
 
@@ -584,7 +645,7 @@ impl<'m> RefContext<'m> {
         self.decode(prompt, 0)?;
         let mut out = Vec::with_capacity(n);
         while out.len() < n {
-            let tok = argmax(self.logits_last());
+            let tok = argmax(self.logits_last()?);
             out.push(tok);
             if out.len() < n {
                 self.decode(&[tok], prompt.len() + out.len() - 1)?;
@@ -658,7 +719,7 @@ impl<'m> RefContext<'m> {
     }
 }
 
-impl Drop for RefContext<'_> {
+impl Drop for LlamaContext<'_> {
     fn drop(&mut self) {
         // SAFETY: ctx came from llama_init_from_model and is freed once,
         // before the thread pool it uses.
@@ -673,7 +734,7 @@ impl Drop for RefContext<'_> {
 
 /// Deterministic pseudo-random tokens for benchmarks (like llama-bench, content does not
 /// change the cost of a dense model).
-fn bench_tokens(model: &RefModel, n: usize) -> Vec<i32> {
+fn bench_tokens(model: &LlamaModel, n: usize) -> Vec<i32> {
     let nv = model.n_vocab() as u64;
     let mut s: u64 = 0x9E37_79B9_7F4A_7C15;
     (0..n)
@@ -716,7 +777,7 @@ mod tests {
 
     #[test]
     fn smollm2_tokens_and_greedy_match_published_figures() {
-        let m = RefModel::load(
+        let m = LlamaModel::load(
             &model_path("SmolLM2-135M-Instruct.Q4_1.gguf"),
             &ModelOptions::default(),
         )
@@ -730,10 +791,10 @@ mod tests {
             n_threads: 2,
             ..Default::default()
         };
-        let mut ctx = RefContext::new(&m, &opts).unwrap();
+        let mut ctx = LlamaContext::new(&m, &opts).unwrap();
         let out = ctx.greedy(&p, 8).unwrap();
         assert_eq!(out, [7042, 30, 198, 198, 504, 1797, 1918, 553]);
-        let text = m.detokenize(&out, false, false);
+        let text = m.detokenize(&out, false, false).unwrap();
         assert_eq!(
             String::from_utf8(text).unwrap(),
             " Paris.\n\nThe United States has"
@@ -741,13 +802,13 @@ mod tests {
         // Same first-step logits whether decoded in one batch or all rows kept.
         ctx.clear();
         ctx.decode_all_logits(&p, 0).unwrap();
-        assert_eq!(argmax(ctx.logits_ith(p.len() - 1)), 7042);
+        assert_eq!(argmax(ctx.logits_ith(p.len() - 1).unwrap()), 7042);
         assert_eq!(ctx.n_past(), 5);
     }
 
     #[test]
     fn gemma3_tokens_and_greedy_match_published_figures() {
-        let m = RefModel::load(
+        let m = LlamaModel::load(
             &model_path("gemma-3-270m-q4_k_m.gguf"),
             &ModelOptions::default(),
         )
@@ -763,7 +824,7 @@ mod tests {
             n_threads: 2,
             ..Default::default()
         };
-        let mut ctx = RefContext::new(&m, &f16).unwrap();
+        let mut ctx = LlamaContext::new(&m, &f16).unwrap();
         let out = ctx.greedy(&p, 8).unwrap();
         assert_eq!(out, [506, 5279, 529, 506, 2891, 529, 7001, 236761]);
         // A q8_0 cache (which needs flash attention) runs too; on this small model its
@@ -774,7 +835,7 @@ mod tests {
             flash_attn: true,
             ..f16
         };
-        let mut ctx = RefContext::new(&m, &q8).unwrap();
+        let mut ctx = LlamaContext::new(&m, &q8).unwrap();
         let out = ctx.greedy(&p, 8).unwrap();
         assert_eq!(out[..4], [506, 5279, 529, 506]);
     }
@@ -785,16 +846,16 @@ mod tests {
             vocab_only: true,
             ..Default::default()
         };
-        let m = RefModel::load(&model_path("SmolLM2-135M-Instruct.Q4_1.gguf"), &opts).unwrap();
+        let m = LlamaModel::load(&model_path("SmolLM2-135M-Instruct.Q4_1.gguf"), &opts).unwrap();
         let p = m.tokenize("<|im_start|>user", false, true).unwrap();
         assert_eq!(p.len(), 2, "{p:?}");
-        assert!(m.is_control(p[0]));
+        assert!(m.is_control(p[0]).unwrap());
         assert!(m.tokenize("<|im_start|>user", false, false).unwrap().len() > 2);
     }
 
     #[test]
     fn context_full_is_an_error() {
-        let m = RefModel::load(
+        let m = LlamaModel::load(
             &model_path("SmolLM2-135M-Instruct.Q4_1.gguf"),
             &ModelOptions::default(),
         )
@@ -804,7 +865,7 @@ mod tests {
             n_threads: 2,
             ..Default::default()
         };
-        let mut ctx = RefContext::new(&m, &opts).unwrap();
+        let mut ctx = LlamaContext::new(&m, &opts).unwrap();
         let e = ctx.decode(&[1; 300], 0).unwrap_err();
         assert!(matches!(e.kind(), ErrorKind::ContextFull { .. }), "{e}");
         assert!(matches!(
@@ -813,9 +874,69 @@ mod tests {
         ));
     }
 
+    /// Ids outside the vocabulary are refused before llama.cpp sees them
+    /// (its `std::vector::at` would throw through `extern "C"` and abort).
+    #[test]
+    fn out_of_range_ids_are_errors_not_exceptions() {
+        let m = LlamaModel::load(
+            &model_path("SmolLM2-135M-Instruct.Q4_1.gguf"),
+            &ModelOptions::default(),
+        )
+        .unwrap();
+        let n = m.n_vocab() as i32;
+        let out_of_range = |e: Error| matches!(e.kind(), ErrorKind::TokenOutOfRange { .. });
+        for bad in [n, n + 1, -1, i32::MIN, i32::MAX] {
+            assert!(out_of_range(m.token_to_piece(bad, true).unwrap_err()));
+            assert!(out_of_range(m.token_attr(bad).unwrap_err()));
+            assert!(out_of_range(m.is_control(bad).unwrap_err()));
+            assert!(out_of_range(
+                m.detokenize(&[1, bad], false, false).unwrap_err()
+            ));
+            assert!(!m.is_eog(bad));
+        }
+        let e = m.token_to_piece(n, false).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "token id 49152 is out of range (vocabulary of 49152)"
+        );
+        // the last id is fine
+        assert!(m.token_to_piece(n - 1, true).is_ok());
+        let opts = ContextOptions {
+            n_ctx: 64,
+            n_batch: 8,
+            n_threads: 2,
+            ..Default::default()
+        };
+        let mut ctx = LlamaContext::new(&m, &opts).unwrap();
+        // nothing decoded yet: no logits, an error rather than a null row
+        assert!(matches!(
+            ctx.logits_last().unwrap_err().kind(),
+            ErrorKind::NoLogits { .. }
+        ));
+        // a bad id in a later chunk fails before any chunk is decoded
+        let mut toks = vec![1; 12];
+        toks[10] = n;
+        assert!(out_of_range(ctx.decode(&toks, 0).unwrap_err()));
+        assert_eq!(ctx.n_past(), 0);
+        assert!(out_of_range(ctx.decode(&[-5], 0).unwrap_err()));
+        ctx.decode_all_logits(&[1, 2, 3], 0).unwrap();
+        assert!(ctx.logits_ith(2).is_ok());
+        assert!(matches!(
+            ctx.logits_ith(3).unwrap_err().kind(),
+            ErrorKind::NoLogits { .. }
+        ));
+        assert!(matches!(
+            ctx.decode_all_logits(&[1; 9], 3).unwrap_err().kind(),
+            ErrorKind::BatchTooLarge { .. }
+        ));
+        // a batch refused before llama.cpp sees it changes nothing
+        assert!(ctx.logits_last().is_ok());
+        assert_eq!(ctx.n_past(), 3);
+    }
+
     #[test]
     fn load_of_missing_file_is_an_error() {
-        let e = RefModel::load(Path::new("/nonexistent/x.gguf"), &ModelOptions::default())
+        let e = LlamaModel::load(Path::new("/nonexistent/x.gguf"), &ModelOptions::default())
             .err()
             .unwrap();
         assert!(matches!(e.kind(), ErrorKind::Load(_)), "{e}");
