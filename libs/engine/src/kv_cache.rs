@@ -338,6 +338,11 @@ impl<'c> KvCache<'c> {
         self.store.flash
     }
 
+    /// Cells in the cache.
+    pub fn n_ctx(&self) -> usize {
+        self.store.n_ctx
+    }
+
     /// Writes this batch's keys `k [head_dim_k, n_head_kv, n_tokens]` and
     /// values `v [head_dim_v, n_head_kv, n_tokens]` of `layer` into the cache;
     /// the writes are added to `g` so later reads see them.

@@ -156,13 +156,25 @@ impl engine::session::Model for Model {
     fn n_ctx_train(&self) -> usize {
         self.cfg.hp.n_ctx_train
     }
-    fn shift_keys(&self, ctx: &Context, k: Tensor, delta: Tensor, layer: usize) -> Option<Tensor> {
+    fn shift_keys<'c>(
+        &'c self,
+        ctx: &'c Context,
+        k: Tensor<'c>,
+        delta: Tensor<'c>,
+        layer: usize,
+    ) -> Option<Tensor<'c>> {
         Some(self.rope(layer).forward(ctx, k, delta))
     }
 
     // ---- forward ----
 
-    fn forward(&self, ctx: &Context, g: &Graph, inp: &Inputs, kv: &KvCache) -> Tensor {
+    fn forward<'c>(
+        &'c self,
+        ctx: &'c Context,
+        g: &Graph<'c>,
+        inp: &Inputs<'c>,
+        kv: &KvCache<'c>,
+    ) -> Tensor<'c> {
         let c = &self.cfg;
         let p = Pass {
             ctx,

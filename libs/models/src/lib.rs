@@ -15,7 +15,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use ggml::{Buffer, Context, Tensor, Type};
+use ggml::{Context, FileMap, Graph, Tensor, Type, Weight};
 
 pub mod gemma3;
 pub mod llama;
@@ -195,46 +195,37 @@ impl<'g, 'a> Meta<'g, 'a> {
 
 // ---- weights ----
 
-/// Creates weight tensors that read their data in place from the file bytes
-/// (or, for matrices the CPU backend repacks, from a repacked copy; or, for a
-/// model loaded into a GPU, from a copy in the GPU's memory).
+/// Creates the model's [`Weight`]s: read in place from the file bytes (or,
+/// for matrices the CPU backend repacks, from a repacked copy; or, for a
+/// model loaded into a GPU, from a copy in the GPU's memory), see
+/// [`ggml::WeightLoader`].
 pub struct Weights<'g, 'a> {
     gg: &'g gguf::Gguf<'a>,
-    ctx: &'g Context,
-    /// The file bytes as a CPU buffer; `None` when the weights go to a GPU.
-    buf: Option<&'g Buffer>,
-    bytes: &'g [u8],
-    /// Tensors placed on the file bytes, and where.
-    placed: std::cell::RefCell<Vec<(Tensor, usize)>>,
-    /// Tensors to copy into the GPU by [`Weights::upload_to`]: where their bytes are.
-    uploads: std::cell::RefCell<Vec<(Tensor, std::ops::Range<usize>)>>,
-    repack: Option<ggml::Repack>,
-    /// Matrices waiting for [`Weights::upload_repacked`]: where their bytes are.
-    pending: std::cell::RefCell<Vec<(ggml::RepackType, Tensor, std::ops::Range<usize>)>>,
+    loader: ggml::WeightLoader,
 }
 
 impl Weights<'_, '_> {
     /// The tensor `name`, which must have shape `dims` (ne0 first).
-    pub fn get(&self, name: &str, dims: &[usize]) -> Result<Tensor> {
+    pub fn get(&self, name: &str, dims: &[usize]) -> Result<Weight> {
         self.opt(name, dims)?
             .ok_or_else(|| Error::tensor(format!("cannot find tensor {name} in gguf")))
     }
     /// Like [`Weights::get`], but `None` when the file has no such tensor.
-    pub fn opt(&self, name: &str, dims: &[usize]) -> Result<Option<Tensor>> {
+    pub fn opt(&self, name: &str, dims: &[usize]) -> Result<Option<Weight>> {
         self.load(name, dims, false)
     }
     /// A matrix used only as the first operand of `mul_mat` (a projection),
     /// which the CPU backend may repack for its faster kernels.
-    pub fn mat(&self, name: &str, dims: &[usize]) -> Result<Tensor> {
+    pub fn mat(&self, name: &str, dims: &[usize]) -> Result<Weight> {
         self.opt_mat(name, dims)?
             .ok_or_else(|| Error::tensor(format!("cannot find tensor {name} in gguf")))
     }
     /// Like [`Weights::mat`], but `None` when the file has no such tensor.
-    pub fn opt_mat(&self, name: &str, dims: &[usize]) -> Result<Option<Tensor>> {
+    pub fn opt_mat(&self, name: &str, dims: &[usize]) -> Result<Option<Weight>> {
         self.load(name, dims, true)
     }
 
-    fn load(&self, name: &str, dims: &[usize], matrix: bool) -> Result<Option<Tensor>> {
+    fn load(&self, name: &str, dims: &[usize], matrix: bool) -> Result<Option<Weight>> {
         let Some(info) = self.gg.tensor(name) else {
             return Ok(None);
         };
@@ -271,85 +262,25 @@ impl Weights<'_, '_> {
             )));
         }
         let ne: Vec<i64> = dims.iter().map(|&d| d as i64).collect();
-        let t = self.ctx.tensor(ty, &ne).set_name(name);
-        if t.n_bytes() as u64 != info.n_bytes {
-            return Err(Error::tensor(format!(
-                "tensor {name}: {} bytes in file, {} expected",
-                info.n_bytes,
-                t.n_bytes()
-            )));
-        }
-        let start = self
+        // the loader checks the size against the shape, then the file bounds
+        let range = self
             .gg
             .data_offset()
             .checked_add(info.offset)
-            .and_then(|s| usize::try_from(s).ok());
-        let start = start.filter(|s| {
-            s.checked_add(t.n_bytes())
-                .is_some_and(|e| e <= self.bytes.len())
-        });
-        let start =
-            start.ok_or_else(|| Error::tensor(format!("tensor {name} lies outside the file")))?;
-        let range = start..start + t.n_bytes();
-        match (
-            self.buf,
-            self.repack
-                .as_ref()
-                .filter(|_| matrix)
-                .and_then(|r| r.choose(t)),
-        ) {
-            (None, _) => self.uploads.borrow_mut().push((t, range)),
-            (Some(_), Some(rt)) => self.pending.borrow_mut().push((rt, t, range)),
-            (Some(buf), None) => {
-                buf.place(t, start);
-                self.placed.borrow_mut().push((t, start));
-            }
-        }
-        Ok(Some(t))
+            .and_then(|s| usize::try_from(s).ok())
+            .and_then(|s| Some(s..s.checked_add(usize::try_from(info.n_bytes).ok()?)?))
+            .ok_or_else(|| Error::tensor(format!("tensor {name} lies outside the file")))?;
+        let w = self.loader.weight(name, ty, &ne, range, matrix);
+        w.map(Some).map_err(weight_error)
     }
+}
 
-    /// Allocates every weight in `dev`'s memory and copies it there from
-    /// the file bytes; the buffer must outlive the model.
-    fn upload_to(&self, dev: ggml::Device) -> Result<Buffer> {
-        let uploads = self.uploads.take();
-        let total: usize = uploads.iter().map(|(_, r)| r.len()).sum();
-        let buf = self.ctx.alloc_tensors_on(dev).map_err(|_| {
-            Error::tensor(format!(
-                "cannot allocate {} MiB for the weights on {} ({}, {} MiB free)",
-                total >> 20,
-                dev.name(),
-                dev.description(),
-                dev.memory().0 >> 20
-            ))
-        })?;
-        for (t, r) in uploads {
-            t.set_bytes(&self.bytes[r]);
-        }
-        Ok(buf)
-    }
-
-    /// Copies the matrices chosen for repacking into buffers of their types
-    /// (the copy repacks them); the buffers must outlive the model.
-    fn upload_repacked(&self) -> Result<Vec<Buffer>> {
-        let pending = self.pending.take();
-        // each type once, in first-seen order (a model may mix several)
-        let mut types: Vec<ggml::RepackType> = vec![];
-        for (rt, _, _) in &pending {
-            if !types.contains(rt) {
-                types.push(*rt);
-            }
-        }
-        types
-            .into_iter()
-            .map(|rt| {
-                let items: Vec<(Tensor, &[u8])> = pending
-                    .iter()
-                    .filter(|p| p.0 == rt)
-                    .map(|(_, t, r)| (*t, &self.bytes[r.clone()]))
-                    .collect();
-                Ok(rt.upload(&items)?)
-            })
-            .collect()
+/// A [`ggml::WeightLoader`] error as this crate's: a weight that does not
+/// fit the file or its description is a tensor error.
+fn weight_error(e: ggml::Error) -> Error {
+    match e.kind {
+        ggml::ErrorKind::Weight(m) => Error::tensor(m),
+        _ => e.into(),
     }
 }
 
@@ -361,7 +292,7 @@ pub struct LoadOptions {
     /// Read the file into memory instead of mapping it.
     pub no_mmap: bool,
     /// Let the CPU backend repack the matrices it has faster kernels for (a
-    /// copy of those weights; llama.cpp's default, see [`ggml::Repack`]).
+    /// copy of those weights; llama.cpp's default, see [`ggml::WeightLoader`]).
     pub repack: bool,
     /// Copy every weight into this GPU's memory (the session then computes
     /// there); `None`: the CPU.
@@ -407,7 +338,9 @@ pub fn supports(arch: &str) -> bool {
 #[derive(Clone)]
 pub struct File {
     bytes: Arc<dyn AsRef<[u8]> + Send + Sync>,
-    mapped: bool,
+    /// The same bytes as a read-only file mapping, when mapped: the one
+    /// memory whose pages the huge-page migration may give back.
+    map: Option<Arc<FileMap>>,
 }
 
 impl File {
@@ -415,11 +348,11 @@ impl File {
     pub fn map(path: &Path) -> std::io::Result<File> {
         let file = std::fs::File::open(path)?;
         // SAFETY: the file is mapped read-only; like every mmap reader we
-        // assume it is not truncated while in use.
-        let map = unsafe { memmap2::Mmap::map(&file) }?;
+        // assume it is not truncated or modified while in use.
+        let map = Arc::new(unsafe { FileMap::open(&file) }?);
         Ok(File {
-            bytes: Arc::new(map),
-            mapped: true,
+            bytes: map.clone(),
+            map: Some(map),
         })
     }
 
@@ -431,7 +364,7 @@ impl File {
         let bytes = ggml::AlignedBytes::read_exact(std::io::BufReader::new(file), len)?;
         Ok(File {
             bytes: Arc::new(bytes),
-            mapped: false,
+            map: None,
         })
     }
 
@@ -450,7 +383,7 @@ impl File {
 
     /// Whether the bytes are a mapping of the file.
     pub fn is_mapped(&self) -> bool {
-        self.mapped
+        self.map.is_some()
     }
 }
 
@@ -473,7 +406,7 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<Loaded> {
 /// are found through `gg` and read from `file`, bounds checked against it.
 /// [`LoadOptions::no_mmap`] is `file`'s to say, so it is ignored here.
 pub fn load_parsed(gg: &gguf::Gguf<'_>, file: &File, opts: &LoadOptions) -> Result<Loaded> {
-    let (model, in_huge_pages) = build_inner(gg, file.bytes.clone(), opts, file.mapped)?;
+    let (model, in_huge_pages) = build_inner(gg, file, opts)?;
     Ok(Loaded {
         model,
         arch: gg.architecture().unwrap_or_default().to_string(),
@@ -487,32 +420,15 @@ type Built = (
     Option<Arc<std::sync::atomic::AtomicBool>>,
 );
 
-/// Builds the model of `gg` on `bytes`; when `bytes` is a file mapping (`mapped`), the weights
-/// placed on it move into huge pages during the run as
+/// Builds the model of `gg` on `file`'s bytes; when they are a file
+/// mapping, the weights placed on it move into huge pages during the run as
 /// [`LoadOptions::huge_pages`] asks.
-fn build_inner(
-    gg: &gguf::Gguf<'_>,
-    bytes: Arc<dyn AsRef<[u8]> + Send + Sync>,
-    opts: &LoadOptions,
-    mapped: bool,
-) -> Result<Built> {
+fn build_inner(gg: &gguf::Gguf<'_>, file: &File, opts: &LoadOptions) -> Result<Built> {
     let meta = Meta::new(gg)?;
     // two tensors may share a name (an output tied to the embeddings)
-    let ctx = Context::new(2 * gg.tensors().len() + 8);
-    let buf = match opts.gpu {
-        None => Some(Buffer::from_host_bytes(bytes.clone())?),
-        Some(_) => None,
-    };
-    let w = Weights {
-        gg,
-        ctx: &ctx,
-        buf: buf.as_ref(),
-        bytes: (*bytes).as_ref(),
-        placed: Default::default(),
-        uploads: Default::default(),
-        repack: (opts.repack && opts.gpu.is_none()).then(ggml::Repack::cpu),
-        pending: Default::default(),
-    };
+    let n = 2 * gg.tensors().len() + 8;
+    let loader = ggml::WeightLoader::new(file.bytes.clone(), n, opts.gpu, opts.repack)?;
+    let w = Weights { gg, loader };
     let model: Box<dyn engine::session::Model> = match meta.arch.as_str() {
         "llama" => Box::new(llama::Model::load(&meta, &w)?),
         "gemma3" => Box::new(gemma3::Model::load(&meta, &w)?),
@@ -526,35 +442,27 @@ fn build_inner(
             })
         }
     };
-    let repacked = w.upload_repacked()?;
-    let on_gpu = opts.gpu.map(|dev| w.upload_to(dev)).transpose()?;
-    // weights placed on the host bytes (none went to a GPU)
-    let migration = match mapped && opts.huge_pages && buf.is_some() {
-        true => Some(migrate::Migration::new(bytes.clone(), w.placed.take())?),
-        false => None,
+    // the copies (repacked, on the GPU); the weights left on the file bytes
+    let placed = w.loader.finish().map_err(weight_error)?;
+    let migration = match (&file.map, opts.huge_pages && opts.gpu.is_none()) {
+        (Some(map), true) => Some(migrate::Migration::new(map.clone(), placed)?),
+        _ => None,
     };
     let done = migration.as_ref().map(|m| m.done_flag());
     let owned = Owned {
         model,
         device: opts.gpu,
         migration: migration.map(std::cell::RefCell::new),
-        _ctx: ctx,
-        _buf: buf,
-        _repacked: repacked,
-        _gpu: on_gpu,
     };
     Ok((Box::new(owned), done))
 }
 
-/// A model together with the context and buffers its weight handles point into.
+/// A model with where it runs and the migration of its weights (each
+/// weight keeps its own memory alive).
 struct Owned<M> {
     model: M,
     device: Option<ggml::Device>,
     migration: Option<std::cell::RefCell<migrate::Migration>>,
-    _ctx: Context,
-    _buf: Option<Buffer>,
-    _repacked: Vec<Buffer>,
-    _gpu: Option<Buffer>,
 }
 
 impl<M: std::ops::Deref<Target = dyn engine::session::Model>> engine::session::Model for Owned<M> {
@@ -569,7 +477,13 @@ impl<M: std::ops::Deref<Target = dyn engine::session::Model>> engine::session::M
             m.borrow_mut().before_pass();
         }
     }
-    fn shift_keys(&self, ctx: &Context, k: Tensor, delta: Tensor, layer: usize) -> Option<Tensor> {
+    fn shift_keys<'c>(
+        &'c self,
+        ctx: &'c Context,
+        k: Tensor<'c>,
+        delta: Tensor<'c>,
+        layer: usize,
+    ) -> Option<Tensor<'c>> {
         self.model.shift_keys(ctx, k, delta, layer)
     }
     fn n_vocab(&self) -> usize {
@@ -581,13 +495,13 @@ impl<M: std::ops::Deref<Target = dyn engine::session::Model>> engine::session::M
     fn n_ctx_train(&self) -> usize {
         self.model.n_ctx_train()
     }
-    fn forward(
-        &self,
-        ctx: &Context,
-        g: &ggml::Graph,
-        inp: &engine::session::Inputs,
-        kv: &engine::kv_cache::KvCache,
-    ) -> Tensor {
+    fn forward<'c>(
+        &'c self,
+        ctx: &'c Context,
+        g: &Graph<'c>,
+        inp: &engine::session::Inputs<'c>,
+        kv: &engine::kv_cache::KvCache<'c>,
+    ) -> Tensor<'c> {
         self.model.forward(ctx, g, inp, kv)
     }
 }

@@ -11,10 +11,11 @@
 //! kernel so the resident size does not grow. No graph runs between passes,
 //! so a tensor is never read while it moves.
 
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use ggml::{Buffer, Tensor};
+use ggml::{Buffer, FileMap, Weight};
 
 use crate::Result;
 
@@ -25,13 +26,14 @@ const SLICE: usize = 16 << 20;
 const PIECE: usize = 2 << 20;
 
 pub(crate) struct Migration {
-    /// The mapped file the tensors point into now.
-    src: Arc<dyn AsRef<[u8]> + Send + Sync>,
-    /// File-sized huge-page buffer: a tensor moves to its own file offset.
-    dst: Buffer,
-    /// Tensors placed on the mapping and their file offsets, by offset (a
+    /// The mapped file the weights point into now: a read-only file
+    /// mapping by type, the one memory whose pages may be given back.
+    src: Arc<FileMap>,
+    /// File-sized huge-page buffer: a weight moves to its own file offset.
+    dst: Rc<Buffer>,
+    /// Weights placed on the mapping and their file offsets, by offset (a
     /// tied output shares its embeddings' offset).
-    items: Vec<(Tensor, usize)>,
+    items: Vec<(Weight, usize)>,
     /// First item not moved yet.
     next: usize,
     passes: usize,
@@ -39,13 +41,10 @@ pub(crate) struct Migration {
 }
 
 impl Migration {
-    /// Plans moving `items` (tensors placed at file offsets in `src`).
-    pub(crate) fn new(
-        src: Arc<dyn AsRef<[u8]> + Send + Sync>,
-        mut items: Vec<(Tensor, usize)>,
-    ) -> Result<Migration> {
+    /// Plans moving `items` (weights placed at file offsets in `src`).
+    pub(crate) fn new(src: Arc<FileMap>, mut items: Vec<(Weight, usize)>) -> Result<Migration> {
         items.sort_by_key(|&(_, off)| off);
-        let dst = Buffer::huge_pages((*src).as_ref().len())?;
+        let dst = Rc::new(Buffer::huge_pages((*src).as_ref().len())?);
         Ok(Migration {
             src,
             dst,
@@ -72,8 +71,8 @@ impl Migration {
         let start = self.items[self.next].1;
         let (mut end, mut k) = (start, self.next);
         while k < self.items.len() && (end - start < SLICE || self.items[k].1 < end) {
-            let (t, off) = self.items[k];
-            end = end.max(off + t.n_bytes());
+            let (w, off) = &self.items[k];
+            end = end.max(off + w.n_bytes());
             k += 1;
         }
         // Copy 2 MiB at a time, giving each piece's pages back at once, so
@@ -82,14 +81,13 @@ impl Migration {
         while pos < end {
             let piece_end = end.min((pos / PIECE + 1) * PIECE);
             self.dst.write(pos, &src[pos..piece_end]);
-            // SAFETY: `src` is the read-only file mapping (migrations are
-            // made only for mapped loads) and no graph runs now: should a
-            // page be read before its tensor moves below, it faults back in.
-            unsafe { ggml::release_file_pages(&src[pos..piece_end]) };
+            // a file mapping: should a page be read before its weight moves
+            // below, it faults back in unchanged
+            ggml::release_file_pages(&self.src, pos..piece_end);
             pos = piece_end;
         }
-        for &(t, off) in &self.items[self.next..k] {
-            self.dst.replace(t, off);
+        for (w, off) in &self.items[self.next..k] {
+            w.move_to(&self.dst, *off);
         }
         self.next = k;
         if k == self.items.len() {

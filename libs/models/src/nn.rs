@@ -15,7 +15,7 @@
 
 use engine::kv_cache::{KvCache, KvShape};
 use engine::session::Inputs;
-use ggml::{Context, Graph, Rope, RopeMode, Tensor};
+use ggml::{Context, Graph, Rope, RopeMode, Tensor, Weight};
 
 use crate::{Error, Meta, Result, Weights};
 
@@ -175,16 +175,16 @@ pub fn unsupported_scaling(kind: &str) -> Error {
 // ---- one forward pass ----
 
 /// What a forward pass builds with: the context, the graph, the batch and
-/// the cache.
-pub struct Pass<'a> {
+/// the cache; the graph's tensors borrow the context for `'c`.
+pub struct Pass<'a, 'c> {
     /// Where the graph's tensors are made.
-    pub ctx: &'a Context,
+    pub ctx: &'c Context,
     /// The graph being built (cache writes are expanded into it).
-    pub g: &'a Graph,
+    pub g: &'a Graph<'c>,
     /// The batch.
-    pub inp: &'a Inputs,
+    pub inp: &'a Inputs<'c>,
     /// The cache, read and extended by every layer.
-    pub kv: &'a KvCache,
+    pub kv: &'a KvCache<'c>,
     /// Decoder blocks in the model (the last one keeps only output rows).
     pub n_layer: usize,
 }
@@ -193,8 +193,8 @@ pub struct Pass<'a> {
 
 /// `y = W x (+ b)`.
 pub struct Linear {
-    w: Tensor,         // "<name>.weight" [n_in, n_out]
-    b: Option<Tensor>, // "<name>.bias"   [n_out]
+    w: Weight,         // "<name>.weight" [n_in, n_out]
+    b: Option<Weight>, // "<name>.bias"   [n_out]
 }
 
 impl Linear {
@@ -240,9 +240,9 @@ impl Linear {
     }
 
     /// `x [n_in, n]` → `[n_out, n]`.
-    pub fn forward(&self, ctx: &Context, x: Tensor) -> Tensor {
-        let y = ctx.mul_mat(self.w, x);
-        self.b.map_or(y, |b| ctx.add(y, b))
+    pub fn forward<'c>(&'c self, ctx: &'c Context, x: Tensor<'c>) -> Tensor<'c> {
+        let y = ctx.mul_mat(&self.w, x);
+        self.b.as_ref().map_or(y, |b| ctx.add(y, b))
     }
 }
 
@@ -251,7 +251,7 @@ impl Linear {
 /// Gemma's variant, `x / rms(x) · (1 + w)`, is this same op: its GGUF
 /// converter stores `1 + w` (llama.cpp and ollama rely on that too).
 pub struct RmsNorm {
-    w: Tensor, // "<name>.weight" [dim]
+    w: Weight, // "<name>.weight" [dim]
     eps: f32,
 }
 
@@ -265,14 +265,14 @@ impl RmsNorm {
     }
 
     /// `x [dim, ...]` → same shape, normalised along `dim`.
-    pub fn forward(&self, ctx: &Context, x: Tensor) -> Tensor {
-        ctx.mul(ctx.rms_norm(x, self.eps), self.w)
+    pub fn forward<'c>(&'c self, ctx: &'c Context, x: Tensor<'c>) -> Tensor<'c> {
+        ctx.mul(ctx.rms_norm(x, self.eps), &self.w)
     }
 }
 
 /// Token embeddings.
 pub struct Embedding {
-    w: Tensor, // "token_embd" [n_embd, n_vocab]
+    w: Weight, // "token_embd" [n_embd, n_vocab]
 }
 
 impl Embedding {
@@ -284,8 +284,8 @@ impl Embedding {
     }
 
     /// `ids [n] i32` → `[n_embd, n]`.
-    pub fn forward(&self, ctx: &Context, ids: Tensor) -> Tensor {
-        ctx.get_rows(self.w, ids)
+    pub fn forward<'c>(&'c self, ctx: &'c Context, ids: Tensor<'c>) -> Tensor<'c> {
+        ctx.get_rows(&self.w, ids)
     }
 }
 
@@ -296,7 +296,7 @@ impl Embedding {
 /// the wrong one runs and silently garbles output.
 pub struct Rotary {
     rope: Rope,
-    factors: Option<Tensor>, // [n_rot / 2]
+    factors: Option<Weight>, // [n_rot / 2]
 }
 
 impl Rotary {
@@ -318,8 +318,8 @@ impl Rotary {
     }
 
     /// `x [head_dim, n_heads, n]` rotated by `pos [n] i32`.
-    pub fn forward(&self, ctx: &Context, x: Tensor, pos: Tensor) -> Tensor {
-        ctx.rope(x, pos, self.factors, &self.rope)
+    pub fn forward<'c>(&'c self, ctx: &'c Context, x: Tensor<'c>, pos: Tensor<'c>) -> Tensor<'c> {
+        ctx.rope(x, pos, self.factors.as_ref().map(Weight::t), &self.rope)
     }
 }
 
@@ -409,14 +409,14 @@ impl Attention {
     /// `x [n_embd, n_tokens]` → `[n_embd, n_tokens]`: writes this batch's
     /// keys and values into the cache at `layer` and attends over the cache
     /// under `mask` (the causal one, or the sliding-window one).
-    pub fn forward(
-        &self,
-        p: &Pass,
-        x: Tensor,
+    pub fn forward<'c>(
+        &'c self,
+        p: &Pass<'_, 'c>,
+        x: Tensor<'c>,
         layer: usize,
-        rope: &Rotary,
-        mask: Tensor,
-    ) -> Tensor {
+        rope: &'c Rotary,
+        mask: Tensor<'c>,
+    ) -> Tensor<'c> {
         let (ctx, inp, kv) = (p.ctx, p.inp, p.kv);
         let (d, t) = (self.head_dim as i64, inp.n_tokens as i64);
         let (nh, nkv) = (self.n_head as i64, self.n_head_kv as i64);
@@ -500,7 +500,7 @@ impl Mlp {
     }
 
     /// `x [n_embd, n]` → `[n_embd, n]`.
-    pub fn forward(&self, ctx: &Context, x: Tensor) -> Tensor {
+    pub fn forward<'c>(&'c self, ctx: &'c Context, x: Tensor<'c>) -> Tensor<'c> {
         let h = match (&self.gate, self.kind) {
             (None, _) => ctx.swiglu_stacked(self.up.forward(ctx, x)), // [2 * n_ff, n] → [n_ff, n]
             (Some(g), Gate::GeluTanh) => ctx.geglu(g.forward(ctx, x), self.up.forward(ctx, x)),
@@ -552,14 +552,14 @@ impl Block {
     /// `x [n_embd, n_tokens]` → `[n_embd, n_tokens]`, or `[n_embd, n_out]`
     /// in the last layer: only the rows we need logits for go through its
     /// MLP (as llama.cpp does).
-    pub fn forward(
-        &self,
-        p: &Pass,
-        x: Tensor,
+    pub fn forward<'c>(
+        &'c self,
+        p: &Pass<'_, 'c>,
+        x: Tensor<'c>,
         layer: usize,
-        rope: &Rotary,
-        mask: Tensor,
-    ) -> Tensor {
+        rope: &'c Rotary,
+        mask: Tensor<'c>,
+    ) -> Tensor<'c> {
         let ctx = p.ctx;
         let mut h = self
             .attn

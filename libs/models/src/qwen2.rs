@@ -96,7 +96,13 @@ impl engine::session::Model for Model {
 
     // ---- forward ----
 
-    fn forward(&self, ctx: &Context, g: &Graph, inp: &Inputs, kv: &KvCache) -> Tensor {
+    fn forward<'c>(
+        &'c self,
+        ctx: &'c Context,
+        g: &Graph<'c>,
+        inp: &Inputs<'c>,
+        kv: &KvCache<'c>,
+    ) -> Tensor<'c> {
         let p = Pass {
             ctx,
             g,

@@ -413,8 +413,9 @@ fn check_free_space(dir: &Path, need: u64) -> Result<()> {
     let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
         return Ok(());
     };
-    // SAFETY: statvfs writes into a zeroed struct we own; the path is NUL-terminated.
+    // SAFETY: statvfs is plain integers, for which all zeros is valid.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: statvfs writes into the struct we own; the path is NUL-terminated.
     if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
         return Ok(());
     }
