@@ -49,27 +49,13 @@ impl Writer {
     }
     /// Copies a value as stored in another file.
     pub fn copy(&mut self, k: &str, v: &gguf::Value) {
-        let id = |t: gguf::ValueType| {
-            (0..13)
-                .find(|&i| gguf::ValueType::from_id(i) == Some(t))
-                .expect("type id")
-        };
-        match v {
-            gguf::Value::Str(s) => self.str(k, s),
-            gguf::Value::U32(x) => self.u32(k, *x),
-            gguf::Value::F32(x) => self.f32(k, *x),
-            gguf::Value::Bool(x) => {
-                self.key(k, 7);
-                self.kv.push(*x as u8);
-            }
-            gguf::Value::Array(a) => {
-                self.key(k, 9);
-                self.kv.extend(id(a.elem_type()).to_le_bytes());
-                self.kv.extend((a.len() as u64).to_le_bytes());
-                self.kv.extend(a.raw_bytes());
-            }
-            other => panic!("copy of {k}: unhandled {}", other.type_name()),
-        }
+        let (ty, bytes) = encode(v);
+        self.raw(k, ty, &bytes);
+    }
+    /// A value of GGUF type id `ty`, already encoded.
+    fn raw(&mut self, k: &str, ty: u32, bytes: &[u8]) {
+        self.key(k, ty);
+        self.kv.extend_from_slice(bytes);
     }
     /// Copies SmolLM2's tokenizer (not its chat template); returns the vocabulary size.
     pub fn smollm2_vocab(&mut self) -> u64 {
@@ -426,8 +412,7 @@ pub fn edit(src: &Path, dst: &Path, f: impl FnOnce(&mut Edited)) {
     f(&mut e);
     let mut w = Writer::default();
     for (k, ty, v) in &e.kv {
-        w.key(k, *ty);
-        w.kv.extend(v);
+        w.raw(k, *ty, v);
     }
     w.tensors = e.tensors;
     w.write(dst);
