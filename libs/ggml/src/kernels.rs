@@ -1,6 +1,7 @@
 //! Our own CPU kernels, as ggml custom ops: the matrix products of
-//! generation (a few activation columns) for Q4_1 and Q8_0 weights, equal to
-//! ggml's bit for bit but with software prefetch (src/kernels.c).
+//! generation (a few activation columns) for Q4_1, Q8_0 and Q5_0 weights, equal to
+//! ggml's bit for bit but doing less per weight block, with software
+//! prefetch (src/kernels.c).
 
 use std::cell::RefCell;
 use std::ffi::{c_int, c_void};
@@ -9,12 +10,13 @@ use crate::{sys, Context, Tensor, Type};
 
 extern "C" {
     fn llpipe_kernels_available() -> c_int;
-    /// `dst[c * dst_stride + r]` = row `r` of `w` (Q8_0 if `q8_0`, else
-    /// Q4_1) · column `c` of `y` (quantized to the matching type), rows
+    /// `dst[c * dst_stride + r]` = row `r` of `w` (`kind`: 0 Q4_1, 1 Q8_0,
+    /// 2 Q5_0) · column `c` of `y` (quantized to the matching type), rows
     /// `r0..r1`, columns `0..n_cols`, `nb` blocks of 32 a row; strides in
-    /// bytes except `dst_stride`, in floats.
+    /// bytes except `dst_stride`, in floats; `scales` is room for
+    /// `n_cols * nb * 2` floats.
     fn llpipe_rows(
-        q8_0: c_int,
+        kind: c_int,
         w: *const c_void,
         w_stride: usize,
         r0: i64,
@@ -25,18 +27,21 @@ extern "C" {
         n_cols: c_int,
         dst: *mut f32,
         dst_stride: usize,
+        scales: *mut f32,
     );
 }
 
-/// Most activation columns (tokens) the Q8_0 kernel takes: for more rows
-/// ggml uses tinyBLAS, which adds in another order (a prompt batch then
-/// stays ggml's). Q4_1 has no such kernel in ggml (vec_dot for any batch),
-/// so ours takes every batch.
+/// Most activation columns (tokens) the Q8_0 and Q5_0 kernels take: for
+/// more rows ggml uses tinyBLAS, which adds in another order (a prompt batch
+/// then stays ggml's). Q4_1 has no such kernel in ggml (vec_dot for any
+/// batch), so ours takes every batch.
 const MAX_COLS_Q8_0: i64 = 8;
 
 thread_local! {
     /// Activations quantized for the dot products, per ggml worker thread.
     static QUANTIZED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    /// Room for the activations' block scales as floats, per thread.
+    static SCALES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Whether the kernels were compiled in (x86-64 with AVX2, FMA and F16C).
@@ -46,7 +51,7 @@ pub(crate) fn available() -> bool {
 }
 
 /// Whether `a · bᵀ` goes to our kernels: a plain (not repacked, 2-D) Q4_1
-/// matrix, or Q8_0 one times at most [`MAX_COLS_Q8_0`] columns, times
+/// matrix, or a Q8_0 or Q5_0 one times at most [`MAX_COLS_Q8_0`] columns, times
 /// contiguous f32 columns.
 pub(crate) fn takes(a: Tensor, b: Tensor) -> bool {
     let (an, bn) = (a.ne(), b.ne());
@@ -55,7 +60,7 @@ pub(crate) fn takes(a: Tensor, b: Tensor) -> bool {
     } else {
         MAX_COLS_Q8_0
     };
-    (a.ty() == Type::Q4_1 || a.ty() == Type::Q8_0)
+    (a.ty() == Type::Q4_1 || a.ty() == Type::Q8_0 || a.ty() == Type::Q5_0)
         && b.ty() == Type::F32
         && an[2] == 1
         && an[3] == 1
@@ -105,16 +110,15 @@ unsafe extern "C" fn mul_mat_op(
     _: *mut c_void,
 ) {
     // SAFETY: ggml calls this with `dst` built by `mul_mat_own`, whose
-    // sources are the Q4_1/Q8_0 matrix and the contiguous f32 activations
+    // sources are the Q4_1/Q8_0/Q5_0 matrix and the contiguous f32 activations
     // `takes` checked, all allocated; rows r0..r1 of dst are this thread's.
     unsafe {
         let (w, x) = ((*dst).src[0], (*dst).src[1]);
         let (k, m, n) = ((*w).ne[0], (*w).ne[1], (*x).ne[1]);
-        let q8_0 = (*w).type_ == sys::GGML_TYPE_Q8_0;
-        let vec_type = if q8_0 {
-            sys::GGML_TYPE_Q8_0
-        } else {
-            sys::GGML_TYPE_Q8_1
+        let (kind, vec_type) = match (*w).type_ {
+            sys::GGML_TYPE_Q8_0 => (1, sys::GGML_TYPE_Q8_0),
+            sys::GGML_TYPE_Q5_0 => (2, sys::GGML_TYPE_Q8_0),
+            _ => (0, sys::GGML_TYPE_Q8_1),
         };
         let row = sys::ggml_row_size(vec_type, k);
         let Some(quantize) = (*sys::ggml_get_type_traits_cpu(vec_type)).from_float else {
@@ -128,27 +132,30 @@ unsafe extern "C" fn mul_mat_op(
         if r0 >= r1 {
             return;
         }
-        QUANTIZED.with(|q| {
-            let mut q = q.borrow_mut();
-            q.resize(row * n as usize, 0);
-            let xd = (*x).data as *const u8;
-            for c in 0..n as usize {
-                let src = xd.add(c * (*x).nb[1]) as *const f32;
-                quantize(src, q.as_mut_ptr().add(c * row) as *mut c_void, k);
-            }
-            llpipe_rows(
-                c_int::from(q8_0),
-                (*w).data,
-                (*w).nb[1],
-                r0,
-                r1,
-                (k / 32) as c_int,
-                q.as_ptr() as *const c_void,
-                row,
-                n as c_int,
-                (*dst).data as *mut f32,
-                (*dst).nb[1] / 4,
-            );
+        QUANTIZED.with_borrow_mut(|q| {
+            SCALES.with_borrow_mut(|scales| {
+                scales.resize(n as usize * (k / 32) as usize * 2, 0.0);
+                q.resize(row * n as usize, 0);
+                let xd = (*x).data as *const u8;
+                for c in 0..n as usize {
+                    let src = xd.add(c * (*x).nb[1]) as *const f32;
+                    quantize(src, q.as_mut_ptr().add(c * row) as *mut c_void, k);
+                }
+                llpipe_rows(
+                    kind,
+                    (*w).data,
+                    (*w).nb[1],
+                    r0,
+                    r1,
+                    (k / 32) as c_int,
+                    q.as_ptr() as *const c_void,
+                    row,
+                    n as c_int,
+                    (*dst).data as *mut f32,
+                    (*dst).nb[1] / 4,
+                    scales.as_mut_ptr(),
+                );
+            })
         });
     }
 }

@@ -107,6 +107,8 @@ impl Type {
     pub const Q4_0: Type = Type(sys::GGML_TYPE_Q4_0);
     /// 4-bit blocks of 32 with a scale and a minimum.
     pub const Q4_1: Type = Type(sys::GGML_TYPE_Q4_1);
+    /// 5-bit blocks of 32 with a scale.
+    pub const Q5_0: Type = Type(sys::GGML_TYPE_Q5_0);
     /// 8-bit blocks of 32 with a scale.
     pub const Q8_0: Type = Type(sys::GGML_TYPE_Q8_0);
     /// 32-bit signed integer.

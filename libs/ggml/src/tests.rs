@@ -388,7 +388,7 @@ fn own_kernels_equal_ggml_bit_for_bit() {
         return;
     }
     // odd row counts, 1 to 8 columns (Q4_1: up to 64, across column blocks), two threads
-    for ty in [Type::Q4_1, Type::Q8_0] {
+    for ty in [Type::Q4_1, Type::Q8_0, Type::Q5_0] {
         for (k, m) in [(96, 37), (576, 64), (1536, 129)] {
             let ns: &[usize] = if ty == Type::Q4_1 {
                 &[1, 2, 3, 4, 5, 7, 8, 9, 17, 33, 64]
