@@ -403,7 +403,8 @@ fn a_client_gone_mid_stream_frees_the_model() {
     let s = start(&model, &[]);
     // load first, so the timing below is about generation only
     assert_eq!(s.post("/api/generate", greedy("Hi", 1)).0, 200);
-    let body = json!({"model": "smollm2:135m", "prompt": "Count from 1 to 1000.",
+    // a raw prompt greedy decoding repeats without end: only a cancel stops it
+    let body = json!({"model": "smollm2:135m", "prompt": "1 1 1 1 1 1 1 1 1 1 1 1", "raw": true,
         "options": {"temperature": 0, "num_predict": 100000}})
     .to_string();
     let mut c = TcpStream::connect(("127.0.0.1", s.port)).unwrap();
@@ -414,11 +415,12 @@ fn a_client_gone_mid_stream_frees_the_model() {
     )
     .unwrap();
     let mut r = BufReader::new(c.try_clone().unwrap());
-    let mut seen = String::new();
-    while !seen.contains("\"done\":false") {
+    let mut chunks = 0;
+    while chunks < 10 {
         let mut line = String::new();
-        assert!(r.read_line(&mut line).unwrap() > 0, "stream ended: {seen}");
-        seen += &line;
+        assert!(r.read_line(&mut line).unwrap() > 0, "stream ended");
+        assert!(!line.contains("\"done\":true"), "{line}");
+        chunks += line.contains("\"done\":false") as usize;
     }
     drop(r);
     c.shutdown(std::net::Shutdown::Both).unwrap();
@@ -428,7 +430,7 @@ fn a_client_gone_mid_stream_frees_the_model() {
     let (code, v) = s.post("/api/generate", greedy("Hi", 2));
     assert_eq!(code, 200, "{v}");
     assert!(
-        t0.elapsed() < Duration::from_secs(60),
+        t0.elapsed() < Duration::from_secs(30),
         "took {:?}",
         t0.elapsed()
     );
