@@ -8,10 +8,10 @@
 //! the lease frees the slot and starts the model's `keep_alive` timer.
 //!
 //! The seam for continuous batching: today a runner's thread runs its
-//! queue one job at a time, so the default and effective `num_parallel` is
-//! 1. A multi-sequence engine would keep `num_parallel` slots, take every
-//! queued job into one batch per forward pass in [`Runner`]'s thread loop
-//! (`worker`), and nothing above this module changes.
+//! queue one job at a time, so `num_parallel` is one (the default, and the
+//! only value used). A multi-sequence engine would keep `num_parallel`
+//! slots and take every queued job into one batch per forward pass in the
+//! runner's thread loop (`worker`); nothing above this module changes.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -390,9 +390,8 @@ impl Lease {
     /// Queues `work` on the model's thread.
     pub fn submit(&self, work: Work) -> Result<(), String> {
         let jobs = self.runner.jobs.lock().unwrap();
-        let sent = jobs.as_ref().map(|j| j.send(work));
-        match sent {
-            Some(Ok(())) => Ok(()),
+        match jobs.as_ref().map(|j| j.send(work).is_ok()) {
+            Some(true) => Ok(()),
             _ => Err("the model runner stopped".into()),
         }
     }

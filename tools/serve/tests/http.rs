@@ -286,8 +286,7 @@ fn tags_show_copy_delete_and_errors() {
     );
     assert_eq!(code, 404);
     assert_eq!(v["error"]["type"], "not_found_error");
-    let bad =
-        format!("POST /api/generate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 4\r\n\r\n{{bad");
+    let bad = "POST /api/generate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 4\r\n\r\n{bad";
     assert_eq!(s.raw(bad.as_bytes()), 400);
     let empty = "POST /api/generate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n";
     assert_eq!(s.raw(empty.as_bytes()), 400);
