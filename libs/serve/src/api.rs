@@ -282,8 +282,9 @@ fn modelfile(f: &Found) -> String {
 
 pub(crate) async fn ps(State(app): AppState) -> Response {
     let mut loaded = app.sched.loaded();
-    loaded.sort_by_key(|r| std::cmp::Reverse(r.expires_at()));
+    // never expiring shows as a century from now, and sorts first
     let forever = SystemTime::now() + Duration::from_secs(100 * 365 * 86400);
+    loaded.sort_by_key(|r| std::cmp::Reverse(r.expires_at().unwrap_or(forever)));
     let models: Vec<Value> = loaded
         .iter()
         .map(|r| {
