@@ -6,6 +6,6 @@ cd "$(dirname "$0")/.."
 cargo build --workspace --bins
 for dir in tools/*/; do
   tool=$(basename "$dir")
-  target/debug/"$tool" --generate-man > "man/$tool.1"
+  "${CARGO_TARGET_DIR:-target}"/debug/"$tool" --generate-man > "man/$tool.1"
 done
 ls man

@@ -82,3 +82,46 @@ fn store_tools_do_not_link_ggml() {
         }
     }
 }
+
+/// Only `serve` knows about HTTP serving: no library below it (and no
+/// other tool) links the server stack.
+#[test]
+fn only_serve_links_the_http_server() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut crates: Vec<String> = [
+        "protocol", "cli", "store", "gguf", "registry", "ggml", "engine", "models", "runner",
+        "template",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    crates.extend(tools().into_iter().filter(|t| t != "serve"));
+    for krate in crates {
+        let out = Command::new(&cargo)
+            .args([
+                "tree",
+                "--offline",
+                "-e",
+                "normal,build",
+                "-p",
+                &krate,
+                "--prefix",
+                "none",
+            ])
+            .current_dir(root())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "cargo tree -p {krate}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let tree = String::from_utf8_lossy(&out.stdout);
+        for banned in ["axum ", "hyper ", "tokio ", "serve "] {
+            assert!(
+                !tree.lines().any(|l| l.starts_with(banned)),
+                "{krate} depends on {banned}:\n{tree}"
+            );
+        }
+    }
+}

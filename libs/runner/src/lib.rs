@@ -3,7 +3,8 @@
 //! with `ollama run`'s `/set` and `/show` commands; both take
 //! [`InferOptions`] (flags, or an Ollama model's params and messages layers
 //! through [`InferOptions::apply_params`] and
-//! [`InferOptions::apply_messages`]).
+//! [`InferOptions::apply_messages`]). A server holds a model loaded for
+//! many runs with [`hold`].
 //!
 //! A run maps and parses the GGUF once: the tokenizer, the chat template
 //! and the engine choice come from that parse, and the native engine
@@ -33,12 +34,14 @@
 #![deny(missing_docs)]
 
 pub mod chat;
+mod hold;
 mod infer;
 mod options;
 mod plan;
 pub mod prompt;
 
 pub use chat::{chat, ChatOptions, Turn};
+pub use hold::{hold, Held, Job, RunResult};
 pub use infer::{infer, Event, Summary};
 pub use options::{EngineChoice, InferOptions};
 pub use template::Message;

@@ -1,0 +1,350 @@
+//! OpenAI's routes: `/v1/chat/completions`, `/v1/completions`,
+//! `/v1/models`, `/v1/models/{model}`, mapped onto the same runs as the
+//! native ones, with OpenAI's reply and error shapes.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use axum::Extension;
+use runner::{InferOptions, RunResult};
+use serde_json::{json, Value};
+
+use crate::api::{
+    done_reason, find, keep_alive, parse_messages, run_options, start_chat, str_field, Found,
+    Piece, Run, RunSpec,
+};
+use crate::http::{json, read_json, stream_response, ApiError};
+use crate::log::Log;
+use crate::App;
+
+type AppState = State<Arc<App>>;
+
+fn unix(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn model_object(name: &str, modified: u64) -> Value {
+    json!({"id": name, "object": "model", "created": modified, "owned_by": owner(name)})
+}
+
+/// `library` for `llama3:latest`, the namespace for `ns/model:tag`.
+fn owner(name: &str) -> String {
+    let parts: Vec<&str> = name.split('/').collect();
+    match parts.len() {
+        1 => "library".into(),
+        n => parts[n - 2].into(),
+    }
+}
+
+pub(crate) async fn models(State(app): AppState) -> Response {
+    match crate::api::tag_list(&app) {
+        Ok(list) => {
+            let data: Vec<Value> = list
+                .iter()
+                .map(|m| {
+                    let name = m["name"].as_str().unwrap_or_default();
+                    let t = m["modified_at"]
+                        .as_str()
+                        .and_then(|s| {
+                            time::OffsetDateTime::parse(
+                                s,
+                                &time::format_description::well_known::Rfc3339,
+                            )
+                            .ok()
+                        })
+                        .map(|t| t.unix_timestamp().max(0) as u64)
+                        .unwrap_or(0);
+                    model_object(name, t)
+                })
+                .collect();
+            json(StatusCode::OK, &json!({"object": "list", "data": data}))
+        }
+        Err(e) => e.openai(),
+    }
+}
+
+pub(crate) async fn model(State(app): AppState, Path(name): Path<String>) -> Response {
+    match find(&app, &name, format!("model \"{name}\" not found")) {
+        Ok(f) => json(StatusCode::OK, &model_object(&f.name, unix(f.modified))),
+        Err(e) => e.openai(),
+    }
+}
+
+/// Sampling fields shared by both routes, as Ollama maps them:
+/// temperature and top_p default to 1.
+fn sampling(app: &App, f: &Found, req: &Value) -> Result<InferOptions, ApiError> {
+    let mut options = serde_json::Map::new();
+    options.insert(
+        "temperature".into(),
+        req.get("temperature")
+            .cloned()
+            .filter(|v| !v.is_null())
+            .unwrap_or(json!(1.0)),
+    );
+    options.insert(
+        "top_p".into(),
+        req.get("top_p")
+            .cloned()
+            .filter(|v| !v.is_null())
+            .unwrap_or(json!(1.0)),
+    );
+    if let Some(n) = req.get("max_tokens").filter(|v| !v.is_null()) {
+        options.insert("num_predict".into(), n.clone());
+    }
+    if let Some(s) = req.get("seed").filter(|v| !v.is_null()) {
+        options.insert("seed".into(), s.clone());
+    }
+    match req.get("stop") {
+        Some(Value::String(s)) => {
+            options.insert("stop".into(), json!([s]));
+        }
+        Some(v @ Value::Array(_)) => {
+            options.insert("stop".into(), v.clone());
+        }
+        _ => {}
+    }
+    run_options(app, f, &Value::Object(options))
+}
+
+fn include_usage(req: &Value) -> bool {
+    req.pointer("/stream_options/include_usage")
+        .and_then(Value::as_bool)
+        .unwrap_or(false)
+}
+
+fn usage(r: &RunResult) -> Value {
+    let p = r.summary.stats.prompt_eval_count + r.cached;
+    let c = r.summary.stats.eval_count;
+    json!({"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c})
+}
+
+fn event(v: &Value) -> Bytes {
+    Bytes::from(format!("data: {v}\n\n"))
+}
+
+/// `chatcmpl-N` / `cmpl-N`, N in 0..999 as Ollama.
+fn id(prefix: &str) -> String {
+    format!("{prefix}-{}", crate::options::random_seed() % 999)
+}
+
+pub(crate) async fn chat(
+    State(app): AppState,
+    Extension(log): Extension<Log>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    chat_inner(app, log, headers, body)
+        .await
+        .unwrap_or_else(ApiError::openai)
+}
+
+async fn chat_inner(
+    app: Arc<App>,
+    log: Log,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let t0 = Instant::now();
+    let req = read_json(&headers, body).await?;
+    let name = str_field(&req, "model").unwrap_or_default();
+    if name.is_empty() {
+        return Err(ApiError::bad("model is required"));
+    }
+    log.model(&name);
+    let messages = parse_messages(req.get("messages"))?;
+    if messages.is_empty() {
+        return Err(ApiError::bad("[] is too short - 'messages'"));
+    }
+    let f = find(
+        &app,
+        &name,
+        format!("model \"{name}\" not found, try pulling it first"),
+    )?;
+    let mut opts = sampling(&app, &f, &req)?;
+    opts.messages = f.messages.iter().cloned().chain(messages).collect();
+    let ka = keep_alive(&app, &req)?;
+    let model = f.name.clone();
+    let mut run = start_chat(&app, f, opts, ka, log, t0).await?;
+    let created = unix(SystemTime::now());
+    let cid = id("chatcmpl");
+    let stream = req.get("stream").and_then(Value::as_bool).unwrap_or(false);
+    let chunk = {
+        let (cid, model) = (cid.clone(), model.clone());
+        move |delta: Value, finish: Value| {
+            json!({"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
+                   "system_fingerprint": "fp_ollama",
+                   "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+        }
+    };
+    if !stream {
+        let (text, r) = collect(&mut run).await?;
+        return Ok(json(
+            StatusCode::OK,
+            &json!({"id": cid, "object": "chat.completion", "created": created, "model": model,
+                    "system_fingerprint": "fp_ollama",
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                                 "finish_reason": done_reason(&r)}],
+                    "usage": usage(&r)}),
+        ));
+    }
+    let with_usage = include_usage(&req);
+    let usage_chunk = {
+        let (cid, model) = (cid.clone(), model.clone());
+        move |r: &RunResult| {
+            json!({"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
+                   "system_fingerprint": "fp_ollama", "choices": [], "usage": usage(r)})
+        }
+    };
+    let first = event(&chunk(
+        json!({"role": "assistant", "content": ""}),
+        Value::Null,
+    ));
+    sse(run, first, move |p| match p {
+        Piece::Text(t) => vec![event(&chunk(json!({"content": t}), Value::Null))],
+        Piece::Done(r) => {
+            let mut v = vec![event(&chunk(json!({}), json!(done_reason(&r))))];
+            if with_usage {
+                v.push(event(&usage_chunk(&r)));
+            }
+            v
+        }
+        Piece::Error(e) => vec![event(
+            &json!({"error": {"message": e, "type": "api_error"}}),
+        )],
+    })
+}
+
+/// Runs to the end: the whole text and the result.
+async fn collect(run: &mut Run) -> Result<(String, RunResult), ApiError> {
+    let mut text = String::new();
+    loop {
+        match run.next().await {
+            Some(Piece::Text(t)) => text.push_str(&t),
+            Some(Piece::Done(r)) => return Ok((text, *r)),
+            Some(Piece::Error(e)) => return Err(ApiError::internal(e)),
+            None => return Err(ApiError::internal("the run ended without a result")),
+        }
+    }
+}
+
+/// An SSE stream: `first`, the events of each piece, then `data: [DONE]`.
+fn sse(
+    run: Run,
+    first: Bytes,
+    events: impl Fn(Piece) -> Vec<Bytes> + Send + Sync + 'static,
+) -> Result<Response, ApiError> {
+    use futures_util::StreamExt;
+    let head = futures_util::stream::iter([Ok(first)]);
+    let events = Arc::new(events);
+    let body = futures_util::stream::unfold(Some(run), move |run| {
+        let events = events.clone();
+        async move {
+            let mut run = run?;
+            let p = run.next().await?;
+            let last = !matches!(p, Piece::Text(_));
+            let mut out: Vec<Bytes> = events(p);
+            if last {
+                out.push(Bytes::from_static(b"data: [DONE]\n\n"));
+                return Some((out, None));
+            }
+            Some((out, Some(run)))
+        }
+    })
+    .flat_map(|v| futures_util::stream::iter(v.into_iter().map(Ok)));
+    Ok(stream_response("text/event-stream", head.chain(body)))
+}
+
+pub(crate) async fn completions(
+    State(app): AppState,
+    Extension(log): Extension<Log>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    completions_inner(app, log, headers, body)
+        .await
+        .unwrap_or_else(ApiError::openai)
+}
+
+async fn completions_inner(
+    app: Arc<App>,
+    log: Log,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let t0 = Instant::now();
+    let req = read_json(&headers, body).await?;
+    let name = str_field(&req, "model").unwrap_or_default();
+    if name.is_empty() {
+        return Err(ApiError::bad("model is required"));
+    }
+    log.model(&name);
+    let prompt = match req.get("prompt") {
+        Some(Value::String(s)) => s.clone(),
+        _ => return Err(ApiError::bad("prompt must be a string")),
+    };
+    let f = find(
+        &app,
+        &name,
+        format!("model \"{name}\" not found, try pulling it first"),
+    )?;
+    let mut opts = sampling(&app, &f, &req)?;
+    opts.prompt = prompt;
+    let ka = keep_alive(&app, &req)?;
+    let model = f.name.clone();
+    let spec = RunSpec {
+        found: f,
+        opts,
+        chat: false,
+        context: vec![],
+        keep_alive: ka,
+    };
+    let mut run = Run::start(&app, spec, log, t0).await?;
+    let created = unix(SystemTime::now());
+    let cid = id("cmpl");
+    let stream = req.get("stream").and_then(Value::as_bool).unwrap_or(false);
+    if !stream {
+        let (text, r) = collect(&mut run).await?;
+        return Ok(json(
+            StatusCode::OK,
+            &json!({"id": cid, "object": "text_completion", "created": created, "model": model,
+                    "system_fingerprint": "fp_ollama",
+                    "choices": [{"text": text, "index": 0, "finish_reason": done_reason(&r)}],
+                    "usage": usage(&r)}),
+        ));
+    }
+    let with_usage = include_usage(&req);
+    let chunk = move |text: &str, finish: Value, usage: Option<Value>| {
+        let mut v = json!({"id": cid, "object": "text_completion", "created": created, "model": model,
+               "system_fingerprint": "fp_ollama",
+               "choices": [{"text": text, "index": 0, "finish_reason": finish}]});
+        if let Some(u) = usage {
+            v["usage"] = u;
+        }
+        v
+    };
+    let zero = move || {
+        with_usage.then(|| json!({"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}))
+    };
+    let first = Bytes::new();
+    sse(run, first, move |p| match p {
+        Piece::Text(t) => vec![event(&chunk(&t, Value::Null, zero()))],
+        Piece::Done(r) => {
+            let mut v = vec![event(&chunk("", json!(done_reason(&r)), zero()))];
+            if with_usage {
+                let mut u = chunk("", Value::Null, Some(usage(&r)));
+                u["choices"] = json!([]);
+                v.push(event(&u));
+            }
+            v
+        }
+        Piece::Error(e) => vec![event(
+            &json!({"error": {"message": e, "type": "api_error"}}),
+        )],
+    })
+}

@@ -1,0 +1,582 @@
+//! serve end to end: the built binary on a free port with a temp store
+//! holding SmolLM2, spoken to over HTTP.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use pipeline_tests::{bin, free_port, models_dir, out3, TestStore};
+use serde_json::{json, Value};
+
+const SMOL: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+
+/// A running `serve` on a temp store; killed when dropped.
+struct Server {
+    child: Child,
+    port: u16,
+    store: TestStore,
+    agent: ureq::Agent,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The real model, or `None` (the test prints SKIPPED and returns).
+fn smol_path(test: &str) -> Option<PathBuf> {
+    let p = models_dir().join(SMOL);
+    if !p.exists() {
+        println!(
+            "{test}: SKIPPED: {} missing (scripts/fetch-models.sh)",
+            p.display()
+        );
+        return None;
+    }
+    Some(p)
+}
+
+/// Starts `serve` with a store holding `smollm2:135m` and `env` set.
+fn start(model: &std::path::Path, env: &[(&str, &str)]) -> Server {
+    let store = TestStore::new();
+    let (code, _, stderr) = out3(&store.run(
+        bin("model-create"),
+        &["smollm2:135m", "--gguf", model.to_str().unwrap()],
+        b"",
+    ));
+    assert_eq!(code, 0, "model-create: {stderr}");
+    start_on(store, env)
+}
+
+fn start_on(store: TestStore, env: &[(&str, &str)]) -> Server {
+    let port = free_port();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_serve"));
+    cmd.args(["--threads", "1", "--ctx", "1024"])
+        .env("OLLAMA_HOST", format!("127.0.0.1:{port}"))
+        .env("OLLAMA_MODELS", store.root())
+        .env_remove("OLLAMA_KEEP_ALIVE")
+        .env_remove("OLLAMA_MAX_QUEUE")
+        .env_remove("OLLAMA_ORIGINS")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let child = cmd.spawn().expect("spawn serve");
+    let t0 = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "serve did not listen"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    Server {
+        child,
+        port,
+        store,
+        agent,
+    }
+}
+
+impl Server {
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+    /// Status and body of a request with a JSON body (or none).
+    fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, String) {
+        let url = self.url(path);
+        let r = match (method, body) {
+            ("GET", _) => self.agent.get(&url).call(),
+            ("POST", Some(b)) => self.agent.post(&url).send_json(&b),
+            ("DELETE", Some(b)) => self
+                .agent
+                .delete(&url)
+                .force_send_body()
+                .send(b.to_string()),
+            _ => panic!("{method} {path}"),
+        };
+        let mut r = r.unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let status = r.status().as_u16();
+        (status, r.body_mut().read_to_string().unwrap())
+    }
+    fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let (s, b) = self.call("POST", path, Some(body));
+        (s, serde_json::from_str(&b).unwrap_or(Value::String(b)))
+    }
+    fn get(&self, path: &str) -> Value {
+        let (s, b) = self.call("GET", path, None);
+        assert_eq!(s, 200, "{path}: {b}");
+        serde_json::from_str(&b).unwrap()
+    }
+    /// Sends raw bytes; the status code of the reply.
+    fn raw(&self, req: &[u8]) -> u16 {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let _ = s.write_all(req);
+        let mut line = String::new();
+        BufReader::new(s).read_line(&mut line).unwrap();
+        line.split(' ').nth(1).unwrap_or("0").parse().unwrap()
+    }
+}
+
+fn greedy(prompt: &str, n: usize) -> Value {
+    json!({"model": "smollm2:135m", "prompt": prompt, "stream": false,
+           "options": {"temperature": 0, "num_predict": n}})
+}
+
+#[test]
+fn generate_greedy_equals_the_runner_stream_and_not() {
+    let Some(model) = smol_path("generate_greedy_equals_the_runner_stream_and_not") else {
+        return;
+    };
+    let prompt = "What is the capital of France?";
+    // the runner as `infer` runs it, same options
+    let mut o = runner::InferOptions {
+        model: model.clone(),
+        prompt: prompt.into(),
+        n_threads: 1,
+        n_ctx: 1024,
+        num_predict: Some(12),
+        ..Default::default()
+    };
+    o.sampler.temperature = 0.0;
+    let mut want = String::new();
+    runner::infer(&o, &mut |ev| {
+        if let runner::Event::Token { text, .. } | runner::Event::Text(text) = ev {
+            want.push_str(text);
+        }
+        Ok(())
+    })
+    .unwrap();
+    let s = start(&model, &[]);
+    let (code, v) = s.post("/api/generate", greedy(prompt, 12));
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["response"].as_str().unwrap(), want);
+    assert_eq!(v["done"], true);
+    assert_eq!(v["done_reason"], "length");
+    assert_eq!(v["eval_count"], 12);
+    for k in [
+        "total_duration",
+        "load_duration",
+        "prompt_eval_count",
+        "prompt_eval_duration",
+        "eval_duration",
+    ] {
+        assert!(v[k].as_u64().is_some_and(|n| n > 0), "{k}: {v}");
+    }
+    assert!(v["context"].as_array().is_some_and(|c| !c.is_empty()));
+    // streaming: NDJSON, no blank lines, the same text, one final object
+    let mut body = greedy(prompt, 12);
+    body["stream"] = json!(true);
+    let (code, text) = s.call("POST", "/api/generate", Some(body));
+    assert_eq!(code, 200);
+    let lines: Vec<Value> = text
+        .split_terminator('\n')
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+        .collect();
+    let got: String = lines
+        .iter()
+        .filter_map(|l| l["response"].as_str())
+        .collect();
+    assert_eq!(got, want);
+    assert_eq!(lines.iter().filter(|l| l["done"] == true).count(), 1);
+    assert_eq!(lines.last().unwrap()["done"], true);
+    // the model stays loaded (keep_alive default), ps shows it
+    let ps = s.get("/api/ps");
+    assert_eq!(ps["models"][0]["name"], "smollm2:135m", "{ps}");
+}
+
+#[test]
+fn chat_stream_and_not() {
+    let Some(model) = smol_path("chat_stream_and_not") else {
+        return;
+    };
+    let s = start(&model, &[]);
+    let req = json!({"model": "smollm2:135m", "stream": false,
+        "messages": [{"role": "user", "content": "Say hello."}],
+        "options": {"temperature": 0, "num_predict": 8}});
+    let (code, v) = s.post("/api/chat", req.clone());
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["message"]["role"], "assistant");
+    let want = v["message"]["content"].as_str().unwrap().to_string();
+    assert!(!want.is_empty());
+    assert_eq!(v["done"], true);
+    let mut sreq = req;
+    sreq.as_object_mut().unwrap().remove("stream"); // streams by default
+    let (code, text) = s.call("POST", "/api/chat", Some(sreq));
+    assert_eq!(code, 200);
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(lines.len() > 2, "{text}");
+    let got: String = lines
+        .iter()
+        .filter_map(|l| l["message"]["content"].as_str())
+        .collect();
+    assert_eq!(got, want);
+    let last = lines.last().unwrap();
+    assert_eq!(last["done"], true);
+    // the second run reused the cached prompt, yet counts it (as Ollama)
+    assert_eq!(last["prompt_eval_count"], v["prompt_eval_count"]);
+}
+
+#[test]
+fn tags_show_copy_delete_and_errors() {
+    let Some(model) = smol_path("tags_show_copy_delete_and_errors") else {
+        return;
+    };
+    let s = start(&model, &[]);
+    let (code, text) = s.call("GET", "/", None);
+    assert_eq!((code, text.as_str()), (200, "Ollama is running"));
+    assert!(s.get("/api/version")["version"].is_string());
+    let tags = s.get("/api/tags");
+    assert_eq!(tags["models"][0]["name"], "smollm2:135m");
+    assert_eq!(tags["models"][0]["details"]["family"], "llama");
+    assert_eq!(tags["models"][0]["digest"].as_str().unwrap().len(), 64);
+    let (code, show) = s.post("/api/show", json!({"model": "smollm2:135m"}));
+    assert_eq!(code, 200);
+    assert_eq!(show["model_info"]["general.architecture"], "llama");
+    assert!(show["capabilities"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("completion")));
+    // copy, then delete both ways
+    let (code, _) = s.call(
+        "POST",
+        "/api/copy",
+        Some(json!({"source": "smollm2:135m", "destination": "mine:v1"})),
+    );
+    assert_eq!(code, 200);
+    assert_eq!(s.get("/api/tags")["models"].as_array().unwrap().len(), 2);
+    assert_eq!(s.get("/v1/models")["data"].as_array().unwrap().len(), 2);
+    let (code, body) = s.call("DELETE", "/api/delete", Some(json!({"model": "mine:v1"})));
+    assert_eq!((code, body.as_str()), (200, ""));
+    let (code, body) = s.call("DELETE", "/api/delete", Some(json!({"model": "mine:v1"})));
+    assert_eq!(
+        (code, body.as_str()),
+        (404, r#"{"error":"model 'mine:v1' not found"}"#)
+    );
+    // errors as Ollama words them
+    let (code, v) = s.post("/api/generate", json!({"model": "nope"}));
+    assert_eq!((code, v), (404, json!({"error": "model 'nope' not found"})));
+    let (code, v) = s.post("/api/generate", json!({}));
+    assert_eq!((code, v), (404, json!({"error": "model '' not found"})));
+    let (code, v) = s.post("/api/chat", json!({}));
+    assert_eq!((code, v), (400, json!({"error": "model is required"})));
+    let (code, v) = s.post("/api/show", json!({"model": "nope"}));
+    assert_eq!((code, v), (404, json!({"error": "model 'nope' not found"})));
+    let (code, v) = s.post("/api/copy", json!({"source": "nope", "destination": "x"}));
+    assert_eq!(
+        (code, v),
+        (404, json!({"error": "model \"nope\" not found"}))
+    );
+    let (code, v) = s.post(
+        "/v1/chat/completions",
+        json!({"model": "nope", "messages": [{"role": "user", "content": "x"}]}),
+    );
+    assert_eq!(code, 404);
+    assert_eq!(v["error"]["type"], "not_found_error");
+    let bad = "POST /api/generate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 4\r\n\r\n{bad";
+    assert_eq!(s.raw(bad.as_bytes()), 400);
+    let empty = "POST /api/generate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n";
+    assert_eq!(s.raw(empty.as_bytes()), 400);
+    // a 10 GB body is refused at once, unread
+    let t0 = Instant::now();
+    let huge = "POST /api/chat HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 10000000000\r\n\r\n{\"model\":";
+    assert_eq!(s.raw(huge.as_bytes()), 413);
+    assert!(t0.elapsed() < Duration::from_secs(5));
+    // DNS rebinding guard: bound to loopback, a foreign Host is 403
+    let evil = "GET /api/tags HTTP/1.1\r\nHost: evil.example.com\r\n\r\n";
+    assert_eq!(s.raw(evil.as_bytes()), 403);
+    let local = "GET /api/tags HTTP/1.1\r\nHost: localhost:11434\r\n\r\n";
+    assert_eq!(s.raw(local.as_bytes()), 200);
+    // CORS: an allowed origin is echoed, another refused
+    let ok =
+        "GET /api/version HTTP/1.1\r\nHost: localhost\r\nOrigin: http://localhost:3000\r\n\r\n";
+    assert_eq!(s.raw(ok.as_bytes()), 200);
+    let no =
+        "GET /api/version HTTP/1.1\r\nHost: localhost\r\nOrigin: https://evil.example.com\r\n\r\n";
+    assert_eq!(s.raw(no.as_bytes()), 403);
+    // unknown path, wrong method
+    assert_eq!(s.call("GET", "/api/nothing", None).0, 404);
+    assert_eq!(s.call("GET", "/api/show", None).0, 405);
+    // blobs: HEAD 404 then POST with a wrong digest, then the right one
+    let d = protocol::Digest::of_bytes(b"hello");
+    let head = format!("HEAD /api/blobs/{d} HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    assert_eq!(s.raw(head.as_bytes()), 404);
+    let (code, v) = blob_post(&s, &d.to_string(), b"hellO");
+    assert_eq!(code, 400, "{v}");
+    assert!(v.starts_with(r#"{"error":"digest mismatch"#), "{v}");
+    assert_eq!(blob_post(&s, &d.to_string(), b"hello").0, 201);
+    assert_eq!(s.raw(head.as_bytes()), 200);
+    assert_eq!(blob_post(&s, &d.to_string(), b"hello").0, 200);
+    assert!(s
+        .store
+        .root()
+        .join("blobs")
+        .join(d.blob_file_name())
+        .exists());
+}
+
+fn blob_post(s: &Server, digest: &str, bytes: &[u8]) -> (u16, String) {
+    let mut r = s
+        .agent
+        .post(&s.url(&format!("/api/blobs/{digest}")))
+        .send(bytes)
+        .unwrap();
+    let code = r.status().as_u16();
+    (code, r.body_mut().read_to_string().unwrap())
+}
+
+#[test]
+fn keep_alive_zero_unloads_and_an_empty_prompt_loads() {
+    let Some(model) = smol_path("keep_alive_zero_unloads_and_an_empty_prompt_loads") else {
+        return;
+    };
+    let s = start(&model, &[]);
+    let (code, v) = s.post("/api/generate", json!({"model": "smollm2:135m"}));
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(
+        (v["done"].clone(), v["done_reason"].clone()),
+        (json!(true), json!("load"))
+    );
+    assert_eq!(s.get("/api/ps")["models"].as_array().unwrap().len(), 1);
+    let (code, v) = s.post(
+        "/api/generate",
+        json!({"model": "smollm2:135m", "keep_alive": 0}),
+    );
+    assert_eq!((code, v["done_reason"].clone()), (200, json!("unload")));
+    assert_eq!(s.get("/api/ps"), json!({"models": []}));
+    let mut req = greedy("Hi", 2);
+    req["keep_alive"] = json!(0);
+    let (code, v) = s.post("/api/generate", req);
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(s.get("/api/ps"), json!({"models": []}));
+    let (code, v) = s.post(
+        "/api/generate",
+        json!({"model": "smollm2:135m", "keep_alive": "10"}),
+    );
+    assert_eq!(code, 400, "{v}");
+}
+
+#[test]
+fn a_full_queue_answers_503() {
+    let Some(model) = smol_path("a_full_queue_answers_503") else {
+        return;
+    };
+    let s = std::sync::Arc::new(start(&model, &[("OLLAMA_MAX_QUEUE", "1")]));
+    let threads: Vec<_> = (0..4)
+        .map(|i| {
+            let s = s.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(100 * i));
+                s.post("/api/generate", greedy("Tell me a long story.", 24))
+            })
+        })
+        .collect();
+    let results: Vec<(u16, Value)> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let busy: Vec<_> = results.iter().filter(|(c, _)| *c == 503).collect();
+    assert!(results.iter().any(|(c, _)| *c == 200), "{results:?}");
+    assert!(!busy.is_empty(), "{results:?}");
+    assert_eq!(
+        busy[0].1,
+        json!({"error": "server busy, please try again.  maximum pending requests exceeded"})
+    );
+}
+
+#[test]
+fn a_client_gone_mid_stream_frees_the_model() {
+    let Some(model) = smol_path("a_client_gone_mid_stream_frees_the_model") else {
+        return;
+    };
+    let s = start(&model, &[]);
+    // load first, so the timing below is about generation only
+    assert_eq!(s.post("/api/generate", greedy("Hi", 1)).0, 200);
+    // a raw prompt greedy decoding repeats without end: only a cancel stops it
+    let body = json!({"model": "smollm2:135m", "prompt": "1 1 1 1 1 1 1 1 1 1 1 1", "raw": true,
+        "options": {"temperature": 0, "num_predict": 100000}})
+    .to_string();
+    let mut c = TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+    write!(
+        c,
+        "POST /api/generate HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut r = BufReader::new(c.try_clone().unwrap());
+    let mut chunks = 0;
+    while chunks < 10 {
+        let mut line = String::new();
+        assert!(r.read_line(&mut line).unwrap() > 0, "stream ended");
+        assert!(!line.contains("\"done\":true"), "{line}");
+        chunks += line.contains("\"done\":false") as usize;
+    }
+    drop(r);
+    c.shutdown(std::net::Shutdown::Both).unwrap();
+    drop(c);
+    // the next request runs promptly: the stream's generation was canceled
+    let t0 = Instant::now();
+    let (code, v) = s.post("/api/generate", greedy("Hi", 2));
+    assert_eq!(code, 200, "{v}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        t0.elapsed()
+    );
+    assert_eq!(v["eval_count"], 2);
+}
+
+#[test]
+fn openai_chat_completions_and_models() {
+    let Some(model) = smol_path("openai_chat_completions_and_models") else {
+        return;
+    };
+    let s = start(&model, &[]);
+    let msgs = json!([{"role": "user", "content": "Say hello."}]);
+    let (code, v) = s.post(
+        "/v1/chat/completions",
+        json!({"model": "smollm2:135m", "messages": msgs, "max_tokens": 6, "temperature": 0}),
+    );
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(v["choices"][0]["message"]["role"], "assistant");
+    assert_eq!(v["usage"]["completion_tokens"], 6);
+    let want = v["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (code, text) = s.call(
+        "POST",
+        "/v1/chat/completions",
+        Some(
+            json!({"model": "smollm2:135m", "messages": msgs, "max_tokens": 6,
+                    "temperature": 0, "stream": true, "stream_options": {"include_usage": true}}),
+        ),
+    );
+    assert_eq!(code, 200);
+    let events: Vec<&str> = text
+        .split("\n\n")
+        .filter(|e| !e.is_empty())
+        .map(|e| e.strip_prefix("data: ").unwrap())
+        .collect();
+    assert_eq!(*events.last().unwrap(), "[DONE]");
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let got: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(got, want);
+    let usage = chunks.last().unwrap();
+    assert_eq!(usage["choices"], json!([]));
+    assert_eq!(usage["usage"]["completion_tokens"], 6);
+    assert_eq!(
+        chunks[chunks.len() - 2]["choices"][0]["finish_reason"],
+        "length"
+    );
+    let (code, v) = s.post(
+        "/v1/completions",
+        json!({"model": "smollm2:135m", "prompt": "The sky is", "max_tokens": 4, "temperature": 0}),
+    );
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["object"], "text_completion");
+    assert!(v["choices"][0]["text"].is_string());
+    let m = s.get("/v1/models");
+    assert_eq!(m["data"][0]["id"], "smollm2:135m");
+    assert_eq!(m["data"][0]["owned_by"], "library");
+    assert_eq!(s.get("/v1/models/smollm2:135m")["id"], "smollm2:135m");
+    assert_eq!(s.call("GET", "/v1/models/nope:1", None).0, 404);
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let o = Command::new(env!("CARGO_BIN_EXE_serve"))
+        .arg("--bogus")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let o = Command::new(env!("CARGO_BIN_EXE_serve"))
+        .env("OLLAMA_HOST", "127.0.0.1:notaport")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("OLLAMA_HOST"), "{err}");
+}
+
+/// The official Python clients (ollama 0.6.3, openai 3.51.0) against the
+/// server, from a cached venv; SKIPPED when PyPI cannot be reached.
+#[test]
+fn official_python_clients() {
+    let Some(model) = smol_path("official_python_clients") else {
+        return;
+    };
+    let home = PathBuf::from(std::env::var_os("HOME").unwrap());
+    let venv = home.join(".cache/llpipe/venv-serve");
+    let py = venv.join("bin/python");
+    let ready = |py: &std::path::Path| {
+        Command::new(py)
+            .args(["-c", "import ollama, openai, importlib.metadata as m; assert m.version('ollama') == '0.6.3' and m.version('openai') == '3.51.0'"])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !ready(&py) {
+        let made = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .is_ok_and(|s| s.success());
+        let installed = made
+            && Command::new(venv.join("bin/pip"))
+                .args(["install", "-q", "ollama==0.6.3", "openai==3.51.0"])
+                .status()
+                .is_ok_and(|s| s.success());
+        if !installed || !ready(&py) {
+            println!(
+                "official_python_clients: SKIPPED: cannot install ollama and openai from PyPI"
+            );
+            return;
+        }
+    }
+    let s = start(&model, &[]);
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/clients.py");
+    let mut child = Command::new(&py)
+        .arg(&script)
+        .arg(format!("127.0.0.1:{}", s.port))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = String::new();
+    let mut err = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "clients.py failed:\n{out}\n{err}");
+    assert!(out.contains("all client checks passed"), "{out}");
+}
