@@ -39,10 +39,35 @@ fn man_pages_are_fresh() {
     }
 }
 
+/// The normal and build dependencies of package `krate`, one per line
+/// (`name vX.Y.Z …`), as `cargo tree` prints them.
+fn dependency_tree(krate: &str) -> String {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(&cargo)
+        .args([
+            "tree",
+            "--offline",
+            "-e",
+            "normal,build",
+            "-p",
+            krate,
+            "--prefix",
+            "none",
+        ])
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "cargo tree -p {krate}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// The store and network tools never link ggml (or llama.cpp).
 #[test]
 fn store_tools_do_not_link_ggml() {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     for tool in [
         "resolve",
         "verify",
@@ -54,26 +79,7 @@ fn store_tools_do_not_link_ggml() {
         "model-push",
         "gguf-inspect",
     ] {
-        let out = Command::new(&cargo)
-            .args([
-                "tree",
-                "--offline",
-                "-e",
-                "normal,build",
-                "-p",
-                tool,
-                "--prefix",
-                "none",
-            ])
-            .current_dir(root())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "cargo tree -p {tool}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let tree = String::from_utf8_lossy(&out.stdout);
+        let tree = dependency_tree(tool);
         for banned in ["llama-cpp-sys-2", "ggml ", "engine ", "models ", "runner "] {
             assert!(
                 !tree.lines().any(|l| l.starts_with(banned)),
@@ -87,7 +93,6 @@ fn store_tools_do_not_link_ggml() {
 /// other tool) links the server stack.
 #[test]
 fn only_serve_links_the_http_server() {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut crates: Vec<String> = [
         "protocol", "cli", "store", "gguf", "registry", "ggml", "engine", "models", "runner",
         "template",
@@ -97,26 +102,7 @@ fn only_serve_links_the_http_server() {
     .collect();
     crates.extend(tools().into_iter().filter(|t| t != "serve"));
     for krate in crates {
-        let out = Command::new(&cargo)
-            .args([
-                "tree",
-                "--offline",
-                "-e",
-                "normal,build",
-                "-p",
-                &krate,
-                "--prefix",
-                "none",
-            ])
-            .current_dir(root())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "cargo tree -p {krate}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let tree = String::from_utf8_lossy(&out.stdout);
+        let tree = dependency_tree(&krate);
         for banned in ["axum ", "hyper ", "tokio ", "serve "] {
             assert!(
                 !tree.lines().any(|l| l.starts_with(banned)),

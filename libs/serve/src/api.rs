@@ -623,6 +623,17 @@ pub(crate) fn str_field(v: &Value, k: &str) -> Option<String> {
     v.get(k).and_then(Value::as_str).map(str::to_owned)
 }
 
+/// The request's `model`, logged; 400 "model is required" when it is
+/// missing or empty.
+pub(crate) fn required_model(req: &Value, log: &Log) -> Result<String, ApiError> {
+    let name = str_field(req, "model").unwrap_or_default();
+    if name.is_empty() {
+        return Err(ApiError::bad("model is required"));
+    }
+    log.model(&name);
+    Ok(name)
+}
+
 fn stream_flag(req: &Value) -> bool {
     req.get("stream").and_then(Value::as_bool).unwrap_or(true)
 }
@@ -821,11 +832,7 @@ async fn chat_inner(
 ) -> Result<Response, ApiError> {
     let t0 = Instant::now();
     let req = read_json(&headers, body).await?;
-    let name = str_field(&req, "model").unwrap_or_default();
-    if name.is_empty() {
-        return Err(ApiError::bad("model is required"));
-    }
-    log.model(&name);
+    let name = required_model(&req, &log)?;
     let f = find(&app, &name, format!("model '{name}' not found"))?;
     if req
         .get("tools")

@@ -14,7 +14,7 @@ use runner::{InferOptions, RunResult};
 use serde_json::{json, Value};
 
 use crate::api::{
-    done_reason, find, keep_alive, parse_messages, run_options, start_chat, str_field, Found,
+    done_reason, find, keep_alive, parse_messages, required_model, run_options, start_chat, Found,
     Piece, Run, RunSpec,
 };
 use crate::http::{json, read_json, stream_response, ApiError};
@@ -152,11 +152,7 @@ async fn chat_inner(
 ) -> Result<Response, ApiError> {
     let t0 = Instant::now();
     let req = read_json(&headers, body).await?;
-    let name = str_field(&req, "model").unwrap_or_default();
-    if name.is_empty() {
-        return Err(ApiError::bad("model is required"));
-    }
-    log.model(&name);
+    let name = required_model(&req, &log)?;
     let messages = parse_messages(req.get("messages"))?;
     if messages.is_empty() {
         return Err(ApiError::bad("[] is too short - 'messages'"));
@@ -279,11 +275,7 @@ async fn completions_inner(
 ) -> Result<Response, ApiError> {
     let t0 = Instant::now();
     let req = read_json(&headers, body).await?;
-    let name = str_field(&req, "model").unwrap_or_default();
-    if name.is_empty() {
-        return Err(ApiError::bad("model is required"));
-    }
-    log.model(&name);
+    let name = required_model(&req, &log)?;
     let prompt = match req.get("prompt") {
         Some(Value::String(s)) => s.clone(),
         _ => return Err(ApiError::bad("prompt must be a string")),
