@@ -1,8 +1,15 @@
-//! The key/value cache of one sequence.
+//! The key/value cache of one or more sequences.
 //!
-//! Cell `i` holds the keys and values of the token at position `i`
-//! (positions are contiguous from 0; a context shift rebuilds the cache, see
-//! [`crate::session::Session::shift`]).
+//! The cells are divided into `n_seq` slots of `stride` cells, one per
+//! sequence: cell `s * stride + i` holds the keys and values of sequence
+//! `s`'s token at position `i` (positions are contiguous from 0; a context
+//! shift moves cells, see [`crate::session::Session::shift`]). A batch holds
+//! `m` tokens of each of several sequences ([`Layout`]); each attends only
+//! to its own slot, through 4-d views whose last dimension walks the slots,
+//! so one pass computes every sequence's next token (continuous batching).
+//! The stride is a multiple of [`N_KV_PAD`], so a sequence's cells fall on
+//! the same SIMD lanes in every slot and its results do not depend on which
+//! slot it is in or what else is in the batch.
 //!
 //! Two halves:
 //! * **runner side**, used by the session: [`KvStore::init`] allocates the
@@ -89,15 +96,21 @@ pub struct KvShape {
 /// our reductions the same length as the reference's.
 pub const N_KV_PAD: usize = 256;
 
-/// Per-layer K and V storage for `n_ctx` cells.
+/// Per-layer K and V storage for `n_seq` sequences of `n_ctx` cells.
 pub struct KvStore {
     shape: KvShape,
     n_ctx: usize,
+    n_seq: usize,
+    /// Cells per slot: `n_ctx`, rounded up to [`N_KV_PAD`] when there are
+    /// several.
+    stride: usize,
+    /// All cells, `stride * n_seq`.
+    n_cells: usize,
     ty: Type,
     flash: bool,
-    /// K of layer `l` at `2 l`: `[head_dim_k * n_head_kv, n_ctx]`; V at
-    /// `2 l + 1`: flash `[head_dim_v * n_head_kv, n_ctx]`, else
-    /// `[n_ctx, head_dim_v * n_head_kv]`.
+    /// K of layer `l` at `2 l`: `[head_dim_k * n_head_kv, n_cells]`; V at
+    /// `2 l + 1`: flash `[head_dim_v * n_head_kv, n_cells]`, else
+    /// `[n_cells, head_dim_v * n_head_kv]`.
     cells: Persistent,
     n_rot_k: usize, // Hadamard size for Q/K (0: no rotation)
     n_rot_v: usize, // Hadamard size for V (0: no rotation)
@@ -107,14 +120,27 @@ pub struct KvStore {
 pub const N_INPUTS: usize = 6;
 
 impl KvStore {
-    /// Allocates a zeroed cache of `n_ctx` cells on `backend`.
+    /// Allocates a zeroed cache of `n_seq` slots of `n_ctx` cells on `backend`.
     pub fn init(
         backend: &Backend,
         shape: KvShape,
-        n_ctx: usize,
+        (n_ctx, n_seq): (usize, usize),
         ty: KvType,
         flash: bool,
     ) -> Result<KvStore> {
+        if n_seq == 0 || n_ctx == 0 {
+            return Err(Error::invalid(format!(
+                "a cache of {n_seq} sequences of {n_ctx} cells holds nothing"
+            )));
+        }
+        let stride = if n_seq > 1 {
+            n_ctx.div_ceil(N_KV_PAD) * N_KV_PAD
+        } else {
+            n_ctx
+        };
+        let n_cells = stride
+            .checked_mul(n_seq)
+            .ok_or_else(|| Error::invalid(format!("{n_seq} sequences of {n_ctx} cells")))?;
         if ty != KvType::F16 && !flash {
             return Err(Error::invalid(format!(
                 "kv cache type {ty:?} needs flash attention"
@@ -131,7 +157,7 @@ impl KvStore {
                 shape.head_dim_k
             )));
         }
-        let n = n_ctx as i64;
+        let n = n_cells as i64;
         let mut specs = vec![];
         for _ in 0..shape.n_layer {
             specs.push((ty, vec![ek as i64, n]));
@@ -147,6 +173,9 @@ impl KvStore {
         Ok(KvStore {
             shape,
             n_ctx,
+            n_seq,
+            stride,
+            n_cells,
             ty,
             flash,
             cells: Persistent::new(backend, &specs)?,
@@ -155,9 +184,20 @@ impl KvStore {
         })
     }
 
-    /// Cells in the cache.
+    /// Cells of one sequence.
     pub fn n_ctx(&self) -> usize {
         self.n_ctx
+    }
+
+    /// Sequences (slots).
+    pub fn n_seq(&self) -> usize {
+        self.n_seq
+    }
+
+    /// The first cell of slot `seq`.
+    pub fn slot_start(&self, seq: usize) -> usize {
+        assert!(seq < self.n_seq, "sequence {seq} of {}", self.n_seq);
+        seq * self.stride
     }
 
     /// Whether attention uses the fused flash path.
@@ -173,33 +213,29 @@ impl KvStore {
         self.cells.get(2 * layer + 1)
     }
 
-    /// Cells a batch of `n_tokens` at `pos0` attends to (the graph's shape
-    /// depends on it and on `n_tokens` only).
-    pub fn n_kv_for_batch(&self, pos0: usize, n_tokens: usize) -> usize {
-        n_kv_for(pos0 + n_tokens, self.n_ctx)
+    /// Cells each sequence of a batch attends to, when the longest ends
+    /// before position `end` (the graph's shape depends on it, on the
+    /// batch's sequences and on tokens per sequence only).
+    pub fn n_kv_for_end(&self, end: usize) -> usize {
+        n_kv_for(end, self.n_ctx)
     }
 
-    /// The cache as a graph of a batch of `n_tokens` tokens at positions
-    /// `pos0..pos0 + n_tokens` sees it, with its inputs created in `ctx`
-    /// (handed to the plan by [`KvCache::inputs`], written by
-    /// [`KvStore::write_inputs`]). The graph can run again for any batch of
-    /// the same `n_tokens` and [`KvStore::n_kv_for_batch`].
-    pub fn batch<'c>(&'c self, ctx: &'c Context, pos0: usize, n_tokens: usize) -> KvCache<'c> {
-        assert!(
-            n_tokens > 0 && pos0 + n_tokens <= self.n_ctx,
-            "batch {pos0}+{n_tokens} outside cache of {}",
-            self.n_ctx
-        );
-        let n_kv = self.n_kv_for_batch(pos0, n_tokens);
+    /// The cache as the graph of a batch of layout `lay` sees it, with its
+    /// inputs created in `ctx` (handed to the plan by [`KvCache::inputs`],
+    /// written by [`KvStore::write_inputs`]). The graph can run again for
+    /// any batch of the same sequences, tokens per sequence and `n_kv`.
+    pub fn batch<'c>(&'c self, ctx: &'c Context, lay: &Layout) -> KvCache<'c> {
+        lay.check(self);
+        let (m, n_seq, n_kv) = (lay.m as i64, lay.seqs.len() as i64, lay.n_kv as i64);
+        let n_tokens = m * n_seq;
         let ev = (self.shape.head_dim_v * self.shape.n_head_kv) as i64;
-        let mask = || ctx.input(Type::F16, &[n_kv as i64, n_tokens as i64]);
+        let mask = || ctx.input(Type::F16, &[n_kv, m, 1, n_seq]);
         let rot = |n: usize| (n > 0).then(|| ctx.input(Type::F32, &[n as i64, n as i64]));
         KvCache {
             store: self,
-            n_tokens,
-            n_kv,
-            k_idx: ctx.input(Type::I64, &[n_tokens as i64]),
-            v_idx: (!self.flash).then(|| ctx.input(Type::I64, &[n_tokens as i64 * ev])),
+            lay: lay.clone(),
+            k_idx: ctx.input(Type::I64, &[n_tokens]),
+            v_idx: (!self.flash).then(|| ctx.input(Type::I64, &[n_tokens * ev])),
             mask: mask(),
             mask_swa: (self.shape.n_swa > 0).then(mask),
             k_rot: rot(self.n_rot_k),
@@ -209,32 +245,44 @@ impl KvStore {
 
     /// Fills the inputs of a graph built over [`KvStore::batch`] (after
     /// allocation; `inputs` as [`KvCache::inputs`] listed them) for a batch
-    /// of `n_tokens` at `pos0`, queued on `plan` (the one computing the
-    /// graph). Panics when the batch does not have the graph's shape.
+    /// whose sequence `lay.seqs[i]` has its tokens at `pos0[i]..pos0[i] + m`,
+    /// queued on `plan` (the one computing the graph). Panics when the
+    /// batch does not have the graph's shape.
     pub fn write_inputs<S>(
         &self,
         plan: &Plan<'_, S>,
         inputs: [Option<TensorMut>; N_INPUTS],
-        pos0: usize,
-        n_tokens: usize,
+        lay: &Layout,
+        pos0: &[usize],
     ) {
         let [k_idx, v_idx, mask, mask_swa, k_rot, v_rot] = inputs;
         let (k_idx, mask) = (k_idx.expect("k_idx input"), mask.expect("mask input"));
-        let n_kv = mask.ne()[0] as usize;
+        let (m, n_kv) = (lay.m, lay.n_kv);
         assert!(
-            k_idx.ne()[0] as usize == n_tokens && self.n_kv_for_batch(pos0, n_tokens) == n_kv,
-            "batch {pos0}+{n_tokens} does not have the shape of the graph"
+            pos0.len() == lay.seqs.len()
+                && k_idx.ne()[0] as usize == m * lay.seqs.len()
+                && mask.ne()[0] as usize == n_kv
+                && pos0.iter().all(|&p| self.n_kv_for_end(p + m) <= n_kv),
+            "batch at {pos0:?} does not have the shape of the graph"
         );
-        let cells: Vec<i64> = (pos0..pos0 + n_tokens).map(|p| p as i64).collect();
+        let mut cells = Vec::with_capacity(m * pos0.len());
+        let (mut causal, mut swa) = (vec![], vec![]);
+        for (&seq, &p) in lay.seqs.iter().zip(pos0) {
+            let first = self.slot_start(seq) + p;
+            cells.extend((first..first + m).map(|c| c as i64));
+            causal.extend(causal_mask(p, m, n_kv));
+            if mask_swa.is_some() {
+                swa.extend(sliding_window_mask(p, m, n_kv, self.shape.n_swa));
+            }
+        }
         plan.set_i64(k_idx, &cells);
         if let Some(v_idx) = v_idx {
             let ev = self.shape.head_dim_v * self.shape.n_head_kv;
-            plan.set_i64(v_idx, &transposed_v_rows(&cells, ev, self.n_ctx));
+            plan.set_i64(v_idx, &transposed_v_rows(&cells, ev, self.n_cells));
         }
-        plan.set_f32_as_f16(mask, &causal_mask(pos0, n_tokens, n_kv));
-        if let Some(m) = mask_swa {
-            let swa = sliding_window_mask(pos0, n_tokens, n_kv, self.shape.n_swa);
-            plan.set_f32_as_f16(m, &swa);
+        plan.set_f32_as_f16(mask, &causal);
+        if let Some(mask_swa) = mask_swa {
+            plan.set_f32_as_f16(mask_swa, &swa);
         }
         for (t, n) in [(k_rot, self.n_rot_k), (v_rot, self.n_rot_v)] {
             if let Some(t) = t {
@@ -262,7 +310,7 @@ impl KvStore {
         (from, to, n): (usize, usize, usize),
         mut rerotate: impl FnMut(Tensor<'c>, usize) -> Option<Tensor<'c>>,
     ) -> bool {
-        assert!(self.can_shift_cells() && to < from && from + n <= self.n_ctx);
+        assert!(self.can_shift_cells() && to < from && from + n <= self.n_cells);
         let s = self.shape;
         let (hk, hv, nh) = (s.head_dim_k, s.head_dim_v, s.n_head_kv);
         let es = self.ty.type_size();
@@ -309,8 +357,7 @@ impl KvStore {
 /// context.
 pub struct KvCache<'c> {
     store: &'c KvStore,
-    n_tokens: usize,
-    n_kv: usize,
+    lay: Layout,
     k_idx: TensorMut<'c>,            // [n_tokens] i64: cell of each token
     v_idx: Option<TensorMut<'c>>,    // [n_tokens * n_embd_v] i64 (transposed V only)
     mask: TensorMut<'c>,             // [n_kv, n_tokens] f16
@@ -338,7 +385,7 @@ impl<'c> KvCache<'c> {
         self.store.flash
     }
 
-    /// Cells in the cache.
+    /// Cells of one sequence.
     pub fn n_ctx(&self) -> usize {
         self.store.n_ctx
     }
@@ -349,7 +396,7 @@ impl<'c> KvCache<'c> {
     pub fn put(&self, ctx: &'c Context, g: &Graph<'c>, layer: usize, k: Tensor<'c>, v: Tensor<'c>) {
         let s = self.store.shape;
         let (ek, ev) = (s.head_dim_k * s.n_head_kv, s.head_dim_v * s.n_head_kv);
-        let t = self.n_tokens as i64;
+        let t = (self.lay.m * self.lay.seqs.len()) as i64;
         assert!(
             k.ne()[..3] == [s.head_dim_k as i64, s.n_head_kv as i64, t],
             "kv put k {:?}",
@@ -361,7 +408,7 @@ impl<'c> KvCache<'c> {
         g.expand(ctx.set_rows(self.store.k(layer), k2, self.k_idx));
         if let Some(v_idx) = self.v_idx {
             // every element is its own row of the flattened transposed cache
-            let n = (ev * self.store.n_ctx) as i64;
+            let n = (ev * self.store.n_cells) as i64;
             let dst = ctx.reshape_2d_mut(self.store.v(layer), 1, n);
             g.expand(ctx.set_rows(dst, ctx.reshape_2d(v, 1, ev as i64 * t), v_idx));
         } else {
@@ -370,43 +417,78 @@ impl<'c> KvCache<'c> {
         }
     }
 
-    /// Keys and values of the cells this batch attends to, each
-    /// `[head_dim, n_kv, n_head_kv]` (a view; V may be a transposed view).
-    pub fn get(&self, ctx: &'c Context, layer: usize) -> (Tensor<'c>, Tensor<'c>) {
+    /// Attention of this batch's queries `q [head_dim, n_head, n_tokens]`
+    /// (rotated by [`KvCache::rotate_q`]) over the cells of `layer` under
+    /// `mask` ([`KvCache::mask`] or [`KvCache::mask_swa`]): each sequence
+    /// attends to its own slot. Returns `[head_dim_v * n_head, n_tokens]`.
+    ///
+    /// Sequences in consecutive slots share one 4-d attention (its last
+    /// dimension walks the slots); a gap in the slots starts another, and
+    /// their outputs are joined.
+    pub fn attend(
+        &self,
+        ctx: &'c Context,
+        layer: usize,
+        q: Tensor<'c>,
+        mask: Tensor<'c>,
+        scale: f32,
+    ) -> Tensor<'c> {
         let st = self.store;
         let s = st.shape;
-        let (hk, hv, n_kv) = (s.head_dim_k, s.head_dim_v, self.n_kv as i64);
+        let (hk, hv, nkv) = (s.head_dim_k as i64, s.head_dim_v as i64, s.n_head_kv as i64);
+        let (m, n_kv) = (self.lay.m as i64, self.lay.n_kv as i64);
+        let nh = q.ne()[1];
         let k = st.k(layer).t();
-        let kview = ctx.view_3d(
-            k,
-            [hk as i64, s.n_head_kv as i64, n_kv],
-            st.ty.row_size(hk),
-            k.nb()[1],
-            0,
-        );
-        let k = ctx.permute(kview, [0, 2, 1, 3]);
         let v = st.v(layer).t();
-        let v = if st.flash {
-            let vview = ctx.view_3d(
-                v,
-                [hv as i64, s.n_head_kv as i64, n_kv],
-                st.ty.row_size(hv),
-                v.nb()[1],
-                0,
+        let (kb, vb, es) = (k.nb()[1], v.nb()[1], st.ty.type_size());
+        let mut out: Option<Tensor<'c>> = None;
+        for (first, slot, n) in self.lay.runs() {
+            let n = n as i64;
+            // q: tokens of these sequences → [head_dim, m, n_head, n]
+            let (qb1, qb2) = (q.nb()[1], q.nb()[2]);
+            let qr = ctx.view_4d(
+                q,
+                [q.ne()[0], nh, m, n],
+                [qb1, qb2, qb2 * m as usize],
+                first * m as usize * qb2,
             );
-            ctx.permute(vview, [0, 2, 1, 3])
-        } else {
-            let es = st.ty.type_size();
-            let vt = ctx.view_3d(
-                v,
-                [n_kv, hv as i64, s.n_head_kv as i64],
-                st.n_ctx * es,
-                st.n_ctx * es * hv,
-                0,
+            let qr = ctx.permute(qr, [0, 2, 1, 3]);
+            // k: [head_dim, n_kv, n_head_kv, n], slot after slot
+            let at = st.slot_start(slot);
+            let kr = ctx.view_4d(
+                k,
+                [hk, nkv, n_kv, n],
+                [st.ty.row_size(hk as usize), kb, st.stride * kb],
+                at * kb,
             );
-            ctx.permute(vt, [1, 0, 2, 3]) // [n_kv, hv, h] → [hv, n_kv, h]
-        };
-        (k, v)
+            let kr = ctx.permute(kr, [0, 2, 1, 3]);
+            let vr = if st.flash {
+                let vr = ctx.view_4d(
+                    v,
+                    [hv, nkv, n_kv, n],
+                    [st.ty.row_size(hv as usize), vb, st.stride * vb],
+                    at * vb,
+                );
+                ctx.permute(vr, [0, 2, 1, 3])
+            } else {
+                // transposed: [n_cells, hv * nkv]; a cell is a column
+                let vt = ctx.view_4d(
+                    v,
+                    [n_kv, hv, nkv, n],
+                    [vb, vb * hv as usize, st.stride * es],
+                    at * es,
+                );
+                ctx.permute(vt, [1, 0, 2, 3]) // [n_kv, hv, h, n] → [hv, n_kv, h, n]
+            };
+            let mb = mask.nb();
+            let mr = ctx.view_4d(mask, [n_kv, m, 1, n], [mb[1], mb[2], mb[3]], first * mb[3]);
+            let o = ctx.scaled_dot_product_attention(qr, kr, vr, mr, scale, st.flash); // [hv * n_head, m * n]
+            out = Some(match out {
+                None => o,
+                Some(prev) => ctx.concat(prev, o, 1),
+            });
+        }
+        out.expect("a batch has a sequence")
     }
 
     /// Rotates queries `[head_dim, n_head, n_tokens]` like the cached keys.
@@ -419,17 +501,57 @@ impl<'c> KvCache<'c> {
         self.v_rot.map_or(out, |h| ctx.hadamard_rotate(out, h))
     }
 
-    /// The causal mask of this batch, `[n_kv, n_tokens]` f16: 0 where a token
-    /// may attend, -inf elsewhere.
+    /// The causal mask of this batch, `[n_kv, m, 1, n_seq]` f16: 0 where a
+    /// token may attend, -inf elsewhere.
     pub fn mask(&self) -> Tensor<'c> {
         self.mask.t()
     }
 
-    /// The mask of sliding-window layers, `[n_kv, n_tokens]` f16: causal and
+    /// The mask of sliding-window layers, `[n_kv, m, 1, n_seq]` f16: causal and
     /// at most `n_swa` cells back (see [`KvShape::n_swa`]). Panics when the
     /// shape has no window.
     pub fn mask_swa(&self) -> Tensor<'c> {
         self.mask_swa.expect("a shape with n_swa > 0").t()
+    }
+}
+
+/// Which sequences a batch holds and how: `m` tokens of each of `seqs`
+/// (in that order in the batch, ascending slots), attending to `n_kv`
+/// cells of their slots. A graph fits every batch of the same layout.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Layout {
+    /// Tokens per sequence.
+    pub m: usize,
+    /// Slots, ascending.
+    pub seqs: Vec<usize>,
+    /// Cells each attends to ([`KvStore::n_kv_for_end`] of the longest).
+    pub n_kv: usize,
+}
+
+impl Layout {
+    /// Runs of consecutive slots: `(index in seqs, first slot, count)`.
+    fn runs(&self) -> Vec<(usize, usize, usize)> {
+        let mut runs: Vec<(usize, usize, usize)> = vec![];
+        for (i, &s) in self.seqs.iter().enumerate() {
+            match runs.last_mut() {
+                Some((_, first, n)) if *first + *n == s => *n += 1,
+                _ => runs.push((i, s, 1)),
+            }
+        }
+        runs
+    }
+
+    fn check(&self, st: &KvStore) {
+        assert!(
+            self.m > 0
+                && !self.seqs.is_empty()
+                && self.seqs.windows(2).all(|w| w[0] < w[1])
+                && self.seqs.iter().all(|&s| s < st.n_seq)
+                && self.n_kv <= st.n_ctx,
+            "batch layout {self:?} outside a cache of {} x {}",
+            st.n_seq,
+            st.n_ctx
+        );
     }
 }
 
@@ -544,7 +666,7 @@ mod tests {
             head_dim_v: 64,
             n_swa: 0,
         };
-        assert!(KvStore::init(&b, shape, 16, KvType::Q8_0, false).is_err());
-        assert!(KvStore::init(&b, shape, 16, KvType::Q8_0, true).is_ok());
+        assert!(KvStore::init(&b, shape, (16, 1), KvType::Q8_0, false).is_err());
+        assert!(KvStore::init(&b, shape, (16, 1), KvType::Q8_0, true).is_ok());
     }
 }

@@ -12,7 +12,7 @@
 
 use ggml::{Backend, Built, Context, Device, Graph, Plan, Tensor, Type};
 
-use crate::kv_cache::{KvCache, KvShape, KvStore, KvType};
+use crate::kv_cache::{KvCache, KvShape, KvStore, KvType, Layout};
 use crate::{Error, Result};
 
 /// What a model gives the session. Implemented per architecture in `models`.
@@ -77,8 +77,11 @@ pub struct Inputs<'c> {
 /// How to run a session.
 #[derive(Clone, Debug)]
 pub struct SessionOptions {
-    /// Context length (cells in the cache).
+    /// Context length (cells in the cache per sequence).
     pub n_ctx: usize,
+    /// Sequences the cache holds, each with its own context of `n_ctx`
+    /// ([`Session::step`] runs one token of several in one pass).
+    pub n_seq: usize,
     /// Tokens per forward pass while reading a prompt.
     pub n_batch: usize,
     /// CPU threads (unused when the model lives on a GPU).
@@ -98,6 +101,7 @@ impl Default for SessionOptions {
     fn default() -> Self {
         SessionOptions {
             n_ctx: 4096,
+            n_seq: 1,
             n_batch: 512,
             n_threads: crate::default_threads(),
             kv_type: KvType::F16,
@@ -114,14 +118,17 @@ const POS: usize = 1;
 const OUT_IDS: usize = 2;
 const KV_INPUTS: usize = 3;
 
-/// A model plus its cache and compute resources, for one sequence.
+/// A model plus its cache and compute resources, for one sequence or a
+/// few (`SessionOptions::n_seq`): the methods without a sequence number
+/// work on sequence 0.
 pub struct Session<'m> {
     model: &'m dyn Model,
     /// The graph of the last batch, with the cache (its state), the compute
     /// buffer and the backend; its graphs read the model's weights for `'m`.
     plan: Plan<'m, KvStore>,
     n_batch: usize,
-    history: Vec<i32>,
+    /// The tokens in each sequence's cells.
+    seqs: Vec<Vec<i32>>,
     logits: Vec<f32>,
     /// Whether generation steps (one token, or a batch with logits for each
     /// row) run ggml's one-row kernels, so that a verified draft equals a
@@ -137,11 +144,11 @@ pub struct Session<'m> {
 }
 
 /// The shape of a forward pass's graph.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 struct Shape {
-    n_tokens: usize,
-    n_kv: usize,
-    n_out: usize,
+    lay: Layout,
+    /// Logits for every token, or the last of each sequence.
+    all: bool,
 }
 
 impl<'m> Session<'m> {
@@ -159,7 +166,7 @@ impl<'m> Session<'m> {
         let kv = KvStore::init(
             &backend,
             model.kv_shape(),
-            n_ctx,
+            (n_ctx, opts.n_seq),
             opts.kv_type,
             opts.flash_attn || opts.kv_type != KvType::F16,
         )?;
@@ -174,7 +181,7 @@ impl<'m> Session<'m> {
             model,
             plan,
             n_batch,
-            history: vec![],
+            seqs: vec![vec![]; opts.n_seq],
             logits: vec![],
             last: None,
             graphs_built: 0,
@@ -184,21 +191,36 @@ impl<'m> Session<'m> {
     }
 
     /// Sizes the compute buffer with the largest graph: a full batch at the
-    /// end of the context.
+    /// end of the context (or one token of every sequence there, if more).
     fn reserve(&mut self) -> Result<()> {
-        let n = self.n_batch;
-        let pos0 = self.n_ctx() - n;
-        self.build(pos0, n, n);
+        let n_ctx = self.n_ctx();
+        let n_seq = self.seqs.len();
+        let lay = if n_seq > self.n_batch {
+            Layout {
+                m: 1,
+                seqs: (0..n_seq).collect(),
+                n_kv: n_ctx,
+            }
+        } else {
+            Layout {
+                m: self.n_batch,
+                seqs: vec![0],
+                n_kv: n_ctx,
+            }
+        };
+        self.build(&Shape { lay, all: true });
         self.plan.check_supports()?;
         self.plan.reserve()?;
         Ok(())
     }
 
-    /// Builds the forward pass of a batch of `n` tokens at `pos0` with
-    /// logits for `n_out` of them (not allocated).
-    fn build(&mut self, pos0: usize, n: usize, n_out: usize) {
+    /// Builds the forward pass of a batch of `shape` (not allocated).
+    fn build(&mut self, shape: &Shape) {
         self.last = None;
         let model = self.model;
+        let lay = &shape.lay;
+        let n = lay.m * lay.seqs.len();
+        let n_out = if shape.all { n } else { lay.seqs.len() };
         self.plan.build(|ctx, g, kv, _| {
             let tokens = ctx.input(Type::I32, &[n as i64]);
             let pos = ctx.input(Type::I32, &[n as i64]);
@@ -209,7 +231,7 @@ impl<'m> Session<'m> {
                 out_ids: out_ids.t(),
                 n_tokens: n,
             };
-            let kv = kv.batch(ctx, pos0, n);
+            let kv = kv.batch(ctx, lay);
             let logits = model.forward(ctx, g, &inp, &kv).set_output();
             let mut inputs = vec![Some(tokens), Some(pos), Some(out_ids)];
             inputs.extend(kv.inputs());
@@ -220,9 +242,14 @@ impl<'m> Session<'m> {
         });
     }
 
-    /// Context length.
+    /// Context length (of each sequence).
     pub fn n_ctx(&self) -> usize {
         self.plan.state().n_ctx()
+    }
+
+    /// Sequences the cache holds.
+    pub fn n_seq(&self) -> usize {
+        self.seqs.len()
     }
 
     /// How many graphs [`Session::decode`] has built so far (the others ran
@@ -231,19 +258,81 @@ impl<'m> Session<'m> {
         self.graphs_built
     }
 
-    /// Tokens in the cache.
+    /// Tokens in the cache (sequence 0).
     pub fn history(&self) -> &[i32] {
-        &self.history
+        &self.seqs[0]
+    }
+
+    /// Tokens in the cells of sequence `seq`.
+    pub fn history_of(&self, seq: usize) -> &[i32] {
+        &self.seqs[seq]
     }
 
     /// Runs `tokens` after those already in the cache and returns the logits
     /// of the last one. Fails when they do not fit (see [`Session::shift`]).
     pub fn decode(&mut self, tokens: &[i32]) -> Result<&[f32]> {
-        self.check_fits(tokens)?;
+        self.decode_seq(0, tokens)
+    }
+
+    /// [`Session::decode`] for sequence `seq`.
+    pub fn decode_seq(&mut self, seq: usize, tokens: &[i32]) -> Result<&[f32]> {
+        self.check_seq(seq)?;
+        self.check_fits(seq, tokens.len())?;
         for chunk in tokens.chunks(self.n_batch) {
-            self.pass(chunk, false)?;
+            self.pass(&[(seq, chunk)], false)?;
         }
         Ok(&self.logits)
+    }
+
+    /// One token after each of several sequences, in one forward pass:
+    /// `steps` lists `(sequence, token)`, each sequence at most once.
+    /// Returns the logits after each, `[n_vocab] × steps.len()` in the
+    /// order of `steps`. Each row equals what [`Session::decode_seq`] of
+    /// that token alone gives, bit for bit, on the CPU with an f16 cache.
+    pub fn step(&mut self, steps: &[(usize, i32)]) -> Result<&[f32]> {
+        if steps.is_empty() {
+            return Err(Error::invalid("nothing to decode".into()));
+        }
+        let mut order: Vec<usize> = (0..steps.len()).collect();
+        order.sort_by_key(|&i| steps[i].0);
+        for w in order.windows(2) {
+            if steps[w[0]].0 == steps[w[1]].0 {
+                return Err(Error::invalid(format!(
+                    "sequence {} appears twice in one step",
+                    steps[w[0]].0
+                )));
+            }
+        }
+        for &(seq, _) in steps {
+            self.check_seq(seq)?;
+            self.check_fits(seq, 1)?;
+        }
+        let toks: Vec<[i32; 1]> = order.iter().map(|&i| [steps[i].1]).collect();
+        let items: Vec<(usize, &[i32])> = order
+            .iter()
+            .zip(&toks)
+            .map(|(&i, t)| (steps[i].0, &t[..]))
+            .collect();
+        self.pass(&items, true)?;
+        // rows come in slot order; put them back in the caller's
+        let n_vocab = self.model.n_vocab();
+        let sorted = std::mem::take(&mut self.logits);
+        self.logits = vec![0.0; sorted.len()];
+        for (row, &i) in order.iter().enumerate() {
+            self.logits[i * n_vocab..(i + 1) * n_vocab]
+                .copy_from_slice(&sorted[row * n_vocab..(row + 1) * n_vocab]);
+        }
+        Ok(&self.logits)
+    }
+
+    fn check_seq(&self, seq: usize) -> Result<()> {
+        if seq >= self.seqs.len() {
+            return Err(Error::invalid(format!(
+                "sequence {seq} outside a cache of {} sequences",
+                self.seqs.len()
+            )));
+        }
+        Ok(())
     }
 
     /// Whether [`Session::decode_all`] gives each row the logits a one-token
@@ -258,7 +347,7 @@ impl<'m> Session<'m> {
     /// tokens in one pass (see `generate`); [`Session::truncate`] takes back
     /// those rejected.
     pub fn decode_all(&mut self, tokens: &[i32]) -> Result<&[f32]> {
-        self.check_fits(tokens)?;
+        self.check_fits(0, tokens.len())?;
         if tokens.len() > self.n_batch {
             return Err(Error::invalid(format!(
                 "{} tokens with logits each exceed the batch of {}",
@@ -266,73 +355,88 @@ impl<'m> Session<'m> {
                 self.n_batch
             )));
         }
-        self.pass(tokens, true)?;
+        self.pass(&[(0, tokens)], true)?;
         Ok(&self.logits)
     }
 
-    fn check_fits(&self, tokens: &[i32]) -> Result<()> {
-        if tokens.is_empty() {
+    fn check_fits(&self, seq: usize, n: usize) -> Result<()> {
+        if n == 0 {
             return Err(Error::invalid("nothing to decode".into()));
         }
-        if self.history.len() + tokens.len() > self.n_ctx() {
+        let have = self.seqs[seq].len();
+        if have + n > self.n_ctx() {
             return Err(Error::invalid(format!(
-                "{} tokens do not fit after {} in a context of {}",
-                tokens.len(),
-                self.history.len(),
+                "{n} tokens do not fit after {have} in a context of {}",
                 self.n_ctx()
             )));
         }
         Ok(())
     }
 
-    /// One forward pass over `chunk` (at most `n_batch` tokens, fitting the
-    /// context); leaves in `self.logits` the last token's logits, or every
-    /// token's with `all`.
-    fn pass(&mut self, chunk: &[i32], all: bool) -> Result<()> {
+    /// One forward pass over `items`: `(sequence, tokens)` in ascending
+    /// sequence order, the same number of tokens each (at most `n_batch`
+    /// in all, fitting each context); leaves in `self.logits` the last
+    /// token's logits of each sequence, or every token's with `all`.
+    fn pass(&mut self, items: &[(usize, &[i32])], all: bool) -> Result<()> {
         let n_vocab = self.model.n_vocab();
-        let pos0 = self.history.len();
-        let n = chunk.len();
-        let n_out = if all { n } else { 1 };
+        let m = items[0].1.len();
+        debug_assert!(items.iter().all(|(_, t)| t.len() == m));
+        let pos0: Vec<usize> = items.iter().map(|&(s, _)| self.seqs[s].len()).collect();
+        let end = pos0.iter().max().expect("a sequence") + m;
         let shape = Shape {
-            n_tokens: n,
-            n_kv: self.plan.state().n_kv_for_batch(pos0, n),
-            n_out,
+            lay: Layout {
+                m,
+                seqs: items.iter().map(|&(s, _)| s).collect(),
+                n_kv: self.plan.state().n_kv_for_end(end),
+            },
+            all,
         };
-        if self.last != Some(shape) {
-            self.build(pos0, n, n_out);
+        let n = m * items.len();
+        let n_out = if all { n } else { items.len() };
+        if self.last.as_ref() != Some(&shape) {
+            self.build(&shape);
             self.plan.alloc()?;
             self.graphs_built += 1;
-            self.last = Some(shape);
+            self.last = Some(shape.clone());
         }
         let plan = &self.plan;
         let be = plan.backend();
         let input = |i: usize| plan.input(i).expect("forward pass input");
-        plan.set_i32(input(TOKENS), chunk);
-        let pos: Vec<i32> = (pos0..pos0 + n).map(|p| p as i32).collect();
+        let tokens: Vec<i32> = items.iter().flat_map(|(_, t)| t.iter().copied()).collect();
+        plan.set_i32(input(TOKENS), &tokens);
+        let pos: Vec<i32> = pos0
+            .iter()
+            .flat_map(|&p| (p..p + m).map(|p| p as i32))
+            .collect();
         plan.set_i32(input(POS), &pos);
-        if all {
-            plan.set_i32(input(OUT_IDS), &(0..n as i32).collect::<Vec<_>>());
+        let out_ids: Vec<i32> = if all {
+            (0..n as i32).collect()
         } else {
-            plan.set_i32(input(OUT_IDS), &[n as i32 - 1]);
-        }
+            (1..=items.len()).map(|i| (i * m) as i32 - 1).collect()
+        };
+        plan.set_i32(input(OUT_IDS), &out_ids);
         let kv_inputs = std::array::from_fn(|i| plan.input(KV_INPUTS + i));
-        plan.state().write_inputs(plan, kv_inputs, pos0, n);
+        plan.state()
+            .write_inputs(plan, kv_inputs, &shape.lay, &pos0);
         self.model.before_pass();
-        // A generation step (one token, or drafts with logits each) takes
-        // the one-row kernels: ggml's batched ones (tinyBLAS for f16 and
-        // Q8_0 from 2 rows, tiled K-quants from 8, split-KV flash attention
-        // for one row) add in other orders. Numerically, for one row this
-        // only turns off the split-KV flash attention (contexts ≥ 512) and
-        // the fused rms_norm·mul (same arithmetic). Prompt batches keep the
-        // fast kernels.
-        let reference = self.batch_invariant || (self.exact_steps && (all || n == 1));
+        // A generation step (one token, or drafts with logits each, or one
+        // token of each of several sequences) takes the one-row kernels:
+        // ggml's batched ones (tinyBLAS for f16 and Q8_0 from 2 rows, tiled
+        // K-quants from 8, split-KV flash attention for one row) add in
+        // other orders. Numerically, for one row this only turns off the
+        // split-KV flash attention (contexts ≥ 512) and the fused
+        // rms_norm·mul (same arithmetic). Prompt batches keep the fast
+        // kernels.
+        let reference = self.batch_invariant || (self.exact_steps && (all || m == 1));
         be.set_reference_kernels(reference);
         let r = plan.compute();
         if reference {
             be.set_reference_kernels(false);
         }
         r?;
-        self.history.extend_from_slice(chunk);
+        for &(seq, toks) in items {
+            self.seqs[seq].extend_from_slice(toks);
+        }
         self.logits.resize(n_vocab * n_out, 0.0);
         self.plan.output(0).read_f32_at(0, &mut self.logits);
         Ok(())
@@ -345,36 +449,48 @@ impl<'m> Session<'m> {
     /// again; for models or caches that cannot (a quantized cache), the cache
     /// is rebuilt from the tokens kept. Returns the logits of the last token.
     pub fn shift(&mut self, num_keep: usize) -> Result<&[f32]> {
-        let n = self.history.len();
+        self.shift_seq(0, num_keep)?;
+        let n_vocab = self.model.n_vocab();
+        Ok(&self.logits[self.logits.len().saturating_sub(n_vocab)..])
+    }
+
+    /// [`Session::shift`] of sequence `seq`. Afterwards the last pass's
+    /// logits are those of the tokens kept when the cells moved, or those
+    /// of the sequence decoded again.
+    pub fn shift_seq(&mut self, seq: usize, num_keep: usize) -> Result<()> {
+        self.check_seq(seq)?;
+        let n = self.seqs[seq].len();
         let keep = num_keep.min(n.saturating_sub(1));
         let discard = (n - keep) / 2;
         if discard == 0 {
             return Err(Error::invalid("context shift would drop nothing".into()));
         }
-        if self.shift_cells(keep, discard)? {
-            self.history.drain(keep..keep + discard);
-            let n_vocab = self.model.n_vocab();
-            return Ok(&self.logits[self.logits.len().saturating_sub(n_vocab)..]);
+        if self.shift_cells(seq, keep, discard)? {
+            self.seqs[seq].drain(keep..keep + discard);
+            return Ok(());
         }
-        let mut kept = self.history[..keep].to_vec();
-        kept.extend_from_slice(&self.history[keep + discard..]);
-        self.clear();
-        self.decode(&kept)
+        let h = &self.seqs[seq];
+        let mut kept = h[..keep].to_vec();
+        kept.extend_from_slice(&h[keep + discard..]);
+        self.seqs[seq].clear();
+        self.decode_seq(seq, &kept).map(|_| ())
     }
 
-    /// Moves cells `keep + discard..` to `keep..`, re-rotating their keys;
-    /// `false` when the model or cache cannot.
-    fn shift_cells(&mut self, keep: usize, discard: usize) -> Result<bool> {
+    /// Moves cells `keep + discard..` of `seq` to `keep..`, re-rotating
+    /// their keys; `false` when the model or cache cannot.
+    fn shift_cells(&mut self, seq: usize, keep: usize, discard: usize) -> Result<bool> {
         if !self.plan.state().can_shift_cells() {
             return Ok(false);
         }
-        let moved = self.history.len() - keep - discard;
+        let moved = self.seqs[seq].len() - keep - discard;
+        let at = self.plan.state().slot_start(seq);
         self.last = None;
         let model = self.model;
         let mut ok = false;
         self.plan.build(|ctx, g, kv, _| {
             let delta = ctx.input(Type::I32, &[moved as i64]);
-            ok = kv.shift_cells(ctx, g, (keep + discard, keep, moved), |k, layer| {
+            let cells = (at + keep + discard, at + keep, moved);
+            ok = kv.shift_cells(ctx, g, cells, |k, layer| {
                 model.shift_keys(ctx, k, delta.t(), layer)
             });
             Built {
@@ -398,11 +514,18 @@ impl<'m> Session<'m> {
     /// attends to cells up to its own positions, so shortening the history
     /// is enough: the cells past it are overwritten before they are read.
     pub fn truncate(&mut self, n: usize) {
-        self.history.truncate(n);
+        self.seqs[0].truncate(n);
+    }
+
+    /// [`Session::truncate`] of sequence `seq` (no-op outside the cache).
+    pub fn truncate_seq(&mut self, seq: usize, n: usize) {
+        if let Some(h) = self.seqs.get_mut(seq) {
+            h.truncate(n);
+        }
     }
 
     /// Forgets the whole sequence.
     pub fn clear(&mut self) {
-        self.history.clear();
+        self.seqs[0].clear();
     }
 }

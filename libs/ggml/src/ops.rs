@@ -192,6 +192,51 @@ impl Context {
             sys::ggml_view_3d(self.ptr(), a.raw(), ne[0], ne[1], ne[2], nb1, nb2, offset)
         })
     }
+    /// A 4-d view of `a` with strides `nb1`, `nb2`, `nb3` (bytes), starting
+    /// `offset` bytes in. Panics unless every element it reaches lies in
+    /// `a`'s data.
+    pub fn view_4d<'c>(
+        &'c self,
+        a: impl Into<T<'c>>,
+        ne: [i64; 4],
+        [nb1, nb2, nb3]: [usize; 3],
+        offset: usize,
+    ) -> Tensor<'c> {
+        let a = a.into();
+        check_view(a, &ne, &[nb1, nb2, nb3], offset);
+        // SAFETY: the view's extent lies inside `a`'s data (checked).
+        self.wrap(unsafe {
+            sys::ggml_view_4d(
+                self.ptr(),
+                a.raw(),
+                ne[0],
+                ne[1],
+                ne[2],
+                ne[3],
+                nb1,
+                nb2,
+                nb3,
+                offset,
+            )
+        })
+    }
+    /// `a` and `b` joined along `dim` (the other dims equal; a copy).
+    pub fn concat<'c>(
+        &'c self,
+        a: impl Into<T<'c>>,
+        b: impl Into<T<'c>>,
+        dim: usize,
+    ) -> Tensor<'c> {
+        let (a, b) = (a.into(), b.into());
+        assert!(
+            dim < 4 && (0..4).all(|i| i == dim || a.ne()[i] == b.ne()[i]) && a.ty() == b.ty(),
+            "concat {:?} and {:?} along {dim}",
+            a.ne(),
+            b.ne()
+        );
+        // SAFETY: live handles (borrowed for 'c); shapes and types checked.
+        self.wrap(unsafe { sys::ggml_concat(self.ptr(), a.raw(), b.raw(), dim as i32) })
+    }
     /// [`Context::view_3d`] of writable memory, writable.
     pub fn view_3d_mut<'c>(
         &'c self,
@@ -268,24 +313,27 @@ impl Context {
         self.wrap(unsafe { sys::ggml_reshape_4d(self.ptr(), r.raw(), ne[0], ne[1], ne[2], ne[3]) })
     }
 
-    /// Multi-head attention with a mask, for one sequence.
+    /// Multi-head attention with a mask, for `n_seq` sequences of `n_tokens`
+    /// each (attending to their own cells).
     ///
-    /// Shapes: `q [head_dim, n_tokens, n_head]`, `k [head_dim, n_kv, n_head_kv]`,
-    /// `v [head_dim, n_kv, n_head_kv]`, `mask [n_kv, n_tokens] f16` (0 or -inf),
+    /// Shapes: `q [head_dim, n_tokens, n_head, n_seq]`,
+    /// `k [head_dim, n_kv, n_head_kv, n_seq]`, `v [head_dim, n_kv, n_head_kv, n_seq]`,
+    /// `mask [n_kv, n_tokens, 1, n_seq] f16` (0 or -inf),
     /// `n_head % n_head_kv == 0` (grouped-query attention: head h reads kv head
-    /// h / (n_head / n_head_kv)). Returns `[head_dim * n_head, n_tokens]`.
+    /// h / (n_head / n_head_kv)). Returns `[head_dim * n_head, n_tokens * n_seq]`
+    /// (sequence after sequence).
     ///
     /// With `flash` this is one fused `ggml_flash_attn_ext` node (f32
     /// accumulation; K/V may be f16, q8_0 or q4_0). Without, the unfused
     /// equivalent (K/V must be f16/f32):
     ///
     /// ```text
-    /// kq  = mul_mat(k, q)                       // [n_kv, n_tokens, n_head]
+    /// kq  = mul_mat(k, q)                       // [n_kv, n_tokens, n_head, n_seq]
     /// kq  = soft_max_ext(kq, mask, scale)       // softmax(kq·scale + mask)
-    /// vt  = cont(permute(v, [1,0,2,3]))         // [n_kv, head_dim, n_head_kv]
+    /// vt  = cont(permute(v, [1,0,2,3]))         // [n_kv, head_dim, n_head_kv, n_seq]
     ///                                           // (no cont when V is stored transposed)
-    /// out = mul_mat(vt, kq)                     // [head_dim, n_tokens, n_head]
-    /// out = cont(permute(out, [0,2,1,3]))       // [head_dim, n_head, n_tokens]
+    /// out = mul_mat(vt, kq)                     // [head_dim, n_tokens, n_head, n_seq]
+    /// out = cont(permute(out, [0,2,1,3]))       // [head_dim, n_head, n_tokens, n_seq]
     /// ```
     pub fn scaled_dot_product_attention<'c>(
         &'c self,
@@ -296,9 +344,13 @@ impl Context {
         scale: f32,
         flash: bool,
     ) -> Tensor<'c> {
-        let (d, t, h) = (q.ne()[0], q.ne()[1], q.ne()[2]);
+        let (d, t, h, s) = (q.ne()[0], q.ne()[1], q.ne()[2], q.ne()[3]);
         assert!(
-            k.ne()[0] == d && h % k.ne()[2] == 0 && v.ne()[1] == k.ne()[1],
+            k.ne()[0] == d
+                && h % k.ne()[2] == 0
+                && v.ne()[1] == k.ne()[1]
+                && k.ne()[3] == s
+                && v.ne()[3] == s,
             "attention q {:?} k {:?} v {:?}",
             q.ne(),
             k.ne(),
@@ -320,7 +372,7 @@ impl Context {
             });
             // SAFETY: out is a flash-attention node.
             unsafe { sys::ggml_prec_set_acc(out.raw(), sys::GGML_PREC_F32) };
-            return self.reshape_2d(out, v.ne()[0] * h, t);
+            return self.reshape_2d(out, v.ne()[0] * h, t * s);
         }
         let kq = self.mul_mat(k, q);
         // SAFETY: kq is a mul_mat node.
@@ -334,7 +386,7 @@ impl Context {
             self.cont(vt)
         };
         let out = self.cont(self.permute(self.mul_mat(vt, kq), [0, 2, 1, 3]));
-        self.reshape_2d(out, v.ne()[0] * h, t)
+        self.reshape_2d(out, v.ne()[0] * h, t * s)
     }
 }
 

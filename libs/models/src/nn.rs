@@ -444,13 +444,11 @@ impl Attention {
         let q = kv.rotate_q(ctx, q);
         let k = rope.forward(ctx, k, inp.pos);
         kv.put(ctx, p.g, layer, k, v);
-        let (k, v) = kv.get(ctx, layer); // [head_dim, n_kv, n_head_kv] each
-        let q = ctx.permute(q, [0, 2, 1, 3]); // [head_dim, n_tokens, n_head]
         let scale = match self.q_scale {
             Some(_) => 1.0, // the queries are already scaled
             None => 1.0 / (self.head_dim as f32).sqrt(),
         };
-        let out = ctx.scaled_dot_product_attention(q, k, v, mask, scale, kv.flash()); // [n_head * head_dim, n_tokens]
+        let out = kv.attend(ctx, layer, q, mask, scale); // [n_head * head_dim, n_tokens]
         self.o.forward(ctx, kv.unrotate_out(ctx, out))
     }
 }

@@ -81,20 +81,67 @@ pub struct RunResult {
 
 /// A loaded model and its cache, lent to the closure of [`hold`].
 pub struct Held<'a> {
-    tok: &'a Tokenizer,
+    pub(crate) tok: &'a Tokenizer,
     gguf_template: Option<&'a str>,
-    dec: &'a mut dyn CacheDecode,
-    engine: &'static str,
+    pub(crate) dec: &'a mut dyn CacheDecode,
+    pub(crate) engine: &'static str,
 }
 
 /// A decoder that tells which tokens its cache holds.
-trait CacheDecode: Decode {
+pub(crate) trait CacheDecode: Decode {
     fn tokens(&self) -> &[i32];
+    /// The same decoder's several sequences, when it has more than one.
+    fn multi(&mut self) -> Option<&mut dyn MultiDecode> {
+        None
+    }
 }
 
 impl CacheDecode for Session<'_> {
     fn tokens(&self) -> &[i32] {
         self.history()
+    }
+    fn multi(&mut self) -> Option<&mut dyn MultiDecode> {
+        if self.n_seq() > 1 {
+            Some(self)
+        } else {
+            None
+        }
+    }
+}
+
+/// A decoder of several sequences at once (the native [`Session`]; see
+/// its methods of the same names).
+pub(crate) trait MultiDecode {
+    fn n_seq(&self) -> usize;
+    fn n_ctx(&self) -> usize;
+    fn history_of(&self, seq: usize) -> &[i32];
+    fn truncate_seq(&mut self, seq: usize, n: usize);
+    fn decode_seq(&mut self, seq: usize, tokens: &[i32]) -> engine::Result<&[f32]>;
+    fn step(&mut self, steps: &[(usize, i32)]) -> engine::Result<&[f32]>;
+    fn shift_seq(&mut self, seq: usize, num_keep: usize) -> engine::Result<()>;
+}
+
+impl MultiDecode for Session<'_> {
+    fn n_seq(&self) -> usize {
+        Session::n_seq(self)
+    }
+    fn n_ctx(&self) -> usize {
+        Session::n_ctx(self)
+    }
+    fn history_of(&self, seq: usize) -> &[i32] {
+        Session::history_of(self, seq)
+    }
+    fn truncate_seq(&mut self, seq: usize, n: usize) {
+        Session::truncate_seq(self, seq, n)
+    }
+    fn decode_seq(&mut self, seq: usize, tokens: &[i32]) -> engine::Result<&[f32]> {
+        Session::decode_seq(self, seq, tokens)
+    }
+    fn step(&mut self, steps: &[(usize, i32)]) -> engine::Result<&[f32]> {
+        Session::step(self, steps)
+    }
+    fn shift_seq(&mut self, seq: usize, num_keep: usize) -> engine::Result<()> {
+        Session::shift_seq(self, seq, num_keep)
     }
 }
 
@@ -167,27 +214,7 @@ impl Held<'_> {
     ) -> Result<RunResult, String> {
         let t0 = Instant::now();
         let o = job.opts;
-        let mut ids = if job.chat {
-            self.encode_messages(o)?
-        } else {
-            encode_prompt(self.tok, self.gguf_template, o)?
-        };
-        if !job.context.is_empty() {
-            if ids
-                .first()
-                .is_some_and(|&b| Some(b as u32) == self.tok.bos())
-            {
-                ids.remove(0);
-            }
-            ids.splice(0..0, job.context.iter().copied());
-        }
-        let n_ctx = self.dec.n_ctx();
-        if ids.len() >= n_ctx {
-            return Err(format!(
-                "the prompt is too long: {} tokens do not fit a context of {n_ctx}",
-                ids.len()
-            ));
-        }
+        let mut ids = self.encode(o, job.chat, job.context)?;
         let cached = common_prefix(self.dec.tokens(), &ids).min(ids.len() - 1);
         self.dec.truncate(cached);
         let mut sampler = Sampler::new(o.sampler.clone()).map_err(|e| e.to_string())?;
@@ -243,6 +270,38 @@ impl Held<'_> {
         })
     }
 
+    /// The tokens of a run's prompt: `o`'s messages (`chat`) or prompt,
+    /// after `context`; an error when they do not fit the context.
+    pub(crate) fn encode(
+        &self,
+        o: &InferOptions,
+        chat: bool,
+        context: &[i32],
+    ) -> Result<Vec<i32>, String> {
+        let mut ids = if chat {
+            self.encode_messages(o)?
+        } else {
+            encode_prompt(self.tok, self.gguf_template, o)?
+        };
+        if !context.is_empty() {
+            if ids
+                .first()
+                .is_some_and(|&b| Some(b as u32) == self.tok.bos())
+            {
+                ids.remove(0);
+            }
+            ids.splice(0..0, context.iter().copied());
+        }
+        let n_ctx = self.dec.n_ctx();
+        if ids.len() >= n_ctx {
+            return Err(format!(
+                "the prompt is too long: {} tokens do not fit a context of {n_ctx}",
+                ids.len()
+            ));
+        }
+        Ok(ids)
+    }
+
     /// Renders `opts.messages` (after `opts.system`) with the template
     /// layer or the GGUF's template, and tokenizes them.
     fn encode_messages(&self, o: &InferOptions) -> Result<Vec<i32>, String> {
@@ -281,6 +340,6 @@ impl Held<'_> {
 }
 
 /// How many tokens `a` and `b` share at the start.
-fn common_prefix(a: &[i32], b: &[i32]) -> usize {
+pub(crate) fn common_prefix(a: &[i32], b: &[i32]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }

@@ -33,6 +33,7 @@
 //! ```
 #![deny(missing_docs)]
 
+mod batch;
 pub mod chat;
 mod hold;
 mod infer;
@@ -40,6 +41,7 @@ mod options;
 mod plan;
 pub mod prompt;
 
+pub use batch::BatchJob;
 pub use chat::{chat, ChatOptions, Turn};
 pub use hold::{hold, Held, Job, RunResult};
 pub use infer::{infer, Event, Summary};

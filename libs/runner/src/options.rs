@@ -53,6 +53,10 @@ pub struct InferOptions {
     pub n_ctx: usize,
     /// Prompt batch size.
     pub n_batch: usize,
+    /// Sequences the cache holds, each with a context of `n_ctx`, run
+    /// together one token each per pass (a server's parallel requests;
+    /// native engine: see [`crate::hold`]).
+    pub n_seq: usize,
     /// CPU threads.
     pub n_threads: usize,
     /// KV cache element type.
@@ -90,6 +94,7 @@ impl Default for InferOptions {
             draft_max: engine::generate::DRAFT_MAX,
             n_ctx: 4096,
             n_batch: 512,
+            n_seq: 1,
             n_threads: engine::default_threads(),
             kv_type: KvType::F16,
             flash_attn: true,

@@ -185,6 +185,7 @@ pub(crate) fn session_options(opts: &InferOptions) -> SessionOptions {
     SessionOptions {
         n_ctx: opts.n_ctx,
         n_batch: opts.n_batch,
+        n_seq: opts.n_seq.max(1),
         n_threads: opts.n_threads,
         kv_type: opts.kv_type,
         flash_attn: opts.flash_attn,

@@ -7,11 +7,11 @@
 //! slot, loading the model first if needed) and submits its work; dropping
 //! the lease frees the slot and starts the model's `keep_alive` timer.
 //!
-//! The seam for continuous batching: today a runner's thread runs its
-//! queue one job at a time, so `num_parallel` is one (the default, and the
-//! only value used). A multi-sequence engine would keep `num_parallel`
-//! slots and take every queued job into one batch per forward pass in the
-//! runner's thread loop (`worker`); nothing above this module changes.
+//! A runner's thread serves up to `num_parallel` requests together: the
+//! native engine holds that many sequences in its cache and runs one token
+//! of each per forward pass (continuous batching, [`runner::Held::run_batched`]);
+//! a request that ends frees its sequence for the next at once. On
+//! llama.cpp's engine the requests run one after another.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use runner::{Event, InferOptions, Job, RunResult};
+use runner::{BatchJob, Event, InferOptions, RunResult};
 use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 
 /// Scheduler limits.
@@ -29,7 +29,8 @@ pub struct SchedOptions {
     pub max_loaded: usize,
     /// Most requests waiting for a model (`OLLAMA_MAX_QUEUE`).
     pub max_queue: usize,
-    /// Sequences per loaded model (`OLLAMA_NUM_PARALLEL`; 1 today).
+    /// Sequences per loaded model (`OLLAMA_NUM_PARALLEL`), each with the
+    /// request's whole context.
     pub num_parallel: usize,
 }
 
@@ -294,7 +295,8 @@ impl Scheduler {
     fn spawn(&self, req: &LoadRequest, key: Key) -> Runner {
         let (jobs, rx) = mpsc::channel::<Work>();
         let (ready_tx, ready) = watch::channel(None);
-        let load = req.load.clone();
+        let mut load = req.load.clone();
+        load.n_seq = self.inner.opts.num_parallel.max(1);
         std::thread::spawn(move || worker(load, rx, ready_tx));
         Runner {
             id: self.inner.next_id.fetch_add(1, Ordering::SeqCst),
@@ -310,7 +312,8 @@ impl Scheduler {
 }
 
 /// A runner's thread: loads the model, reports its context length (or
-/// the error), then runs jobs until the queue closes (unload).
+/// the error), then runs jobs until the queue closes (unload): up to
+/// `load.n_seq` at once, by continuous batching ([`runner::Held::run_batched`]).
 fn worker(
     load: InferOptions,
     rx: mpsc::Receiver<Work>,
@@ -318,27 +321,40 @@ fn worker(
 ) {
     let r = runner::hold(&load, &mut |h| {
         ready.send_replace(Some(Ok(h.n_ctx())));
-        while let Ok(w) = rx.recv() {
-            let cancel = || w.cancel.load(Ordering::SeqCst) || w.reports.is_closed();
-            let job = Job {
-                opts: &w.opts,
-                chat: w.chat,
-                context: &w.context,
-                cancel: &cancel,
+        h.run_batched(&mut |wait| {
+            let w = if wait {
+                rx.recv().ok()?
+            } else {
+                rx.try_recv().ok()?
             };
-            let r = h.run(&job, &mut |ev| match ev {
-                Event::Token { text, .. } | Event::Text(text) if !text.is_empty() => w
-                    .reports
-                    .blocking_send(Report::Text(text.to_string()))
-                    .map_err(|_| std::io::Error::other("the client went away")),
-                _ => Ok(()),
-            });
-            let _ = w.reports.blocking_send(Report::Done(r));
-        }
+            Some(batch_job(w))
+        });
         Ok(())
     });
     if let Err(e) = r {
         ready.send_replace(Some(Err(e)));
+    }
+}
+
+/// A job whose text and end go to `w.reports`; a closed receiver or
+/// `w.cancel` cancels it.
+fn batch_job(w: Work) -> BatchJob {
+    let (reports, cancel) = (w.reports, w.cancel);
+    let (text_tx, done_tx) = (reports.clone(), reports.clone());
+    BatchJob {
+        opts: w.opts,
+        chat: w.chat,
+        context: w.context,
+        cancel: Box::new(move || cancel.load(Ordering::SeqCst) || reports.is_closed()),
+        on_event: Box::new(move |ev| match ev {
+            Event::Token { text, .. } | Event::Text(text) if !text.is_empty() => text_tx
+                .blocking_send(Report::Text(text.to_string()))
+                .map_err(|_| std::io::Error::other("the client went away")),
+            _ => Ok(()),
+        }),
+        on_done: Box::new(move |r| {
+            let _ = done_tx.blocking_send(Report::Done(r));
+        }),
     }
 }
 

@@ -99,10 +99,8 @@ fn main() -> std::process::ExitCode {
         if let Some(n) = env_usize("OLLAMA_MAX_QUEUE")? {
             o.sched.max_queue = n;
         }
-        if env_usize("OLLAMA_NUM_PARALLEL")?.is_some_and(|n| n > 1) {
-            eprintln!(
-                "serve: OLLAMA_NUM_PARALLEL > 1 is not supported yet: one sequence per model"
-            );
+        if let Some(n) = env_usize("OLLAMA_NUM_PARALLEL")?.filter(|&n| n > 0) {
+            o.sched.num_parallel = n;
         }
         if let Some(origins) = env("OLLAMA_ORIGINS") {
             o.origins = origins.split(',').map(str::to_owned).collect();

@@ -593,3 +593,137 @@ fn official_python_clients() {
     assert!(status.success(), "clients.py failed:\n{out}\n{err}");
     assert!(out.contains("all client checks passed"), "{out}");
 }
+
+/// Streams `prompt` (raw, greedy, `n` tokens); the text, and when the
+/// first chunk and the end arrived.
+fn stream_raw(port: u16, prompt: &str, n: usize) -> (String, Instant, Instant) {
+    let body = json!({"model": "smollm2:135m", "prompt": prompt, "raw": true,
+        "options": {"temperature": 0, "num_predict": n}})
+    .to_string();
+    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(300))).unwrap();
+    write!(
+        c,
+        "POST /api/generate HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut r = BufReader::new(c);
+    let (mut text, mut first) = (String::new(), None);
+    loop {
+        let mut line = String::new();
+        assert!(
+            r.read_line(&mut line).unwrap() > 0,
+            "{prompt}: stream ended early"
+        );
+        let Ok(v) = serde_json::from_str::<Value>(line.trim()) else {
+            continue; // status line, headers, chunk sizes
+        };
+        first.get_or_insert_with(Instant::now);
+        assert!(v.get("error").is_none(), "{prompt}: {v}");
+        text.push_str(v["response"].as_str().unwrap_or(""));
+        if v["done"] == true {
+            assert_eq!(v["eval_count"], n, "{prompt}: {v}");
+            return (text, first.unwrap(), Instant::now());
+        }
+    }
+}
+
+/// Continuous batching: 16 streaming clients on `OLLAMA_NUM_PARALLEL=4`,
+/// plus one killed mid-stream. Every answer equals the one the same
+/// prompt gets alone on a one-sequence server (exactly: a batched step's
+/// logits equal a lone run's bit for bit, models/tests/batched.rs; the
+/// prompts start with different words, so no cached prefix changes how a
+/// prompt is split into batches), the streams overlap, and the killed
+/// client's slot serves the next request.
+#[test]
+fn parallel_streams_equal_runs_alone() {
+    let Some(model) = smol_path("parallel_streams_equal_runs_alone") else {
+        return;
+    };
+    const N: usize = 12;
+    let subjects = [
+        "Paris",
+        "Water",
+        "Sunlight",
+        "Cats",
+        "Music",
+        "Volcanoes",
+        "Python",
+        "Mountains",
+        "Oceans",
+        "Bread",
+        "Winter",
+        "Libraries",
+        "Trains",
+        "Coffee",
+        "Bees",
+        "Gold",
+    ];
+    let prompts: Vec<String> = subjects
+        .iter()
+        .map(|s| format!("{s} is one of the most interesting topics because"))
+        .collect();
+    let alone: Vec<String> = {
+        let s = start(&model, &[]);
+        prompts.iter().map(|p| stream_raw(s.port, p, N).0).collect()
+    };
+    let s = std::sync::Arc::new(start(&model, &[("OLLAMA_NUM_PARALLEL", "4")]));
+    assert_eq!(s.post("/api/generate", greedy("Hi", 1)).0, 200, "load");
+    // a client that streams without end and goes away after a few chunks
+    let port = s.port;
+    let killed = std::thread::spawn(move || {
+        let body = json!({"model": "smollm2:135m", "prompt": "1 1 1 1 1 1 1 1", "raw": true,
+            "options": {"temperature": 0, "num_predict": 100000}})
+        .to_string();
+        let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        write!(
+            c,
+            "POST /api/generate HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut r = BufReader::new(c.try_clone().unwrap());
+        let mut chunks = 0;
+        while chunks < 20 {
+            let mut line = String::new();
+            assert!(r.read_line(&mut line).unwrap() > 0, "endless stream ended");
+            chunks += line.contains("\"done\":false") as usize;
+        }
+        c.shutdown(std::net::Shutdown::Both).unwrap();
+    });
+    let clients: Vec<_> = prompts
+        .iter()
+        .cloned()
+        .map(|p| std::thread::spawn(move || stream_raw(port, &p, N)))
+        .collect();
+    let got: Vec<(String, Instant, Instant)> =
+        clients.into_iter().map(|t| t.join().unwrap()).collect();
+    killed.join().unwrap();
+    for (i, (text, _, _)) in got.iter().enumerate() {
+        assert_eq!(text, &alone[i], "prompt {:?}", prompts[i]);
+    }
+    // streams overlapped: one began before another ended
+    let overlapped = got.iter().enumerate().any(|(i, a)| {
+        got.iter()
+            .enumerate()
+            .any(|(j, b)| i != j && a.1 < b.2 && b.1 < a.2)
+    });
+    assert!(overlapped, "no two streams ran at the same time");
+    // every slot is free again: four at once complete promptly
+    let t0 = Instant::now();
+    let again: Vec<_> = prompts[..4]
+        .iter()
+        .cloned()
+        .map(|p| std::thread::spawn(move || stream_raw(port, &p, N).0))
+        .collect();
+    for (i, t) in again.into_iter().enumerate() {
+        assert_eq!(t.join().unwrap(), alone[i]);
+    }
+    assert!(
+        t0.elapsed() < Duration::from_secs(60),
+        "took {:?}",
+        t0.elapsed()
+    );
+}

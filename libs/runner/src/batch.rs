@@ -1,0 +1,270 @@
+//! Continuous batching: several runs on one held model at once.
+//!
+//! [`Held::run_batched`] takes jobs from a queue while fewer than the
+//! cache's sequences are running. A job joining decodes its prompt on its
+//! own (in the slot whose cached tokens share the longest prefix with it,
+//! so a chat's next turn reuses its cells); then every step runs one token
+//! of each running job in a single forward pass ([`engine::session::Session::step`]),
+//! samples each job's next token with its own sampler, and streams it.
+//! A job that ends (end token, `num_predict`, a stop string, its client
+//! gone) frees its slot for the next one at once. Each job's tokens are the
+//! ones it would get alone: a step's logits equal a one-sequence run's bit
+//! for bit (tested in `models/tests/batched.rs`).
+//!
+//! Engines without several sequences (llama.cpp's, or a cache of one) run
+//! the jobs one after another with [`Held::run`].
+
+use std::time::Instant;
+
+use engine::generate::{DoneReason, Stats};
+use engine::sampler::Sampler;
+use engine::stop::StopBuffer;
+use engine::tokenizer::StreamDecoder;
+
+use crate::hold::{common_prefix, MultiDecode};
+use crate::infer::{Event, Output, Summary};
+use crate::{Held, InferOptions, Job, RunResult};
+
+/// A job for [`Held::run_batched`]: what [`Job`] borrows, owned, with
+/// where its events and its end go.
+pub struct BatchJob {
+    /// Prompt (or messages), sampling, limits and stop strings.
+    pub opts: InferOptions,
+    /// Render `opts.messages` as the conversation.
+    pub chat: bool,
+    /// Tokens before the prompt.
+    pub context: Vec<i32>,
+    /// Checked between tokens: `true` ends the run.
+    pub cancel: Box<dyn Fn() -> bool>,
+    /// Text as it is generated; an error cancels the run.
+    pub on_event: Box<dyn FnMut(Event) -> std::io::Result<()>>,
+    /// Called once, when the run ends.
+    pub on_done: Box<dyn FnOnce(Result<RunResult, String>)>,
+}
+
+/// A running job.
+struct Seq {
+    job: BatchJob,
+    slot: usize,
+    sampler: Sampler,
+    utf8: StreamDecoder,
+    stop: StopBuffer,
+    /// Prompt tokens, then the generated ones.
+    tokens: Vec<i32>,
+    cached: usize,
+    logits: Vec<f32>,
+    stats: Stats,
+    t0: Instant,
+    t_gen: Instant,
+    canceled: bool,
+}
+
+impl Held<'_> {
+    /// Sequences this model runs together (1: one job at a time).
+    pub fn n_seq(&mut self) -> usize {
+        self.dec.multi().map_or(1, |m| m.n_seq())
+    }
+
+    /// Runs the jobs `next` gives until it gives none while none is
+    /// running: several at once when the engine can (see the module
+    /// docs), one after another otherwise. `next(true)` may wait for a job;
+    /// `next(false)` must not (a step is waiting).
+    pub fn run_batched(&mut self, next: &mut dyn FnMut(bool) -> Option<BatchJob>) {
+        if self.dec.multi().is_none() {
+            while let Some(mut j) = next(true) {
+                let job = Job {
+                    opts: &j.opts,
+                    chat: j.chat,
+                    context: &j.context,
+                    cancel: &*j.cancel,
+                };
+                let r = self.run(&job, &mut *j.on_event);
+                (j.on_done)(r);
+            }
+            return;
+        }
+        let mut running: Vec<Seq> = vec![];
+        loop {
+            let n_seq = self.n_seq();
+            while running.len() < n_seq {
+                let Some(job) = next(running.is_empty()) else {
+                    break;
+                };
+                match self.start(job, &running) {
+                    Ok(seq) => running.push(seq),
+                    Err((job, e)) => (job.on_done)(Err(e)),
+                }
+            }
+            if running.is_empty() {
+                return;
+            }
+            // sample and stream each one's next token; end those done
+            let mut i = 0;
+            while i < running.len() {
+                match self.advance(&mut running[i]) {
+                    Some(_) => i += 1,
+                    None => {
+                        let seq = running.swap_remove(i);
+                        self.finish(seq, Ok(()));
+                    }
+                }
+            }
+            if running.is_empty() {
+                continue;
+            }
+            if let Err(e) = self.step(&mut running) {
+                for seq in running.drain(..) {
+                    self.finish(seq, Err(e.clone()));
+                }
+            }
+        }
+    }
+
+    fn multi(&mut self) -> &mut dyn MultiDecode {
+        self.dec.multi().expect("a decoder of several sequences")
+    }
+
+    /// Tokenizes `job`'s prompt, picks a free slot (the longest cached
+    /// prefix), decodes what it lacks.
+    fn start(&mut self, job: BatchJob, running: &[Seq]) -> Result<Seq, (BatchJob, String)> {
+        let t0 = Instant::now();
+        let ids = match self.encode(&job.opts, job.chat, &job.context) {
+            Ok(ids) => ids,
+            Err(e) => return Err((job, e)),
+        };
+        let sampler = match Sampler::new(job.opts.sampler.clone()) {
+            Ok(s) => s,
+            Err(e) => return Err((job, e.to_string())),
+        };
+        let m = self.multi();
+        let (slot, cached) = (0..m.n_seq())
+            .filter(|s| running.iter().all(|r| r.slot != *s))
+            .map(|s| (s, common_prefix(m.history_of(s), &ids).min(ids.len() - 1)))
+            .max_by_key(|&(s, n)| (n, std::cmp::Reverse(s)))
+            .expect("a free slot");
+        m.truncate_seq(slot, cached);
+        let logits = match m.decode_seq(slot, &ids[cached..]) {
+            Ok(l) => l.to_vec(),
+            Err(e) => {
+                m.truncate_seq(slot, 0);
+                return Err((job, e.to_string()));
+            }
+        };
+        let stats = Stats {
+            prompt_eval_count: ids.len() - cached,
+            prompt_eval_duration: t0.elapsed(),
+            ..Default::default()
+        };
+        Ok(Seq {
+            stop: StopBuffer::new(&job.opts.stop),
+            job,
+            slot,
+            sampler,
+            utf8: StreamDecoder::new(),
+            tokens: ids,
+            cached,
+            logits,
+            stats,
+            t0,
+            t_gen: Instant::now(),
+            canceled: false,
+        })
+    }
+
+    /// Samples `seq`'s next token, streams it and appends it to its
+    /// tokens; `None` when the run ends instead (its last token is then not
+    /// decoded, as with [`engine::generate::generate`]).
+    fn advance(&mut self, seq: &mut Seq) -> Option<i32> {
+        let o = &seq.job.opts;
+        if o.num_predict.is_some_and(|n| seq.stats.eval_count >= n) {
+            seq.stats.done_reason = DoneReason::Length;
+            return None;
+        }
+        if (seq.job.cancel)() {
+            seq.canceled = true;
+            return None;
+        }
+        // the penalties see what `generate` would: the tokens decoded by
+        // this run
+        let tok = seq.sampler.sample(&seq.logits, &seq.tokens[seq.cached..]);
+        if u32::try_from(tok).is_ok_and(|t| self.tok.is_eog(t)) {
+            return None;
+        }
+        seq.stats.eval_count += 1;
+        seq.tokens.push(tok);
+        let mut out = Output {
+            tok: self.tok,
+            utf8: std::mem::take(&mut seq.utf8),
+            stop: std::mem::take(&mut seq.stop),
+            on_event: &mut *seq.job.on_event,
+            io: None,
+        };
+        let go_on = out.token(tok);
+        let gone = out.io.is_some();
+        (seq.utf8, seq.stop) = (out.utf8, out.stop);
+        if gone {
+            seq.canceled = true;
+            return None;
+        }
+        if !go_on {
+            return None;
+        }
+        if o.num_predict.is_some_and(|n| seq.stats.eval_count >= n) {
+            seq.stats.done_reason = DoneReason::Length;
+            return None;
+        }
+        Some(tok)
+    }
+
+    /// One forward pass over the last token of each running job.
+    fn step(&mut self, running: &mut [Seq]) -> Result<(), String> {
+        let m = self.multi();
+        for seq in running.iter() {
+            if m.history_of(seq.slot).len() + 1 > m.n_ctx() {
+                m.shift_seq(seq.slot, seq.job.opts.num_keep)
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+        let steps: Vec<(usize, i32)> = running
+            .iter()
+            .map(|s| (s.slot, *s.tokens.last().expect("a sampled token")))
+            .collect();
+        let rows = m.step(&steps).map_err(|e| e.to_string())?;
+        let n_vocab = rows.len() / steps.len();
+        for (seq, row) in running.iter_mut().zip(rows.chunks_exact(n_vocab)) {
+            seq.logits.copy_from_slice(row);
+        }
+        Ok(())
+    }
+
+    /// Ends `seq`'s run: flushes held-back text, reports.
+    fn finish(&mut self, mut seq: Seq, r: Result<(), String>) {
+        seq.stats.eval_duration = seq.t_gen.elapsed();
+        let r = r.and_then(|()| {
+            if !seq.canceled {
+                let mut out = Output {
+                    tok: self.tok,
+                    utf8: std::mem::take(&mut seq.utf8),
+                    stop: std::mem::take(&mut seq.stop),
+                    on_event: &mut *seq.job.on_event,
+                    io: None,
+                };
+                if out.finish().is_err() {
+                    seq.canceled = true;
+                }
+            }
+            Ok(RunResult {
+                summary: Summary {
+                    stats: seq.stats,
+                    load_duration: Default::default(),
+                    total_duration: seq.t0.elapsed(),
+                    engine: self.engine,
+                },
+                cached: seq.cached,
+                tokens: seq.tokens,
+                canceled: seq.canceled,
+            })
+        });
+        (seq.job.on_done)(r);
+    }
+}
