@@ -12,9 +12,9 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 
 use common::*;
-use ollama::{ollama_registry, query};
+use ollama::{ollama_front, ollama_registry, query};
 use protocol::{media, Name};
-use registry::{resolve_remote, Credentials, Error, OllamaKey, RemoteOptions};
+use registry::{push, resolve_remote, Credentials, Error, OllamaKey, PushOptions, RemoteOptions};
 use store::Store;
 
 fn manifest() -> String {
@@ -353,4 +353,40 @@ fn r14_ssh_keygen_key_is_used() {
             "{e}"
         );
     }
+}
+
+/// A push to an Ollama-style registry: every token request it makes is
+/// signed and verified; the manifest lands upstream byte for byte.
+#[test]
+fn r14_push_with_signed_token_requests() {
+    let up = docker_registry(None);
+    let dir = tempfile::tempdir().unwrap();
+    let key_dir = dir.path().join("keys");
+    let (key, _) = OllamaKey::load_or_create(&key_dir).unwrap();
+    let authorized = Arc::new(Mutex::new(key.public_line()));
+    let (front, verdicts) = ollama_front(String::new(), authorized.clone(), None, Some(up.port));
+    let store = Store::open(dir.path().join("models"));
+    let name = Name::parse(&format!("{}/library/pushed:1", host_of(&front))).unwrap();
+    let m = put_model(&store, &name, b"{}", &[(media::MODEL, &bytes(20_000, 3))]);
+    let mut po = PushOptions::default();
+    po.remote = ollama_opts(&store, &front.url(), &key_dir, host_of(&front));
+    push(&name, &store, &po).unwrap();
+    let v = verdicts.lock().unwrap().clone();
+    assert!(!v.is_empty() && v.iter().all(|r| r.is_ok()), "{v:?}");
+    // what the upstream registry holds is the manifest we pushed
+    let other = Store::open(dir.path().join("other"));
+    let direct = Name::parse(&format!("{}/library/pushed:1", up.host())).unwrap();
+    let mut o = remote(&other, &up.url());
+    o.insecure = true;
+    let doc = resolve_remote(&direct, &o).unwrap();
+    assert_eq!(doc.manifest_text.as_deref(), Some(m.as_str()));
+    // with a key the registry does not know, the push fails naming the key
+    *authorized.lock().unwrap() = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOther".into();
+    let name2 = Name::parse(&format!("{}/library/pushed:2", host_of(&front))).unwrap();
+    put_model(&store, &name2, b"{}", &[(media::MODEL, &bytes(20_000, 4))]);
+    let e = push(&name2, &store, &po).unwrap_err().to_string();
+    assert!(
+        e.contains("Ollama key") && e.contains("id_ed25519.pub"),
+        "{e}"
+    );
 }

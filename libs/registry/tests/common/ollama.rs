@@ -12,7 +12,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use base64::Engine as _;
 use ed25519_dalek::Verifier as _;
 
-use super::common::{serve, FaultServer, Req};
+use super::common::{serve, Conn, FaultServer, Req};
 
 /// hex(sha256("")): what Ollama hashes for a bodiless GET.
 const EMPTY_SHA256_HEX: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
@@ -89,6 +89,41 @@ pub fn ollama_registry(
     authorized: Arc<Mutex<String>>,
     realm: Option<String>,
 ) -> (FaultServer, Verdicts) {
+    ollama_front(manifest, authorized, realm, None)
+}
+
+/// Forwards one request to 127.0.0.1:`port` (without its Authorization)
+/// and copies the answer back.
+fn forward(req: &Req, c: &mut Conn, port: u16) {
+    use std::io::{Read, Write};
+    let Ok(mut up) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return;
+    };
+    let mut head = format!("{} {} HTTP/1.1\r\n", req.method, req.path);
+    for (k, v) in &req.headers {
+        if !k.eq_ignore_ascii_case("connection") && !k.eq_ignore_ascii_case("authorization") {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+    }
+    head.push_str("Connection: close\r\n\r\n");
+    let _ = up.write_all(head.as_bytes());
+    let _ = up.write_all(&req.body);
+    let mut buf = vec![0u8; 64 << 10];
+    while let Ok(n) = up.read(&mut buf) {
+        if n == 0 || c.stream.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+}
+
+/// As [`ollama_registry`]; with `upstream`, authorized requests are
+/// forwarded to a registry on that port (for pushes) instead.
+pub fn ollama_front(
+    manifest: String,
+    authorized: Arc<Mutex<String>>,
+    realm: Option<String>,
+    upstream: Option<u16>,
+) -> (FaultServer, Verdicts) {
     let me: Arc<Mutex<String>> = Arc::new(Mutex::new(String::new()));
     let me2 = me.clone();
     let verdicts: Verdicts = Arc::new(Mutex::new(Vec::new()));
@@ -112,6 +147,9 @@ pub fn ollama_registry(
                 r#"Bearer realm="{realm}",service="ollama.com",scope="repository:library/m:pull""#
             );
             return c.respond(401, &[("WWW-Authenticate", ch)], b"");
+        }
+        if let Some(port) = upstream {
+            return forward(req, &mut c, port);
         }
         if req.path.contains("/manifests/") {
             return c.respond(
