@@ -241,6 +241,15 @@ impl Error {
     }
 }
 
+/// The environment the registry tools read, for their `--help` and man pages.
+pub const ENV_HELP: &str = "Environment:\n  \
+LLPIPE_REGISTRY_USERNAME, LLPIPE_REGISTRY_PASSWORD  credentials for the registry (else docker's config.json)\n  \
+LLPIPE_TRUSTED_REALMS  HOST[:PORT]=URL entries: token services on another origin that may receive \
+credentials and Ollama key signatures (others get anonymous token requests only)\n  \
+LLPIPE_OLLAMA_REGISTRIES  more HOST[:PORT]s whose token requests are signed with the Ollama key \
+(besides registry.ollama.ai and ollama.com)\n  \
+HOME  the Ollama key is $HOME/.ollama/id_ed25519 (created when missing, its public key printed once)";
+
 /// Shorthand.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
