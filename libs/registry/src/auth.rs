@@ -583,7 +583,7 @@ pub(crate) fn check_realm(
     let o = origin(&u);
     let may_authenticate = o == origin(registry)
         || allowed_realm_origins(registry).contains(&o.as_str())
-        || trusted.iter().any(|t| *t == o);
+        || trusted.contains(&o);
     Ok((u, may_authenticate))
 }
 

@@ -368,8 +368,10 @@ fn r14_push_with_signed_token_requests() {
     let store = Store::open(dir.path().join("models"));
     let name = Name::parse(&format!("{}/library/pushed:1", host_of(&front))).unwrap();
     let m = put_model(&store, &name, b"{}", &[(media::MODEL, &bytes(20_000, 3))]);
-    let mut po = PushOptions::default();
-    po.remote = ollama_opts(&store, &front.url(), &key_dir, host_of(&front));
+    let po = PushOptions {
+        remote: ollama_opts(&store, &front.url(), &key_dir, host_of(&front)),
+        ..PushOptions::default()
+    };
     push(&name, &store, &po).unwrap();
     let v = verdicts.lock().unwrap().clone();
     assert!(!v.is_empty() && v.iter().all(|r| r.is_ok()), "{v:?}");
