@@ -9,12 +9,13 @@ use std::sync::{Arc, Mutex};
 
 use url::Url;
 
-use crate::auth::{
-    check_realm, host_key, origin, parse_www_authenticate, trusted_realm_origins,
-    trusted_realms_from_env, Credentials, TRUSTED_REALMS_ENV,
-};
+use crate::auth::{parse_www_authenticate, Credentials};
 use crate::http1;
 use crate::ollama_key::{self, OllamaKey};
+use crate::realm::{
+    check_realm, host_key, origin, trusted_realm_origins, trusted_realms_from_env,
+    TRUSTED_REALMS_ENV,
+};
 use crate::{Error, RemoteOptions, Result};
 
 /// Largest token response read.

@@ -78,20 +78,20 @@ mod fetch;
 mod http1;
 mod ollama_key;
 mod push;
+mod realm;
 mod resolve;
 
 use std::io;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use auth::{
-    from_docker_config, parse_www_authenticate, Challenge, Credentials, TRUSTED_REALMS_ENV,
-};
+pub use auth::{from_docker_config, parse_www_authenticate, Challenge, Credentials};
 pub use client::OLLAMA_REGISTRIES_ENV;
 pub use download::PARTIAL_SUFFIX;
 pub use fetch::{fetch_blob, FetchOptions, FetchReport};
 pub use ollama_key::{default_key_dir, signed_data, token_url, OllamaKey};
 pub use push::{push, PushOptions, PushReport};
+pub use realm::TRUSTED_REALMS_ENV;
 pub use resolve::{parse_name, resolve_remote, MAX_MANIFEST};
 
 /// Errors of registry operations. Messages name the model and registry.
