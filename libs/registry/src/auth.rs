@@ -1,13 +1,11 @@
-//! Authentication: `WWW-Authenticate` parsing (RFC 7235), credentials from
-//! the environment or `~/.docker/config.json`, and the rule deciding where
-//! credentials may go.
+//! Authentication: `WWW-Authenticate` parsing (RFC 7235) and credentials
+//! from the environment or `~/.docker/config.json`. Where they may go is
+//! [`crate::realm`]'s decision.
 
 use std::path::{Path, PathBuf};
 
-use base64::Engine as _;
-use url::Url;
-
 use crate::Error;
+use base64::Engine as _;
 
 /// One challenge of a `WWW-Authenticate` header: a scheme and its auth-params.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -486,47 +484,6 @@ fn helper_credentials(
     Ok(Some(Credentials { username, password }))
 }
 
-/// `scheme://host:port` of a URL, with the port made explicit.
-pub(crate) fn origin(u: &Url) -> String {
-    format!(
-        "{}://{}:{}",
-        u.scheme(),
-        u.host_str().unwrap_or(""),
-        u.port_or_known_default().unwrap_or(0)
-    )
-}
-
-/// Token realms known to belong to a registry on another origin.
-fn allowed_realm_origins(registry: &Url) -> &'static [&'static str] {
-    match registry.host_str().unwrap_or("") {
-        "registry.ollama.ai" => &["https://ollama.com:443"],
-        "hf.co" => &["https://huggingface.co:443"],
-        "registry-1.docker.io" | "docker.io" | "index.docker.io" => &["https://auth.docker.io:443"],
-        _ => &[],
-    }
-}
-
-/// Checks that a token realm may receive a request on behalf of `registry`:
-/// same origin (scheme, host and port) or an allowlisted one, and https
-/// unless `insecure`. See CVE-2025-51471.
-pub(crate) fn check_realm(realm: &str, registry: &Url, insecure: bool) -> Result<Url, Error> {
-    let u = Url::parse(realm)
-        .map_err(|e| Error::Auth(format!("token realm {:?} is not a URL: {e}", trunc(realm))))?;
-    if u.scheme() != "https" && !(insecure && u.scheme() == "http") {
-        return Err(Error::Auth(format!(
-            "refusing token realm {u}: not https (use --insecure for a local registry)"
-        )));
-    }
-    let o = origin(&u);
-    if o != origin(registry) && !allowed_realm_origins(registry).contains(&o.as_str()) {
-        return Err(Error::Auth(format!(
-            "refusing token realm {u}: not on the registry's origin {} (CVE-2025-51471)",
-            origin(registry)
-        )));
-    }
-    Ok(u)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -613,35 +570,6 @@ mod tests {
                 let _ = parse_www_authenticate(&String::from_utf8_lossy(&m));
             }
         }
-    }
-
-    /// Port of ollama's TestGetAuthorizationTokenRejectsCrossDomain, with
-    /// scheme and port differences (HOSTILE row 9).
-    #[test]
-    fn realm_must_share_the_registry_origin() {
-        let reg = Url::parse("https://reg.example").unwrap();
-        assert!(check_realm("https://reg.example/token", &reg, false).is_ok());
-        assert!(check_realm("https://reg.example:443/token", &reg, false).is_ok());
-        for bad in [
-            "https://attacker.example/token",
-            "http://reg.example/token",
-            "https://reg.example:8443/token",
-            "https://reg.example.attacker.example/token",
-            "ftp://reg.example/token",
-            "not a url",
-        ] {
-            assert!(check_realm(bad, &reg, false).is_err(), "{bad}");
-            assert!(check_realm(bad, &reg, true).is_err(), "{bad} with insecure");
-        }
-        let local = Url::parse("http://127.0.0.1:5000").unwrap();
-        assert!(check_realm("http://127.0.0.1:5000/token", &local, false).is_err());
-        assert!(check_realm("http://127.0.0.1:5000/token", &local, true).is_ok());
-        assert!(check_realm("http://127.0.0.1:5001/token", &local, true).is_err());
-        let hub = Url::parse("https://registry-1.docker.io").unwrap();
-        assert!(check_realm("https://auth.docker.io/token", &hub, false).is_ok());
-        let ollama = Url::parse("https://registry.ollama.ai").unwrap();
-        assert!(check_realm("https://ollama.com/token", &ollama, false).is_ok());
-        assert!(check_realm("http://ollama.com/token", &ollama, false).is_err());
     }
 
     #[test]

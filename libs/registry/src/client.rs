@@ -4,12 +4,18 @@
 use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::FileExt;
-use std::sync::Mutex;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use url::Url;
 
-use crate::auth::{check_realm, origin, parse_www_authenticate, Credentials};
+use crate::auth::{parse_www_authenticate, Credentials};
 use crate::http1;
+use crate::ollama_key::{self, OllamaKey};
+use crate::realm::{
+    check_realm, host_key, origin, trusted_realm_origins, trusted_realms_from_env,
+    TRUSTED_REALMS_ENV,
+};
 use crate::{Error, RemoteOptions, Result};
 
 /// Largest token response read.
@@ -75,7 +81,22 @@ pub(crate) struct Session {
     authz: Mutex<Option<String>>,
     /// The scope asked for when a challenge names none.
     pub scope: String,
+    /// Realm origins the user trusts with credentials for this registry.
+    trusted_realms: Vec<String>,
+    /// Whether token requests are signed with the Ollama key.
+    ollama: bool,
+    /// Where the Ollama key lives (`None`: `$HOME/.ollama`).
+    key_dir: Option<PathBuf>,
+    /// The Ollama key, loaded (or created) on first use.
+    key: Mutex<Option<Arc<OllamaKey>>>,
+    /// The last token realm that got an anonymous request although we had
+    /// credentials or a key for it (another origin, not trusted).
+    withheld_from: Mutex<Option<Url>>,
 }
+
+/// Environment variable naming more registries that sign token requests
+/// with the Ollama key, besides registry.ollama.ai and ollama.com.
+pub const OLLAMA_REGISTRIES_ENV: &str = "LLPIPE_OLLAMA_REGISTRIES";
 
 /// The API base for a registry host as it appears in model names.
 pub(crate) fn base_for_host(host: &str, insecure: bool) -> Result<Url> {
@@ -99,16 +120,29 @@ impl Session {
             return Err(Error::Auth(format!("unsupported registry URL {base}")));
         }
         let insecure = opts.insecure || base.scheme() == "http";
+        let host = host_key(&base);
         let creds = match &opts.credentials {
             Some(c) => Some(c.clone()),
-            None => {
-                let host = match base.port() {
-                    Some(p) => format!("{}:{p}", base.host_str().unwrap_or("")),
-                    None => base.host_str().unwrap_or("").to_string(),
-                };
-                Credentials::lookup(&host, opts.docker_config.as_deref())?
-            }
+            None => Credentials::lookup(&host, opts.docker_config.as_deref())?,
         };
+        let trusted_realms = match &opts.trusted_realms {
+            Some(t) => trusted_realm_origins(&base, t)?,
+            None => trusted_realm_origins(&base, &trusted_realms_from_env())?,
+        };
+        let ollama_registries: Vec<String> = match &opts.ollama_registries {
+            Some(r) => r.clone(),
+            None => std::env::var(OLLAMA_REGISTRIES_ENV)
+                .ok()
+                .into_iter()
+                .collect(),
+        };
+        let ollama = ollama_key::OLLAMA_HOSTS
+            .iter()
+            .any(|h| h.eq_ignore_ascii_case(&host))
+            || ollama_registries
+                .iter()
+                .flat_map(|e| e.split([' ', ',', '\n', '\t']))
+                .any(|h| h.eq_ignore_ascii_case(&host));
         let user_agent = concat!("llpipe/", env!("CARGO_PKG_VERSION"));
         let agent = ureq::AgentBuilder::new()
             .redirects(0)
@@ -129,6 +163,11 @@ impl Session {
             creds,
             authz: Mutex::new(None),
             scope,
+            trusted_realms,
+            ollama,
+            key_dir: opts.ollama_key_dir.clone(),
+            key: Mutex::new(None),
+            withheld_from: Mutex::new(None),
         })
     }
 
@@ -298,33 +337,107 @@ impl Session {
         }
     }
 
+    /// The Ollama key, read or created on first use; a new key is
+    /// announced on stderr as Ollama does.
+    fn ollama_key(&self) -> Result<Arc<OllamaKey>> {
+        let mut slot = self.key.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(k) = &*slot {
+            return Ok(k.clone());
+        }
+        let dir = match &self.key_dir {
+            Some(d) => d.clone(),
+            None => ollama_key::default_key_dir()?,
+        };
+        let (key, created) = OllamaKey::load_or_create(&dir)?;
+        if created {
+            eprint!(
+                "Couldn't find '{}'. Generating new private key.\nYour new public key is: \n\n{}\n\n",
+                key.path().display(),
+                key.public_line()
+            );
+        }
+        let key = Arc::new(key);
+        *slot = Some(key.clone());
+        Ok(key)
+    }
+
     /// Works out the Authorization for a challenge; `None` when we have
     /// nothing to offer (no credentials for Basic).
+    ///
+    /// Bearer: the token request carries our credentials (Basic) or, for
+    /// an Ollama registry, Ollama's key signature, but only when the realm
+    /// may receive them ([`check_realm`]); otherwise it is anonymous.
     fn authorize(&self, header: &str, what: &str) -> Result<Option<String>> {
         let challenges = parse_www_authenticate(header)?;
         if let Some(b) = challenges.iter().find(|c| c.scheme == "bearer") {
-            let realm = check_realm(b.param("realm").unwrap_or(""), &self.base, self.insecure)?;
-            let mut u = realm.clone();
-            {
-                let mut q = u.query_pairs_mut();
-                if let Some(s) = b.param("service") {
-                    q.append_pair("service", s);
-                }
-                q.append_pair("scope", b.param("scope").unwrap_or(&self.scope));
-            }
+            let (realm, may_authenticate) = check_realm(
+                b.param("realm").unwrap_or(""),
+                &self.base,
+                self.insecure,
+                &self.trusted_realms,
+            )?;
+            let scope = b.param("scope").unwrap_or(&self.scope);
             let mut hdrs = Vec::new();
-            if let Some(c) = &self.creds {
-                hdrs.push(("Authorization", c.basic_header()));
+            let mut signed_by = None;
+            let u = if may_authenticate && self.creds.is_none() && self.ollama {
+                let key = self.ollama_key()?;
+                let ts = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                let u = ollama_key::token_url(
+                    &realm,
+                    b.param("service").unwrap_or(""),
+                    scope,
+                    ts,
+                    &ollama_key::new_nonce(),
+                );
+                hdrs.push(("Authorization", key.sign_token_request(&u)));
+                signed_by = Some(key);
+                u
+            } else {
+                if may_authenticate {
+                    if let Some(c) = &self.creds {
+                        hdrs.push(("Authorization", c.basic_header()));
+                    }
+                }
+                let mut u = realm.clone();
+                {
+                    let mut q = u.query_pairs_mut();
+                    if let Some(s) = b.param("service") {
+                        q.append_pair("service", s);
+                    }
+                    q.append_pair("scope", scope);
+                }
+                u
+            };
+            let withheld = !may_authenticate && (self.creds.is_some() || self.ollama);
+            if withheld {
+                *self.withheld_from.lock().unwrap_or_else(|p| p.into_inner()) = Some(realm.clone());
             }
             let what_tok = format!("{what}: token from {realm}");
             let resp = self.send("GET", &u, &hdrs, &Body::None, &what_tok)?;
             match resp.status() {
                 200 => {}
-                401 | 403 => {
+                s @ (401 | 403) => {
+                    if let Some(key) = signed_by {
+                        return Err(Error::Auth(format!(
+                            "{what}: token service {realm} answered {s} to a request signed with the Ollama key {}: add its public key ({}, {}) to your account on that registry (ollama.com: https://ollama.com/settings/keys)",
+                            key.path().display(),
+                            key.public_path().display(),
+                            key.public_line()
+                        )));
+                    }
+                    if withheld {
+                        return Err(Error::Auth(format!(
+                            "{what}: token service {realm} answered {s} to an anonymous request; {}",
+                            self.withheld_hint(&realm)
+                        )));
+                    }
                     return Err(Error::Unauthorized {
                         registry: realm.to_string(),
                         what: what.into(),
-                    })
+                    });
                 }
                 s => return Err(Error::Auth(format!("{what_tok}: answered {s}"))),
             }
@@ -356,10 +469,39 @@ impl Session {
         )))
     }
 
+    /// Why credentials or the key signature did not go to `realm`, and how
+    /// to trust it.
+    fn withheld_hint(&self, realm: &Url) -> String {
+        let sent = if self.creds.is_some() {
+            "credentials were"
+        } else {
+            "the Ollama key signature was"
+        };
+        format!(
+            "{sent} not sent to it because it is not on the registry's origin {} (CVE-2025-51471); to trust it, set {TRUSTED_REALMS_ENV}=\"{}={}\"",
+            origin(&self.base),
+            host_key(&self.base),
+            origin(realm)
+        )
+    }
+
     /// Turns a non-success status into an error naming `what`.
     pub fn status_error(&self, resp: Response, what: &str) -> Error {
         let registry = self.name();
         let what = what.to_string();
+        if resp.status() == 401 {
+            let withheld = self
+                .withheld_from
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            if let Some(realm) = withheld {
+                return Error::Auth(format!(
+                    "{what}: registry {registry} answered 401 unauthorized with an anonymous token from {realm}; {}",
+                    self.withheld_hint(&realm)
+                ));
+            }
+        }
         match resp.status() {
             401 => Error::Unauthorized { registry, what },
             403 => Error::Forbidden { registry, what },

@@ -35,10 +35,21 @@
 //!   and never decompressed;
 //! * `Authorization` goes only to the registry's own origin (scheme, host,
 //!   port); a redirect to another origin drops it for the rest of the chain;
-//!   token realms must be same-origin or allowlisted, and https unless insecure;
+//!   a token realm on another origin is asked for an anonymous token only;
+//!   credentials and Ollama key signatures go to a realm on the registry's
+//!   origin, an allowlisted pair, or one the user trusts
+//!   (`$LLPIPE_TRUSTED_REALMS`); every realm must be https unless insecure;
 //! * the descriptor size is authoritative: one byte more is an error;
 //! * a blob is hashed while it downloads into `blobs/sha256-<hex>-partial`
 //!   and renamed to `blobs/sha256-<hex>` only when the digest matches.
+//!
+//! ## Ollama key auth
+//!
+//! Token requests to Ollama registries (registry.ollama.ai, ollama.com and
+//! those in `$LLPIPE_OLLAMA_REGISTRIES`) are signed with `~/.ollama/id_ed25519`
+//! as Ollama signs them ([`OllamaKey`]); the key pair is created on first use.
+//! Credentials for the host, when there are any, are used instead (as Ollama
+//! prefers basic auth when it has a user name and password).
 //!
 //! ## Transports
 //!
@@ -65,7 +76,9 @@ mod client;
 mod download;
 mod fetch;
 mod http1;
+mod ollama_key;
 mod push;
+mod realm;
 mod resolve;
 
 use std::io;
@@ -73,9 +86,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use auth::{from_docker_config, parse_www_authenticate, Challenge, Credentials};
+pub use client::OLLAMA_REGISTRIES_ENV;
 pub use download::PARTIAL_SUFFIX;
 pub use fetch::{fetch_blob, FetchOptions, FetchReport};
+pub use ollama_key::{default_key_dir, signed_data, token_url, OllamaKey};
 pub use push::{push, PushOptions, PushReport};
+pub use realm::TRUSTED_REALMS_ENV;
 pub use resolve::{parse_name, resolve_remote, MAX_MANIFEST};
 
 /// Errors of registry operations. Messages name the model and registry.
@@ -198,6 +214,14 @@ pub enum Error {
         /// The error.
         source: io::Error,
     },
+    /// A bad, unreadable or unsafe Ollama key file.
+    #[error("ollama key {}: {why}", path.display())]
+    Key {
+        /// The key file (or its directory).
+        path: PathBuf,
+        /// What is wrong.
+        why: String,
+    },
     /// An error from the store.
     #[error(transparent)]
     Store(#[from] store::Error),
@@ -216,6 +240,15 @@ impl Error {
         }
     }
 }
+
+/// The environment the registry tools read, for their `--help` and man pages.
+pub const ENV_HELP: &str = "Environment:\n  \
+LLPIPE_REGISTRY_USERNAME, LLPIPE_REGISTRY_PASSWORD  credentials for the registry (else docker's config.json)\n  \
+LLPIPE_TRUSTED_REALMS  HOST[:PORT]=URL entries: token services on another origin that may receive \
+credentials and Ollama key signatures (others get anonymous token requests only)\n  \
+LLPIPE_OLLAMA_REGISTRIES  more HOST[:PORT]s whose token requests are signed with the Ollama key \
+(besides registry.ollama.ai and ollama.com)\n  \
+HOME  the Ollama key is $HOME/.ollama/id_ed25519 (created when missing, its public key printed once)";
 
 /// Shorthand.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -237,6 +270,16 @@ pub struct RemoteOptions {
     pub credentials: Option<Credentials>,
     /// A docker `config.json` to read credentials from instead of the default.
     pub docker_config: Option<PathBuf>,
+    /// Token realms on another origin trusted with credentials and Ollama
+    /// signatures, as `HOST[:PORT]=URL` entries (space- or comma-separated
+    /// within one string); `None` reads `$LLPIPE_TRUSTED_REALMS`.
+    pub trusted_realms: Option<Vec<String>>,
+    /// More registries (`HOST[:PORT]`) whose token requests are signed with
+    /// the Ollama key, besides registry.ollama.ai and ollama.com; `None`
+    /// reads `$LLPIPE_OLLAMA_REGISTRIES`.
+    pub ollama_registries: Option<Vec<String>>,
+    /// Directory of the Ollama key (`id_ed25519`); `None` is `$HOME/.ollama`.
+    pub ollama_key_dir: Option<PathBuf>,
     /// The store whose blobs decide the `present` flags; `None` is
     /// [`store::Store::from_env`].
     pub store: Option<store::Store>,
@@ -253,6 +296,9 @@ impl Default for RemoteOptions {
             insecure: false,
             credentials: None,
             docker_config: None,
+            trusted_realms: None,
+            ollama_registries: None,
+            ollama_key_dir: None,
             store: None,
             connect_timeout: Duration::from_secs(30),
             stall_timeout: Duration::from_secs(30),

@@ -167,7 +167,7 @@ fn location(session: &Session, resp: &Response, what: &str) -> Result<Url> {
         what: what.into(),
         why: format!("bad Location {loc:?}: {e}"),
     })?;
-    if crate::auth::origin(&u) != crate::auth::origin(&session.base) {
+    if crate::realm::origin(&u) != crate::realm::origin(&session.base) {
         return Err(Error::Protocol {
             what: what.into(),
             why: format!("upload Location {u} is on another origin"),

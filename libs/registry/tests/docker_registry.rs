@@ -375,10 +375,39 @@ fn token_auth_anonymous_pull_credentialed_push() {
         .filter(|r| r.path.starts_with("/token"))
         .count();
     assert!(tokens >= 3, "{tokens} token requests");
-    // the direct registry port is another origin than its realm: refused before any token request
-    let before = front.requests().len();
+    // issue 14: the registry's own port is another origin than its token
+    // service (as with GitLab or docker_auth): an anonymous pull works there
     let direct = Name::parse(&format!("{}/library/tok:1", reg.host())).unwrap();
-    let e = resolve_remote(&direct, &fetch_opts(&sb, &reg.url()).remote).unwrap_err();
-    assert!(e.to_string().contains("CVE-2025-51471"), "{e}");
-    assert_eq!(front.requests().len(), before);
+    let c = tempfile::tempdir().unwrap();
+    let sc = Store::open(c.path());
+    let mut o = fetch_opts(&sc, &reg.url());
+    o.remote.trusted_realms = Some(vec![]);
+    let mut doc = resolve_remote(&direct, &o.remote).unwrap();
+    fetch_blob(&mut doc, &sc, &o).unwrap();
+    // a push with credentials: they are withheld from the other origin, the
+    // anonymous token is pull-only, and the error says how to trust the realm
+    put_model(&sa, &direct, b"{}", &[(media::MODEL, &bytes(50_000, 4))]);
+    let before = front.requests().len();
+    let mut po = push_opts(&reg.url());
+    po.remote.trusted_realms = Some(vec![]);
+    po.remote.credentials = Some(Credentials {
+        username: "alice".into(),
+        password: "pw".into(),
+    });
+    let e = push(&direct, &sa, &po).unwrap_err().to_string();
+    assert!(
+        e.contains("CVE-2025-51471")
+            && e.contains(&format!("LLPIPE_TRUSTED_REALMS=\"{}=", reg.host())),
+        "{e}"
+    );
+    let tokens: Vec<Req> = front.requests().split_off(before);
+    assert!(!tokens.is_empty());
+    assert!(tokens.iter().all(|r| r.header("authorization").is_none()));
+    // trusted by configuration: the credentials go to the realm and the push works
+    po.remote.trusted_realms = Some(vec![format!("{}={}/token", reg.host(), front.url())]);
+    push(&direct, &sa, &po).unwrap();
+    assert!(front
+        .requests()
+        .iter()
+        .any(|r| r.header("authorization") == Some("Basic YWxpY2U6cHc=")));
 }

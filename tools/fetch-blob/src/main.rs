@@ -17,7 +17,7 @@ use protocol::Line;
 /// `blobs/sha256-<hex>-partial` and resume after any interruption; a blob
 /// gets its name only once its digest matches.
 #[derive(Parser, Debug)]
-#[command(name = "fetch-blob", version)]
+#[command(name = "fetch-blob", version, after_help = registry::ENV_HELP)]
 struct Args {
     /// Pull these models by name (the manifest is fetched from the registry)
     /// instead of reading documents from stdin; `http://host/...` implies --insecure.

@@ -14,7 +14,7 @@ use serde_json::json;
 /// then the manifest byte for byte. Prints
 /// `{"type":"push","data":{"name":…,"manifest_digest":…,"uploaded":N,"skipped":N,"mounted":N}}`.
 #[derive(Parser, Debug)]
-#[command(name = "model-push", version)]
+#[command(name = "model-push", version, after_help = registry::ENV_HELP)]
 struct Args {
     /// The model, e.g. 127.0.0.1:5000/library/smollm2:135m (http:// or https:// prefix allowed).
     name: String,

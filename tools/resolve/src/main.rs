@@ -21,9 +21,13 @@ use store::Store;
 #[command(
     name = "resolve",
     version,
-    after_help = "Exit status: 0 all resolved, 1 a model was not found (in the store with --offline, \
+    after_help = format!(
+        "{}\n\n{}",
+        "Exit status: 0 all resolved, 1 a model was not found (in the store with --offline, \
 or on its registry), 2 bad name, I/O or network error.\n\nExamples:\n  resolve smollm2:135m | verify | jq .data.manifest_digest\n  \
-resolve --insecure 127.0.0.1:5000/library/smollm2:135m | fetch-blob | verify"
+resolve --insecure 127.0.0.1:5000/library/smollm2:135m | fetch-blob | verify",
+        registry::ENV_HELP
+    )
 )]
 struct Args {
     /// Model names ([http[s]://]host/namespace/model:tag); one per line from stdin when none are given.
