@@ -15,6 +15,7 @@
 //! * Symlinks and non-regular files inside the store are refused, not followed.
 //!
 //! One entry point per verb: [`resolve()`], [`verify()`], [`verify_all()`],
+//! [`quarantine()`],
 //! [`create()`], [`list()`], [`remove()`], [`copy()`].
 //!
 //! ```no_run
@@ -45,7 +46,7 @@ pub use modelfile::{Command as ModelfileCommand, Modelfile};
 pub use protocol::{Digest, Name};
 pub use resolve::{resolve, ResolveOptions};
 pub use verify::{
-    verify, verify_all, BlobCheck, Finding, FindingKind, VerifyOptions, VerifyReport,
+    quarantine, verify, verify_all, BlobCheck, Finding, FindingKind, VerifyOptions, VerifyReport,
 };
 
 /// The store's one error type.
@@ -149,6 +150,11 @@ impl Store {
     /// `<root>/blobs`.
     pub fn blobs_dir(&self) -> PathBuf {
         self.root.join("blobs")
+    }
+
+    /// `<root>/quarantine`: corrupt blobs moved aside by [`quarantine()`].
+    pub fn quarantine_dir(&self) -> PathBuf {
+        self.root.join("quarantine")
     }
 
     /// `<root>/manifests`.

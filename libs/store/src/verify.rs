@@ -207,6 +207,36 @@ pub(crate) fn hash_file(mut file: std::fs::File) -> std::io::Result<Digest> {
     Ok(h.finish())
 }
 
+/// Moves a corrupt blob out of `blobs/` into `<root>/quarantine/`, under
+/// `sha256-<hex>-<unix nanos>`, so that a later `fetch-blob` finds it
+/// missing and fetches it again (fetch-blob treats a present file of the
+/// right size as good, so a corrupt blob must leave its name first). Returns
+/// where it went. The blob is renamed, never copied or followed: a symlink
+/// under the blob's name is moved as the link itself. Ollama ignores the
+/// folder; delete it once the repaired model checks out.
+pub fn quarantine(store: &Store, digest: &Digest) -> Result<PathBuf> {
+    let from = store.blob_path(digest);
+    std::fs::symlink_metadata(&from).map_err(crate::io_err(&from))?;
+    let dir = store.quarantine_dir();
+    fsutil::create_dirs_safely(store.root(), &dir)?;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let to = dir.join(format!("{}-{nanos}", digest.blob_file_name()));
+    if std::fs::symlink_metadata(&to).is_ok() {
+        return Err(crate::Error::Other(format!(
+            "cannot quarantine blob {digest}: {} exists",
+            to.display()
+        )));
+    }
+    std::fs::rename(&from, &to).map_err(crate::io_err(&from))?;
+    if let Ok(d) = std::fs::File::open(store.blobs_dir()) {
+        let _ = d.sync_all();
+    }
+    Ok(to)
+}
+
 /// Audits the whole store: every blob re-hashed against its name; manifests
 /// that do not parse or point at missing blobs; orphan blobs; leftover
 /// temporary or partial files; symlinks and special files.
@@ -327,4 +357,50 @@ pub fn verify_all(store: &Store, opts: &VerifyOptions) -> Result<VerifyReport> {
         blobs_checked: checks.len(),
         bytes_hashed,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quarantine_moves_the_blob_aside_and_verify_all_reports_it_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path());
+        let blob = store.write_blob(b"weights").unwrap();
+        let manifest = format!(
+            r#"{{"schemaVersion":2,"config":{{"mediaType":"c","digest":"{blob}","size":7}},"layers":[]}}"#
+        );
+        store
+            .write_manifest(&Name::parse("m:t").unwrap(), manifest.as_bytes())
+            .unwrap();
+        std::fs::write(store.blob_path(&blob), b"wEights").unwrap();
+        let moved = quarantine(&store, &blob).unwrap();
+        assert!(
+            moved.starts_with(dir.path().join("quarantine")),
+            "{moved:?}"
+        );
+        assert_eq!(std::fs::read(&moved).unwrap(), b"wEights");
+        assert!(!store.has_blob(&blob).unwrap());
+        // the manifest now points at a missing blob, and the audit says so
+        let report = verify_all(&store, &VerifyOptions::default()).unwrap();
+        let kinds: Vec<_> = report.findings.iter().map(|f| f.kind).collect();
+        assert_eq!(kinds, [FindingKind::Missing]);
+        // a blob that is not there cannot be quarantined
+        let err = quarantine(&store, &blob).unwrap_err().to_string();
+        assert!(err.contains(&blob.blob_file_name()), "{err}");
+    }
+
+    #[test]
+    fn quarantine_refuses_a_symlinked_quarantine_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path());
+        let blob = store.write_blob(b"x").unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("quarantine")).unwrap();
+        let err = quarantine(&store, &blob).unwrap_err().to_string();
+        assert!(err.contains("symlink"), "{err}");
+        assert!(store.has_blob(&blob).unwrap());
+        assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
+    }
 }
