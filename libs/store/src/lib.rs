@@ -15,7 +15,7 @@
 //! * Symlinks and non-regular files inside the store are refused, not followed.
 //!
 //! One entry point per verb: [`resolve()`], [`verify()`], [`verify_all()`],
-//! [`quarantine()`],
+//! [`quarantine()`], [`export()`], [`import()`],
 //! [`create()`], [`list()`], [`remove()`], [`copy()`].
 //!
 //! ```no_run
@@ -27,6 +27,7 @@
 //! ```
 #![deny(missing_docs)]
 
+mod archive;
 mod create;
 mod fsutil;
 mod manage;
@@ -38,6 +39,7 @@ mod verify;
 use std::io;
 use std::path::{Path, PathBuf};
 
+pub use archive::{export, import, ExportReport, ImportOptions, ImportReport, REF_NAME};
 pub use create::{create, CreateOptions};
 pub use fsutil::atomic_write;
 pub use manage::{copy, list, remove, ListEntry, RemoveReport};
@@ -104,6 +106,9 @@ pub enum Error {
         /// The underlying error.
         source: io::Error,
     },
+    /// An export archive that is malformed, truncated or does not check out.
+    #[error("refusing archive: {0}")]
+    Archive(String),
     /// Anything else worth one line.
     #[error("{0}")]
     Other(String),
