@@ -173,3 +173,44 @@ fn quarantine_then_fetch_repairs_only_the_corrupt_blob() {
     assert!(extra[0].starts_with("quarantine/"), "{extra:?}");
     assert_eq!(std::fs::read(t.root().join(extra[0])).unwrap(), bad);
 }
+
+/// Moving models without a registry (issue 14 item 5): `model-export -o - |
+/// model-import -` between two stores gives the same manifest bytes and
+/// blobs, and the imported store audits clean.
+#[test]
+fn export_import_between_two_stores() {
+    let a = TestStore::new();
+    let manifest = pipeline_tests::ollama_layout(
+        a.root(),
+        "registry.ollama.ai/library/tiny/latest",
+        &pipeline_tests::tiny_llama(),
+        "{{ .Prompt }}",
+    );
+    let (code, _, stderr) = out3(&a.run(bin("model-copy"), &["tiny", "me/tiny:v2"], b""));
+    assert_eq!(code, 0, "{stderr}");
+    let o = a.run(bin("model-export"), &["tiny", "me/tiny:v2", "-o", "-"], b"");
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let b = TestStore::new();
+    let (code, docs, stderr) = out3(&b.run(bin("model-import"), &["-"], &o.stdout));
+    assert_eq!(code, 0, "{stderr}");
+    let (code, verified, stderr) = out3(&b.run(bin("verify"), &[], docs.as_bytes()));
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(verified.lines().count(), 2);
+    assert_eq!(a.files(), b.files());
+    for f in a.files() {
+        assert_eq!(
+            std::fs::read(a.root().join(&f)).unwrap(),
+            std::fs::read(b.root().join(&f)).unwrap(),
+            "{f}"
+        );
+    }
+    let m = std::fs::read(b.root().join("manifests/registry.ollama.ai/me/tiny/v2")).unwrap();
+    assert_eq!(m, manifest);
+    let (code, _, stderr) = out3(&b.run(bin("verify"), &["--all"], b""));
+    assert_eq!(code, 0, "{stderr}");
+}

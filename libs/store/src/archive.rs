@@ -175,6 +175,27 @@ pub fn export(store: &Store, names: &[Name], out: impl Write) -> Result<ExportRe
     Ok(report)
 }
 
+/// [`export()`] into the file `path`, written beside it under a temp name
+/// and renamed only once complete: a failed export leaves no file (and an
+/// existing file at `path` unchanged).
+pub fn export_file(store: &Store, names: &[Name], path: &std::path::Path) -> Result<ExportReport> {
+    let tmp = fsutil::temp_path_for(path);
+    let result = (|| {
+        let f = fsutil::create_new(&tmp)?;
+        let mut w = io::BufWriter::with_capacity(1 << 20, f);
+        let report = export(store, names, &mut w)?;
+        let f = w.into_inner().map_err(|e| io_err(&tmp)(e.into_error()))?;
+        f.sync_all().map_err(io_err(&tmp))?;
+        drop(f);
+        std::fs::rename(&tmp, path).map_err(io_err(path))?;
+        Ok(report)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
 /// Appends a regular file with reproducible metadata (mode 0644, uid/gid 0, mtime 0).
 fn append<W: Write>(
     tar: &mut tar::Builder<W>,
@@ -705,6 +726,19 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("nope:1 not found"), "{err}");
+        // to a file: nothing is left behind, an existing file is kept
+        let out = tempfile::tempdir().unwrap();
+        let path = out.path().join("a.tar");
+        assert!(export_file(&store, &names(&["a:1"]), &path).is_err());
+        assert_eq!(std::fs::read_dir(out.path()).unwrap().count(), 0);
+        std::fs::write(&path, b"keep").unwrap();
+        assert!(export_file(&store, &names(&["a:1"]), &path).is_err());
+        assert_eq!(std::fs::read(&path).unwrap(), b"keep");
+        assert_eq!(std::fs::read_dir(out.path()).unwrap().count(), 1);
+        std::fs::write(store.blob_path(&weights), [7u8; 3000]).unwrap();
+        export_file(&store, &names(&["me/b:2"]), &path).unwrap();
+        assert_eq!(entry_names(&std::fs::read(&path).unwrap()).len(), 2 + 4);
+        assert_eq!(std::fs::read_dir(out.path()).unwrap().count(), 1);
     }
 
     // ---- hostile archives ----

@@ -39,7 +39,9 @@ mod verify;
 use std::io;
 use std::path::{Path, PathBuf};
 
-pub use archive::{export, import, ExportReport, ImportOptions, ImportReport, REF_NAME};
+pub use archive::{
+    export, export_file, import, ExportReport, ImportOptions, ImportReport, REF_NAME,
+};
 pub use create::{create, CreateOptions};
 pub use fsutil::atomic_write;
 pub use manage::{copy, list, remove, ListEntry, RemoveReport};
