@@ -118,7 +118,11 @@ fn quarantine_moves_the_corrupt_blob_and_hands_the_model_on() {
         .collect();
     assert_eq!(moved.len(), 1);
     assert_eq!(std::fs::read(&moved[0]).unwrap(), bytes);
-    // the store says the blob is missing until fetched again
+    // the store says the blob is missing until fetched again: resolve marks
+    // it not present, the audit names it
+    let o = t.run(bin("resolve"), &["tiny"], b"");
+    let again = String::from_utf8(o.stdout).unwrap();
+    assert_eq!(again.matches("\"present\":false").count(), 1, "{again}");
     let o = t.run(bin("verify"), &["--all"], b"");
     let (code, stdout, _) = out3(&o);
     assert_eq!(code, 1);
