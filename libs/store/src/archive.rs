@@ -361,14 +361,15 @@ fn import_inner(store: &Store, input: impl Read, opts: &ImportOptions) -> Result
     archive_counter_check(archive, end_of_entries)?;
 
     if let Some(l) = &layout_bytes {
-        let v: Value = serde_json::from_slice(l).map_err(|e| bad(format!("oci-layout: {e}")))?;
+        let v: Value = serde_json::from_slice(l)
+            .map_err(|e| bad(format!("oci-layout: {}", printable(&e.to_string()))))?;
         if v.get("imageLayoutVersion").and_then(Value::as_str) != Some("1.0.0") {
             return Err(bad("oci-layout: imageLayoutVersion is not 1.0.0"));
         }
     }
     let index_bytes = index_bytes.ok_or_else(|| bad("no index.json in the archive"))?;
-    let index: Index =
-        serde_json::from_slice(&index_bytes).map_err(|e| bad(format!("index.json: {e}")))?;
+    let index: Index = serde_json::from_slice(&index_bytes)
+        .map_err(|e| bad(format!("index.json: {}", printable(&e.to_string()))))?;
     if index.schema_version != 2 {
         return Err(bad(format!(
             "index.json: schemaVersion {} (only 2 is supported)",
