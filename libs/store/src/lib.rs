@@ -50,7 +50,8 @@ pub use modelfile::{Command as ModelfileCommand, Modelfile};
 pub use protocol::{Digest, Name};
 pub use resolve::{resolve, ResolveOptions};
 pub use verify::{
-    quarantine, verify, verify_all, BlobCheck, Finding, FindingKind, VerifyOptions, VerifyReport,
+    quarantine, quarantine_finding, verify, verify_all, verify_docs, BlobCheck, DocsVerdict,
+    Finding, FindingKind, VerifyOptions, VerifyReport,
 };
 
 /// The store's one error type.

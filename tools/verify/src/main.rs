@@ -1,14 +1,13 @@
 //! `verify`: re-hash blobs, name what is corrupt, pass good documents on.
 
-use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::Path;
 
 use anyhow::{bail, Context};
 use clap::Parser;
 use cli::Outcome;
-use protocol::{Digest, Line};
-use store::{BlobCheck, Finding, FindingKind, Store, VerifyOptions};
+use protocol::Digest;
+use store::{BlobCheck, Finding, Store, VerifyOptions};
 
 /// Re-hash blobs and name every mismatch.
 ///
@@ -107,10 +106,8 @@ fn main() -> std::process::ExitCode {
     })
 }
 
-/// Reads every document, hashes all their blobs in parallel, then passes on
-/// the documents whose blobs are all good, in input order. With `quarantine`,
-/// a document whose blobs are only corrupt (now moved aside) or missing is
-/// passed on too, those blobs marked not present.
+/// Reads every document, verifies (and with `quarantine` repairs-to-be)
+/// their blobs, and passes on what [`store::verify_docs`] keeps.
 fn verify_stream(
     store: &Store,
     opts: &VerifyOptions,
@@ -120,78 +117,39 @@ fn verify_stream(
     let lines = cli::stdin_lines()
         .collect::<Result<Vec<_>, _>>()
         .context("reading pipeline documents from stdin")?;
-    let mut checks = Vec::new();
-    let mut owner = Vec::new();
-    for (i, line) in lines.iter().enumerate() {
-        if let Line::Model(doc) = line {
-            for b in doc.blobs() {
-                checks.push(BlobCheck {
-                    digest: b.digest.clone(),
-                    path: store.blob_path(&b.digest),
-                    size: Some(b.size),
-                });
-                owner.push(i);
-            }
-        }
+    let v =
+        store::verify_docs(store, lines, opts, quarantine).context("quarantining corrupt blobs")?;
+    for f in &v.findings {
+        eprintln!("verify: {f}");
     }
-    let results = store::verify(&checks, opts);
-    let mut bad = vec![false; lines.len()];
-    let mut absent = vec![BTreeSet::new(); lines.len()];
-    let mut moved = BTreeSet::new();
-    for ((r, &i), c) in results.into_iter().zip(&owner).zip(&checks) {
-        if let (Some(mut f), Line::Model(doc)) = (r, &lines[i]) {
-            f.models = vec![doc.name.clone()];
-            eprintln!("verify: {f}");
-            // a blob shared by several documents (or listed twice) moves once
-            let handed_on = quarantine
-                && (f.kind == FindingKind::Missing
-                    || moved.contains(&c.digest)
-                    || quarantine_corrupt(store, &f)?);
-            if handed_on {
-                moved.insert(c.digest.clone());
-            }
-            if handed_on {
-                absent[i].insert(c.digest.clone());
-            } else {
-                bad[i] = true;
-            }
-        }
+    for (digest, to) in &v.quarantined {
+        say_quarantined(digest, to);
     }
-    for ((line, bad), absent) in lines.into_iter().zip(&bad).zip(&absent) {
-        match line {
-            Line::Model(mut doc) if !bad => {
-                for b in doc.blobs_mut() {
-                    b.present = !absent.contains(&b.digest);
-                }
-                protocol::write_line(out, &Line::Model(doc))?;
-            }
-            Line::Model(_) => {}
-            other => protocol::write_line(out, &other)?,
-        }
+    for line in &v.lines {
+        protocol::write_line(out, line)?;
     }
-    Ok(if bad.contains(&true) {
+    Ok(if v.dropped > 0 {
         Outcome::Negative
     } else {
         Outcome::Ok
     })
 }
 
-/// Moves the blob of a `corrupt` finding about a store blob into the
-/// quarantine folder, saying so on stderr; false for any other finding.
+/// Moves the blob of a `corrupt` finding aside, saying so; false for any other finding.
 fn quarantine_corrupt(store: &Store, f: &Finding) -> anyhow::Result<bool> {
-    let Some(digest) = f.digest.as_ref() else {
-        return Ok(false);
-    };
-    if f.kind != FindingKind::Corrupt || f.path != store.blob_path(digest) {
-        return Ok(false);
+    let moved = store::quarantine_finding(store, f)
+        .with_context(|| format!("quarantining {}", f.path.display()))?;
+    if let (Some(to), Some(digest)) = (&moved, &f.digest) {
+        say_quarantined(digest, to);
     }
-    let to =
-        store::quarantine(store, digest).with_context(|| format!("quarantining blob {digest}"))?;
+    Ok(moved.is_some())
+}
+
+fn say_quarantined(digest: &Digest, to: &Path) {
     eprintln!(
         "verify: quarantined blob {digest} to {}; `fetch-blob` fetches it again",
         to.display()
     );
-    Ok(true)
 }
 
 fn check_for_item(store: &Store, item: &str) -> anyhow::Result<BlobCheck> {
