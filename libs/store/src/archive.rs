@@ -15,6 +15,9 @@
 //! only when the whole archive has been read, every digest and size checked
 //! and every manifest parsed, are blobs renamed into place and then the
 //! manifests written. A refused archive leaves the store as it was.
+//!
+//! What no digest covers: `index.json` itself. A model's name altered there
+//! imports the same (verified) model under the altered name.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
@@ -920,6 +923,80 @@ mod tests {
         raw_entry(&mut t, &name, b'0', 4, b"evil");
         end(&mut t);
         refused(&t, &format!("entry {name}: content hashes to"));
+    }
+
+    /// Single-byte corruptions anywhere in a good archive: never a panic;
+    /// either refused with nothing left behind, or the same blobs and
+    /// manifest bytes as the original. (`index.json` carries no digest in
+    /// an OCI layout, so a flip there that still parses, in a model's name,
+    /// imports the same model under the changed name: that is the one
+    /// change an archive without a signature cannot reveal.)
+    #[test]
+    fn flipped_bytes_are_refused_or_harmless() {
+        let good = good_archive();
+        let summary = |dir: &std::path::Path| -> Vec<(String, Digest)> {
+            files(dir)
+                .into_iter()
+                .map(|(name, bytes)| (name, Digest::of_bytes(&bytes)))
+                .collect()
+        };
+        let want = {
+            let dir = tempfile::tempdir().unwrap();
+            import(
+                &Store::open(dir.path()),
+                &good[..],
+                &ImportOptions::default(),
+            )
+            .unwrap();
+            summary(dir.path())
+        };
+        let index_range = {
+            let mut a = tar::Archive::new(&good[..]);
+            let e = a.entries().unwrap().nth(1).unwrap().unwrap();
+            assert_eq!(e.path().unwrap().to_str(), Some("index.json"));
+            let at = e.raw_file_position() as usize;
+            at..at + e.size() as usize
+        };
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let (mut refused, mut harmless) = (0, 0);
+        for _ in 0..300 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let mut bad = good.clone();
+            let at = (seed % bad.len() as u64) as usize;
+            bad[at] ^= 1 << (seed >> 60 & 7);
+            let dir = tempfile::tempdir().unwrap();
+            let root = dir.path().join("m");
+            match import(
+                &Store::open(&root),
+                &bad[..],
+                &ImportOptions { fsync: false },
+            ) {
+                Err(e) => {
+                    assert!(!root.exists(), "byte {at}: {e}: left {:?}", files(&root));
+                    refused += 1;
+                }
+                Ok(_) => {
+                    let got = summary(&root);
+                    let digests =
+                        |v: &[(String, Digest)]| v.iter().map(|f| f.1.clone()).collect::<Vec<_>>();
+                    assert_eq!(
+                        digests(&got),
+                        digests(&want),
+                        "byte {at} changed a blob or manifest"
+                    );
+                    if !index_range.contains(&at) {
+                        assert_eq!(got, want, "byte {at} changed what was imported");
+                    }
+                    harmless += 1;
+                }
+            }
+        }
+        assert!(
+            refused > 0 && harmless > 0,
+            "{refused} refused, {harmless} harmless"
+        );
     }
 
     #[test]
