@@ -121,3 +121,96 @@ fn push_remove_resolve_fetch_verify_round_trip() {
     let (code, _, stderr) = out3(&t.run(bin("verify"), &["--all"], b""));
     assert_eq!(code, 0, "{stderr}");
 }
+
+/// Repair (issue 14 item 4): a model pushed to a real registry on
+/// 127.0.0.1, one blob corrupted locally; `resolve | verify --quarantine |
+/// fetch-blob` moves it aside and fetches only that blob again.
+#[test]
+fn quarantine_then_fetch_repairs_only_the_corrupt_blob() {
+    if !std::path::Path::new("/usr/bin/docker-registry").exists() {
+        println!("SKIPPED: /usr/bin/docker-registry is not installed");
+        return;
+    }
+    let reg = pipeline_tests::docker_registry(None);
+    let t = TestStore::new();
+    let name = format!("{}/library/tiny:latest", reg.host());
+    let weights = pipeline_tests::tiny_llama();
+    pipeline_tests::ollama_layout(
+        t.root(),
+        &format!("{}/library/tiny/latest", reg.host()),
+        &weights,
+        "{{ .Prompt }}",
+    );
+    let (code, _, stderr) = out3(&t.run(bin("model-push"), &["--insecure", &name], b""));
+    assert_eq!(code, 0, "{stderr}");
+
+    let digest = protocol::Digest::of_bytes(&weights);
+    let path = t.root().join("blobs").join(digest.blob_file_name());
+    let mut bad = weights.clone();
+    bad[100] ^= 1; // same size: fetch-blob alone would take it as present
+    std::fs::write(&path, &bad).unwrap();
+    let before = t.files();
+
+    let (code, doc, stderr) = out3(&t.run(bin("resolve"), &[&name], b""));
+    assert_eq!(code, 0, "{stderr}");
+    let (code, handed, stderr) = out3(&t.run(bin("verify"), &["--quarantine"], doc.as_bytes()));
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(handed.matches("\"present\":false").count(), 1, "{handed}");
+    let (code, fetched, stderr) =
+        out3(&t.run(bin("fetch-blob"), &["--insecure", "-v"], handed.as_bytes()));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("1 blobs fetched"), "{stderr}");
+    assert_eq!(std::fs::read(&path).unwrap(), weights);
+    let (code, verified, stderr) = out3(&t.run(bin("verify"), &[], fetched.as_bytes()));
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(verified, fetched);
+    let (code, _, stderr) = out3(&t.run(bin("verify"), &["--all"], b""));
+    assert_eq!(code, 0, "{stderr}");
+    // same store files, plus the quarantined copy holding the corrupt bytes
+    let after = t.files();
+    let extra: Vec<_> = after.iter().filter(|f| !before.contains(f)).collect();
+    assert_eq!(extra.len(), 1, "{after:?}");
+    assert!(extra[0].starts_with("quarantine/"), "{extra:?}");
+    assert_eq!(std::fs::read(t.root().join(extra[0])).unwrap(), bad);
+}
+
+/// Moving models without a registry (issue 14 item 5): `model-export -o - |
+/// model-import -` between two stores gives the same manifest bytes and
+/// blobs, and the imported store audits clean.
+#[test]
+fn export_import_between_two_stores() {
+    let a = TestStore::new();
+    let manifest = pipeline_tests::ollama_layout(
+        a.root(),
+        "registry.ollama.ai/library/tiny/latest",
+        &pipeline_tests::tiny_llama(),
+        "{{ .Prompt }}",
+    );
+    let (code, _, stderr) = out3(&a.run(bin("model-copy"), &["tiny", "me/tiny:v2"], b""));
+    assert_eq!(code, 0, "{stderr}");
+    let o = a.run(bin("model-export"), &["tiny", "me/tiny:v2", "-o", "-"], b"");
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let b = TestStore::new();
+    let (code, docs, stderr) = out3(&b.run(bin("model-import"), &["-"], &o.stdout));
+    assert_eq!(code, 0, "{stderr}");
+    let (code, verified, stderr) = out3(&b.run(bin("verify"), &[], docs.as_bytes()));
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(verified.lines().count(), 2);
+    assert_eq!(a.files(), b.files());
+    for f in a.files() {
+        assert_eq!(
+            std::fs::read(a.root().join(&f)).unwrap(),
+            std::fs::read(b.root().join(&f)).unwrap(),
+            "{f}"
+        );
+    }
+    let m = std::fs::read(b.root().join("manifests/registry.ollama.ai/me/tiny/v2")).unwrap();
+    assert_eq!(m, manifest);
+    let (code, _, stderr) = out3(&b.run(bin("verify"), &["--all"], b""));
+    assert_eq!(code, 0, "{stderr}");
+}

@@ -76,6 +76,8 @@ fn store_tools_do_not_link_ggml() {
         "model-list",
         "model-remove",
         "model-copy",
+        "model-export",
+        "model-import",
         "model-push",
         "gguf-inspect",
     ] {

@@ -15,6 +15,7 @@
 //! * Symlinks and non-regular files inside the store are refused, not followed.
 //!
 //! One entry point per verb: [`resolve()`], [`verify()`], [`verify_all()`],
+//! [`quarantine()`], [`export()`], [`import()`],
 //! [`create()`], [`list()`], [`remove()`], [`copy()`].
 //!
 //! ```no_run
@@ -26,6 +27,7 @@
 //! ```
 #![deny(missing_docs)]
 
+mod archive;
 mod create;
 mod fsutil;
 mod manage;
@@ -37,6 +39,9 @@ mod verify;
 use std::io;
 use std::path::{Path, PathBuf};
 
+pub use archive::{
+    export, export_file, import, ExportReport, ImportOptions, ImportReport, REF_NAME,
+};
 pub use create::{create, CreateOptions};
 pub use fsutil::atomic_write;
 pub use manage::{copy, list, remove, ListEntry, RemoveReport};
@@ -45,7 +50,8 @@ pub use modelfile::{Command as ModelfileCommand, Modelfile};
 pub use protocol::{Digest, Name};
 pub use resolve::{resolve, ResolveOptions};
 pub use verify::{
-    verify, verify_all, BlobCheck, Finding, FindingKind, VerifyOptions, VerifyReport,
+    quarantine, quarantine_finding, verify, verify_all, verify_docs, BlobCheck, DocsVerdict,
+    Finding, FindingKind, VerifyOptions, VerifyReport,
 };
 
 /// The store's one error type.
@@ -103,6 +109,9 @@ pub enum Error {
         /// The underlying error.
         source: io::Error,
     },
+    /// An export archive that is malformed, truncated or does not check out.
+    #[error("refusing archive: {0}")]
+    Archive(String),
     /// Anything else worth one line.
     #[error("{0}")]
     Other(String),
@@ -149,6 +158,11 @@ impl Store {
     /// `<root>/blobs`.
     pub fn blobs_dir(&self) -> PathBuf {
         self.root.join("blobs")
+    }
+
+    /// `<root>/quarantine`: corrupt blobs moved aside by [`quarantine()`].
+    pub fn quarantine_dir(&self) -> PathBuf {
+        self.root.join("quarantine")
     }
 
     /// `<root>/manifests`.

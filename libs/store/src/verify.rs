@@ -11,6 +11,8 @@ use serde::Serialize;
 
 use crate::fsutil::{self, EntryKind};
 use crate::manifest::{Manifest, MAX_MANIFEST};
+use protocol::Line;
+
 use crate::{Digest, Name, Result, Store};
 
 /// Options of [`verify()`] and [`verify_all()`].
@@ -207,6 +209,131 @@ pub(crate) fn hash_file(mut file: std::fs::File) -> std::io::Result<Digest> {
     Ok(h.finish())
 }
 
+/// Moves a corrupt blob out of `blobs/` into `<root>/quarantine/`, under
+/// `sha256-<hex>-<unix nanos>`, so that a later `fetch-blob` finds it
+/// missing and fetches it again (fetch-blob treats a present file of the
+/// right size as good, so a corrupt blob must leave its name first). Returns
+/// where it went. The blob is renamed, never copied or followed: a symlink
+/// under the blob's name is moved as the link itself. Ollama ignores the
+/// folder; delete it once the repaired model checks out.
+pub fn quarantine(store: &Store, digest: &Digest) -> Result<PathBuf> {
+    let from = store.blob_path(digest);
+    std::fs::symlink_metadata(&from).map_err(crate::io_err(&from))?;
+    let dir = store.quarantine_dir();
+    fsutil::create_dirs_safely(store.root(), &dir)?;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let to = dir.join(format!("{}-{nanos}", digest.blob_file_name()));
+    if std::fs::symlink_metadata(&to).is_ok() {
+        return Err(crate::Error::Other(format!(
+            "cannot quarantine blob {digest}: {} exists",
+            to.display()
+        )));
+    }
+    std::fs::rename(&from, &to).map_err(crate::io_err(&from))?;
+    if let Ok(d) = std::fs::File::open(store.blobs_dir()) {
+        let _ = d.sync_all();
+    }
+    Ok(to)
+}
+
+/// What [`verify_docs()`] found, and the lines to pass on.
+#[derive(Clone, Debug, Default)]
+pub struct DocsVerdict {
+    /// The lines to pass on, in input order: other line types unchanged,
+    /// model documents whose blobs are all good (each marked present), and
+    /// with quarantine those whose bad blobs were handed on (marked not present).
+    pub lines: Vec<Line>,
+    /// Every problem found, naming its model.
+    pub findings: Vec<Finding>,
+    /// Corrupt blobs moved aside, and where to.
+    pub quarantined: Vec<(Digest, PathBuf)>,
+    /// Model documents dropped: a blob bad and not handed on.
+    pub dropped: usize,
+}
+
+/// Re-hashes every blob of the model documents among `lines` (in parallel)
+/// and decides which documents pass on. With `quarantine`, a corrupt blob
+/// is moved aside ([`quarantine_finding()`]; once, however many documents
+/// share it) and a document whose bad blobs are all corrupt-and-moved or
+/// missing passes on with those blobs `present: false`, for `fetch-blob`
+/// to fetch again. Any other problem (unreadable, a symlink) drops it.
+pub fn verify_docs(
+    store: &Store,
+    lines: Vec<Line>,
+    opts: &VerifyOptions,
+    quarantine: bool,
+) -> Result<DocsVerdict> {
+    let mut checks = Vec::new();
+    let mut owner = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        if let Line::Model(doc) = line {
+            for b in doc.blobs() {
+                checks.push(BlobCheck {
+                    digest: b.digest.clone(),
+                    path: store.blob_path(&b.digest),
+                    size: Some(b.size),
+                });
+                owner.push(i);
+            }
+        }
+    }
+    let results = verify(&checks, opts);
+    let mut verdict = DocsVerdict::default();
+    let mut bad = vec![false; lines.len()];
+    let mut absent = vec![BTreeSet::new(); lines.len()];
+    let mut handed_on = BTreeSet::new();
+    for ((r, &i), c) in results.into_iter().zip(&owner).zip(&checks) {
+        let (Some(mut f), Line::Model(doc)) = (r, &lines[i]) else {
+            continue;
+        };
+        f.models = vec![doc.name.clone()];
+        let ok = quarantine
+            && (f.kind == FindingKind::Missing || handed_on.contains(&c.digest) || {
+                let moved = quarantine_finding(store, &f)?;
+                let ok = moved.is_some();
+                verdict
+                    .quarantined
+                    .extend(moved.map(|p| (c.digest.clone(), p)));
+                ok
+            });
+        if ok {
+            handed_on.insert(c.digest.clone());
+            absent[i].insert(c.digest.clone());
+        } else {
+            bad[i] = true;
+        }
+        verdict.findings.push(f);
+    }
+    for ((line, bad), absent) in lines.into_iter().zip(bad).zip(&absent) {
+        match line {
+            Line::Model(mut doc) if !bad => {
+                for b in doc.blobs_mut() {
+                    b.present = !absent.contains(&b.digest);
+                }
+                verdict.lines.push(Line::Model(doc));
+            }
+            Line::Model(_) => verdict.dropped += 1,
+            other => verdict.lines.push(other),
+        }
+    }
+    Ok(verdict)
+}
+
+/// [`quarantine()`] for a finding: moves the blob when the finding says a
+/// store blob is corrupt, and returns where it went; `None` for any other
+/// finding (missing, unreadable, a path outside the store's blobs).
+pub fn quarantine_finding(store: &Store, f: &Finding) -> Result<Option<PathBuf>> {
+    match &f.digest {
+        Some(d) if f.kind == FindingKind::Corrupt && f.path == store.blob_path(d) => {
+            quarantine(store, d).map(Some)
+        }
+        _ => Ok(None),
+    }
+}
+
 /// Audits the whole store: every blob re-hashed against its name; manifests
 /// that do not parse or point at missing blobs; orphan blobs; leftover
 /// temporary or partial files; symlinks and special files.
@@ -327,4 +454,89 @@ pub fn verify_all(store: &Store, opts: &VerifyOptions) -> Result<VerifyReport> {
         blobs_checked: checks.len(),
         bytes_hashed,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quarantine_moves_the_blob_aside_and_verify_all_reports_it_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path());
+        let blob = store.write_blob(b"weights").unwrap();
+        let manifest = format!(
+            r#"{{"schemaVersion":2,"config":{{"mediaType":"c","digest":"{blob}","size":7}},"layers":[]}}"#
+        );
+        store
+            .write_manifest(&Name::parse("m:t").unwrap(), manifest.as_bytes())
+            .unwrap();
+        std::fs::write(store.blob_path(&blob), b"wEights").unwrap();
+        let moved = quarantine(&store, &blob).unwrap();
+        assert!(
+            moved.starts_with(dir.path().join("quarantine")),
+            "{moved:?}"
+        );
+        assert_eq!(std::fs::read(&moved).unwrap(), b"wEights");
+        assert!(!store.has_blob(&blob).unwrap());
+        // the manifest now points at a missing blob, and the audit says so
+        let report = verify_all(&store, &VerifyOptions::default()).unwrap();
+        let kinds: Vec<_> = report.findings.iter().map(|f| f.kind).collect();
+        assert_eq!(kinds, [FindingKind::Missing]);
+        // a blob that is not there cannot be quarantined
+        let err = quarantine(&store, &blob).unwrap_err().to_string();
+        assert!(err.contains(&blob.blob_file_name()), "{err}");
+    }
+
+    #[test]
+    fn quarantine_refuses_a_symlinked_quarantine_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path());
+        let blob = store.write_blob(b"x").unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("quarantine")).unwrap();
+        let err = quarantine(&store, &blob).unwrap_err().to_string();
+        assert!(err.contains("symlink"), "{err}");
+        assert!(store.has_blob(&blob).unwrap());
+        assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
+    }
+}
+
+#[cfg(test)]
+mod docs_tests {
+    use super::*;
+
+    #[test]
+    fn a_shared_corrupt_blob_moves_once_and_both_models_are_handed_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path());
+        let shared = store.write_blob(b"weights").unwrap();
+        let own = store.write_blob(b"config").unwrap();
+        let mut lines = Vec::new();
+        for n in ["a:1", "b:1"] {
+            let m = format!(
+                r#"{{"schemaVersion":2,"config":{{"mediaType":"c","digest":"{own}","size":6}},"layers":[{{"mediaType":"m","digest":"{shared}","size":7}}]}}"#
+            );
+            let name = Name::parse(n).unwrap();
+            store.write_manifest(&name, m.as_bytes()).unwrap();
+            lines.push(Line::Model(store.model_doc(&name, m.as_bytes()).unwrap()));
+        }
+        std::fs::write(store.blob_path(&shared), b"wEights").unwrap();
+
+        // without quarantine: both dropped, nothing moved
+        let v = verify_docs(&store, lines.clone(), &VerifyOptions::default(), false).unwrap();
+        assert_eq!((v.lines.len(), v.dropped, v.quarantined.len()), (0, 2, 0));
+        assert_eq!(v.findings.len(), 2);
+        assert!(store.has_blob(&shared).unwrap());
+
+        let v = verify_docs(&store, lines, &VerifyOptions::default(), true).unwrap();
+        assert_eq!((v.lines.len(), v.dropped), (2, 0));
+        assert_eq!(v.quarantined.len(), 1, "moved once");
+        for line in &v.lines {
+            let Line::Model(doc) = line else { panic!() };
+            let present: Vec<_> = doc.blobs().map(|b| (b.digest == own, b.present)).collect();
+            assert_eq!(present, [(true, true), (false, false)]);
+        }
+        assert!(!store.has_blob(&shared).unwrap());
+    }
 }

@@ -24,6 +24,9 @@ mod term;
 /// the pipeline documents), the conversation and its cache are kept between
 /// turns, and /? lists the commands. With --model and stdin not a terminal,
 /// --chat reads the turns from stdin, one line each (for scripts and tests).
+/// Lines typed at the terminal are kept in ~/.ollama/history, as Ollama's
+/// REPL keeps them, and come back with up-arrow in later runs
+/// (OLLAMA_NOHISTORY=1: not kept).
 #[derive(Parser, Debug)]
 #[command(
     name = "infer",

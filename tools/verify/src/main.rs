@@ -6,8 +6,8 @@ use std::path::Path;
 use anyhow::{bail, Context};
 use clap::Parser;
 use cli::Outcome;
-use protocol::{Digest, Line};
-use store::{BlobCheck, Store, VerifyOptions};
+use protocol::Digest;
+use store::{BlobCheck, Finding, Store, VerifyOptions};
 
 /// Re-hash blobs and name every mismatch.
 ///
@@ -15,11 +15,16 @@ use store::{BlobCheck, Store, VerifyOptions};
 /// passes on the documents whose blobs are all good; lines of other types
 /// pass through. With arguments: checks those blobs (store paths named
 /// sha256-<hex>, or digests). With --all: audits the whole store.
+///
+/// With --quarantine, a corrupt blob is moved out of blobs/ into
+/// <store>/quarantine/ and, on the document stream, the model is passed on
+/// with that blob (and any missing one) marked "present":false, so that
+/// `| fetch-blob` fetches exactly those again from the model's registry.
 #[derive(Parser, Debug)]
 #[command(
     name = "verify",
     version,
-    after_help = "Exit status: 0 all good, 1 something is corrupt, missing or left over, 2 usage or I/O error.\n\nExample: resolve smollm2:135m | verify | infer -p hi"
+    after_help = "Exit status: 0 all good (with --quarantine: every corrupt or missing blob handed on to be fetched again), 1 something is corrupt, missing or left over, 2 usage or I/O error.\n\nExamples:\n  resolve smollm2:135m | verify | infer -p hi\n  resolve smollm2:135m | verify --quarantine | fetch-blob   (repair: fetch only the corrupt blobs again)"
 )]
 struct Args {
     /// Blob paths or digests (sha256:<hex>) to check instead of reading stdin.
@@ -27,6 +32,9 @@ struct Args {
     /// Audit the whole store: corrupt, missing and orphan blobs, leftover temporary or partial files, symlinks.
     #[arg(long, conflicts_with = "items")]
     all: bool,
+    /// Move corrupt blobs into <store>/quarantine/ and pass their models on with those blobs present:false (for `| fetch-blob`); then exit 0 when every problem was handed on that way (--all still exits 1: the audit found corruption).
+    #[arg(long)]
+    quarantine: bool,
     /// Hashing threads (default: one per core).
     #[arg(long, default_value_t = 0)]
     threads: usize,
@@ -43,9 +51,13 @@ fn main() -> std::process::ExitCode {
         if args.all {
             let report = store::verify_all(&store, &opts)
                 .with_context(|| format!("auditing {}", store.root().display()))?;
+            let mut handled = 0;
             for f in &report.findings {
                 writeln!(out, "{}", serde_json::json!({"type": "finding", "data": f}))?;
                 eprintln!("verify: {f}");
+                if args.quarantine && quarantine_corrupt(&store, f)? {
+                    handled += 1;
+                }
             }
             eprintln!(
                 "verify: {} blobs, {} bytes checked, {} problems",
@@ -53,6 +65,9 @@ fn main() -> std::process::ExitCode {
                 report.bytes_hashed,
                 report.findings.len()
             );
+            if handled > 0 {
+                eprintln!("verify: {handled} corrupt blobs quarantined: their models now lack them until fetched again (resolve NAME | fetch-blob)");
+            }
             return Ok(if report.findings.is_empty() {
                 Outcome::Ok
             } else {
@@ -71,7 +86,9 @@ fn main() -> std::process::ExitCode {
                 match r {
                     Some(f) => {
                         eprintln!("verify: {f}");
-                        outcome = Outcome::Negative;
+                        if !(args.quarantine && quarantine_corrupt(&store, &f)?) {
+                            outcome = Outcome::Negative;
+                        }
                     }
                     None => writeln!(
                         out,
@@ -85,60 +102,54 @@ fn main() -> std::process::ExitCode {
         if !cli::stdin_has_data() {
             bail!("nothing to verify: pipe pipeline documents in, or give blob paths or digests, or --all");
         }
-        verify_stream(&store, &opts, &mut out)
+        verify_stream(&store, &opts, args.quarantine, &mut out)
     })
 }
 
-/// Reads every document, hashes all their blobs in parallel, then passes on
-/// the documents whose blobs are all good, in input order.
+/// Reads every document, verifies (and with `quarantine` repairs-to-be)
+/// their blobs, and passes on what [`store::verify_docs`] keeps.
 fn verify_stream(
     store: &Store,
     opts: &VerifyOptions,
+    quarantine: bool,
     out: &mut impl Write,
 ) -> anyhow::Result<Outcome> {
     let lines = cli::stdin_lines()
         .collect::<Result<Vec<_>, _>>()
         .context("reading pipeline documents from stdin")?;
-    let mut checks = Vec::new();
-    let mut owner = Vec::new();
-    for (i, line) in lines.iter().enumerate() {
-        if let Line::Model(doc) = line {
-            for b in doc.blobs() {
-                checks.push(BlobCheck {
-                    digest: b.digest.clone(),
-                    path: store.blob_path(&b.digest),
-                    size: Some(b.size),
-                });
-                owner.push(i);
-            }
-        }
+    let v =
+        store::verify_docs(store, lines, opts, quarantine).context("quarantining corrupt blobs")?;
+    for f in &v.findings {
+        eprintln!("verify: {f}");
     }
-    let results = store::verify(&checks, opts);
-    let mut bad = vec![false; lines.len()];
-    for ((r, &i), _) in results.into_iter().zip(&owner).zip(&checks) {
-        if let (Some(mut f), Line::Model(doc)) = (r, &lines[i]) {
-            f.models = vec![doc.name.clone()];
-            eprintln!("verify: {f}");
-            bad[i] = true;
-        }
+    for (digest, to) in &v.quarantined {
+        say_quarantined(digest, to);
     }
-    for (line, bad) in lines.into_iter().zip(&bad) {
-        match line {
-            Line::Model(mut doc) if !bad => {
-                for b in doc.blobs_mut() {
-                    b.present = true;
-                }
-                protocol::write_line(out, &Line::Model(doc))?;
-            }
-            Line::Model(_) => {}
-            other => protocol::write_line(out, &other)?,
-        }
+    for line in &v.lines {
+        protocol::write_line(out, line)?;
     }
-    Ok(if bad.contains(&true) {
+    Ok(if v.dropped > 0 {
         Outcome::Negative
     } else {
         Outcome::Ok
     })
+}
+
+/// Moves the blob of a `corrupt` finding aside, saying so; false for any other finding.
+fn quarantine_corrupt(store: &Store, f: &Finding) -> anyhow::Result<bool> {
+    let moved = store::quarantine_finding(store, f)
+        .with_context(|| format!("quarantining {}", f.path.display()))?;
+    if let (Some(to), Some(digest)) = (&moved, &f.digest) {
+        say_quarantined(digest, to);
+    }
+    Ok(moved.is_some())
+}
+
+fn say_quarantined(digest: &Digest, to: &Path) {
+    eprintln!(
+        "verify: quarantined blob {digest} to {}; `fetch-blob` fetches it again",
+        to.display()
+    );
 }
 
 fn check_for_item(store: &Store, item: &str) -> anyhow::Result<BlobCheck> {
