@@ -90,10 +90,7 @@ impl Held<'_> {
                 let Some(job) = next(running.is_empty()) else {
                     break;
                 };
-                match self.start(job, &running) {
-                    Ok(seq) => running.push(seq),
-                    Err((job, e)) => (job.on_done)(Err(e)),
-                }
+                running.extend(self.start(job, &running));
             }
             if running.is_empty() {
                 return;
@@ -125,16 +122,21 @@ impl Held<'_> {
     }
 
     /// Tokenizes `job`'s prompt, picks a free slot (the longest cached
-    /// prefix), decodes what it lacks.
-    fn start(&mut self, job: BatchJob, running: &[Seq]) -> Result<Seq, (BatchJob, String)> {
+    /// prefix), decodes what it lacks; `None` when that failed (reported
+    /// to the job).
+    fn start(&mut self, job: BatchJob, running: &[Seq]) -> Option<Seq> {
         let t0 = Instant::now();
+        let fail = |job: BatchJob, e: String| {
+            (job.on_done)(Err(e));
+            None
+        };
         let ids = match self.encode(&job.opts, job.chat, &job.context) {
             Ok(ids) => ids,
-            Err(e) => return Err((job, e)),
+            Err(e) => return fail(job, e),
         };
         let sampler = match Sampler::new(job.opts.sampler.clone()) {
             Ok(s) => s,
-            Err(e) => return Err((job, e.to_string())),
+            Err(e) => return fail(job, e.to_string()),
         };
         let m = self.multi();
         let (slot, cached) = (0..m.n_seq())
@@ -147,7 +149,7 @@ impl Held<'_> {
             Ok(l) => l.to_vec(),
             Err(e) => {
                 m.truncate_seq(slot, 0);
-                return Err((job, e.to_string()));
+                return fail(job, e.to_string());
             }
         };
         let stats = Stats {
@@ -155,7 +157,7 @@ impl Held<'_> {
             prompt_eval_duration: t0.elapsed(),
             ..Default::default()
         };
-        Ok(Seq {
+        Some(Seq {
             stop: StopBuffer::new(&job.opts.stop),
             job,
             slot,
@@ -240,7 +242,7 @@ impl Held<'_> {
     /// Ends `seq`'s run: flushes held-back text, reports.
     fn finish(&mut self, mut seq: Seq, r: Result<(), String>) {
         seq.stats.eval_duration = seq.t_gen.elapsed();
-        let r = r.and_then(|()| {
+        let r = r.map(|()| {
             if !seq.canceled {
                 let mut out = Output {
                     tok: self.tok,
@@ -253,7 +255,7 @@ impl Held<'_> {
                     seq.canceled = true;
                 }
             }
-            Ok(RunResult {
+            RunResult {
                 summary: Summary {
                     stats: seq.stats,
                     load_duration: Default::default(),
@@ -263,7 +265,7 @@ impl Held<'_> {
                 cached: seq.cached,
                 tokens: seq.tokens,
                 canceled: seq.canceled,
-            })
+            }
         });
         (seq.job.on_done)(r);
     }
