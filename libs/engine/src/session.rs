@@ -50,7 +50,8 @@ pub trait Model {
         None
     }
     /// Builds the forward pass of one batch into `g`, returning the logits
-    /// `[n_vocab, n_out]` of the tokens listed in `inp.out_ids`. Everything
+    /// `[n_vocab, n_out]` of the tokens listed in `inp.out_ids` (or, with
+    /// `inp.hidden`, their final normalized hidden states). Everything
     /// it builds borrows `ctx` (and the model's weights) for `'c`.
     fn forward<'c>(
         &'c self,
@@ -72,6 +73,9 @@ pub struct Inputs<'c> {
     pub out_ids: Tensor<'c>,
     /// Number of tokens in the batch.
     pub n_tokens: usize,
+    /// Return the final (normalized) hidden states `[n_embd, n_out]`
+    /// instead of the logits: for embeddings.
+    pub hidden: bool,
 }
 
 /// How to run a session.
@@ -147,8 +151,18 @@ pub struct Session<'m> {
 #[derive(Clone, PartialEq, Eq)]
 struct Shape {
     lay: Layout,
-    /// Logits for every token, or the last of each sequence.
-    all: bool,
+    out: Out,
+}
+
+/// What a forward pass returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Out {
+    /// The logits of each sequence's last token.
+    Last,
+    /// The logits of every token.
+    All,
+    /// The hidden states of every token (embeddings).
+    Hidden,
 }
 
 impl<'m> Session<'m> {
@@ -208,7 +222,7 @@ impl<'m> Session<'m> {
                 n_kv: n_ctx,
             }
         };
-        self.build(&Shape { lay, all: true });
+        self.build(&Shape { lay, out: Out::All });
         self.plan.check_supports()?;
         self.plan.reserve()?;
         Ok(())
@@ -220,7 +234,11 @@ impl<'m> Session<'m> {
         let model = self.model;
         let lay = &shape.lay;
         let n = lay.m * lay.seqs.len();
-        let n_out = if shape.all { n } else { lay.seqs.len() };
+        let n_out = match shape.out {
+            Out::Last => lay.seqs.len(),
+            Out::All | Out::Hidden => n,
+        };
+        let hidden = shape.out == Out::Hidden;
         self.plan.build(|ctx, g, kv, _| {
             let tokens = ctx.input(Type::I32, &[n as i64]);
             let pos = ctx.input(Type::I32, &[n as i64]);
@@ -230,6 +248,7 @@ impl<'m> Session<'m> {
                 pos: pos.t(),
                 out_ids: out_ids.t(),
                 n_tokens: n,
+                hidden,
             };
             let kv = kv.batch(ctx, lay);
             let logits = model.forward(ctx, g, &inp, &kv).set_output();
@@ -279,7 +298,7 @@ impl<'m> Session<'m> {
         self.check_seq(seq)?;
         self.check_fits(seq, tokens.len())?;
         for chunk in tokens.chunks(self.n_batch) {
-            self.pass(&[(seq, chunk)], false)?;
+            self.pass(&[(seq, chunk)], Out::Last)?;
         }
         Ok(&self.logits)
     }
@@ -313,7 +332,7 @@ impl<'m> Session<'m> {
             .zip(&toks)
             .map(|(&i, t)| (steps[i].0, &t[..]))
             .collect();
-        self.pass(&items, true)?;
+        self.pass(&items, Out::All)?;
         // rows come in slot order; put them back in the caller's
         let n_vocab = self.model.n_vocab();
         let sorted = std::mem::take(&mut self.logits);
@@ -323,6 +342,20 @@ impl<'m> Session<'m> {
                 .copy_from_slice(&sorted[row * n_vocab..(row + 1) * n_vocab]);
         }
         Ok(&self.logits)
+    }
+
+    /// The final hidden states of `tokens` decoded after those in the cells
+    /// of `seq`, `[n_embd] × tokens.len()` row after row (for embeddings:
+    /// what the output layer would read). The tokens stay in the cache.
+    pub fn hidden_seq(&mut self, seq: usize, tokens: &[i32]) -> Result<Vec<f32>> {
+        self.check_seq(seq)?;
+        self.check_fits(seq, tokens.len())?;
+        let mut out = vec![];
+        for chunk in tokens.chunks(self.n_batch) {
+            self.pass(&[(seq, chunk)], Out::Hidden)?;
+            out.extend_from_slice(&self.logits);
+        }
+        Ok(out)
     }
 
     fn check_seq(&self, seq: usize) -> Result<()> {
@@ -355,7 +388,7 @@ impl<'m> Session<'m> {
                 self.n_batch
             )));
         }
-        self.pass(&[(0, tokens)], true)?;
+        self.pass(&[(0, tokens)], Out::All)?;
         Ok(&self.logits)
     }
 
@@ -376,9 +409,9 @@ impl<'m> Session<'m> {
     /// One forward pass over `items`: `(sequence, tokens)` in ascending
     /// sequence order, the same number of tokens each (at most `n_batch`
     /// in all, fitting each context); leaves in `self.logits` the last
-    /// token's logits of each sequence, or every token's with `all`.
-    fn pass(&mut self, items: &[(usize, &[i32])], all: bool) -> Result<()> {
-        let n_vocab = self.model.n_vocab();
+    /// token's logits of each sequence, or what `out` asks for.
+    fn pass(&mut self, items: &[(usize, &[i32])], out: Out) -> Result<()> {
+        let all = out != Out::Last;
         let m = items[0].1.len();
         debug_assert!(items.iter().all(|(_, t)| t.len() == m));
         let pos0: Vec<usize> = items.iter().map(|&(s, _)| self.seqs[s].len()).collect();
@@ -389,10 +422,9 @@ impl<'m> Session<'m> {
                 seqs: items.iter().map(|&(s, _)| s).collect(),
                 n_kv: self.plan.state().n_kv_for_end(end),
             },
-            all,
+            out,
         };
         let n = m * items.len();
-        let n_out = if all { n } else { items.len() };
         if self.last.as_ref() != Some(&shape) {
             self.build(&shape);
             self.plan.alloc()?;
@@ -427,7 +459,7 @@ impl<'m> Session<'m> {
         // split-KV flash attention (contexts ≥ 512) and the fused
         // rms_norm·mul (same arithmetic). Prompt batches keep the fast
         // kernels.
-        let reference = self.batch_invariant || (self.exact_steps && (all || m == 1));
+        let reference = self.batch_invariant || (self.exact_steps && (out == Out::All || m == 1));
         be.set_reference_kernels(reference);
         let r = plan.compute();
         if reference {
@@ -437,8 +469,9 @@ impl<'m> Session<'m> {
         for &(seq, toks) in items {
             self.seqs[seq].extend_from_slice(toks);
         }
-        self.logits.resize(n_vocab * n_out, 0.0);
-        self.plan.output(0).read_f32_at(0, &mut self.logits);
+        let rows = self.plan.output(0);
+        self.logits.resize(rows.n_elements(), 0.0);
+        rows.read_f32_at(0, &mut self.logits);
         Ok(())
     }
 

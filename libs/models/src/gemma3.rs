@@ -193,7 +193,11 @@ impl engine::session::Model for Model {
             };
             x = b.forward(&p, x, i, self.rope(i), mask); // [n_embd, n_out] after the last
         }
-        let logits = self.output.forward(ctx, self.output_norm.forward(ctx, x)); // [n_vocab, n_out]
+        let h = self.output_norm.forward(ctx, x); // [n_embd, n_out]
+        if inp.hidden {
+            return h;
+        }
+        let logits = self.output.forward(ctx, h); // [n_vocab, n_out]
         match c.final_softcap {
             Some(cap) => ctx.scale(ctx.tanh(ctx.scale(logits, 1.0 / cap)), cap),
             None => logits,

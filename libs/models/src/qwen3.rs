@@ -115,6 +115,10 @@ impl engine::session::Model for Model {
         for (i, b) in self.blocks.iter().enumerate() {
             x = b.forward(&p, x, i, &self.rope, kv.mask()); // [n_embd, n_out] after the last
         }
-        self.output.forward(ctx, self.output_norm.forward(ctx, x)) // [n_vocab, n_out]
+        let h = self.output_norm.forward(ctx, x); // [n_embd, n_out]
+        if inp.hidden {
+            return h;
+        }
+        self.output.forward(ctx, h) // [n_vocab, n_out]
     }
 }

@@ -42,6 +42,33 @@ pub struct BatchJob {
     pub on_done: Box<dyn FnOnce(Result<RunResult, String>)>,
 }
 
+/// Texts to embed ([`Held::embed`]), and where the vectors go.
+pub struct EmbedJob {
+    /// The texts.
+    pub inputs: Vec<String>,
+    /// Cut a text longer than the context to its start (else an error).
+    pub truncate: bool,
+    /// Called once with the vectors, or the error.
+    pub on_done: Box<dyn FnOnce(Result<Embedded, String>)>,
+}
+
+/// What [`Held::embed`] gives.
+#[derive(Clone, Debug, Default)]
+pub struct Embedded {
+    /// One unit-length vector per text.
+    pub embeddings: Vec<Vec<f32>>,
+    /// Tokens read, all texts together.
+    pub prompt_eval_count: usize,
+}
+
+/// Work for [`Held::run_batched`].
+pub enum Task {
+    /// Generate text.
+    Generate(BatchJob),
+    /// Embed texts (between two steps of the running jobs).
+    Embed(EmbedJob),
+}
+
 /// A running job.
 struct Seq {
     job: BatchJob,
@@ -65,21 +92,79 @@ impl Held<'_> {
         self.dec.multi().map_or(1, |m| m.n_seq())
     }
 
-    /// Runs the jobs `next` gives until it gives none while none is
-    /// running: several at once when the engine can (see the module
-    /// docs), one after another otherwise. `next(true)` may wait for a job;
-    /// `next(false)` must not (a step is waiting).
-    pub fn run_batched(&mut self, next: &mut dyn FnMut(bool) -> Option<BatchJob>) {
-        if self.dec.multi().is_none() {
-            while let Some(mut j) = next(true) {
-                let job = Job {
-                    opts: &j.opts,
-                    chat: j.chat,
-                    context: &j.context,
-                    cancel: &*j.cancel,
-                };
-                let r = self.run(&job, &mut *j.on_event);
-                (j.on_done)(r);
+    /// The embedding of each of `inputs`: the mean of its tokens' final
+    /// hidden states (the model's output norm applied), scaled to unit
+    /// length, as Ollama returns them. Runs in the cells of sequence `seq`,
+    /// which it leaves empty. Native engine only.
+    pub fn embed(
+        &mut self,
+        inputs: &[String],
+        truncate: bool,
+        seq: usize,
+    ) -> Result<Embedded, String> {
+        let tok = self.tok;
+        let Some(m) = self.dec.multi() else {
+            return Err(
+                "embeddings need the native engine (this model runs on llama.cpp's)".into(),
+            );
+        };
+        let n_ctx = m.n_ctx();
+        let mut out = Embedded::default();
+        for text in inputs {
+            let mut ids: Vec<i32> = tok
+                .encode(text, true, false)
+                .into_iter()
+                .map(|i| i32::try_from(i).map_err(|_| format!("token id {i} out of range")))
+                .collect::<Result<_, _>>()?;
+            if ids.is_empty() {
+                return Err("cannot embed an empty input".into());
+            }
+            if ids.len() > n_ctx {
+                if !truncate {
+                    return Err("the input length exceeds the context length".into());
+                }
+                ids.truncate(n_ctx);
+            }
+            m.truncate_seq(seq, 0);
+            let h = m.hidden_seq(seq, &ids);
+            m.truncate_seq(seq, 0);
+            let h = h.map_err(|e| e.to_string())?;
+            let n_embd = h.len() / ids.len();
+            let mut v = vec![0f64; n_embd];
+            for row in h.chunks_exact(n_embd) {
+                for (a, &x) in v.iter_mut().zip(row) {
+                    *a += f64::from(x);
+                }
+            }
+            let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+            let scale = if norm > 0.0 { 1.0 / norm } else { 0.0 };
+            out.embeddings
+                .push(v.iter().map(|x| (x * scale) as f32).collect());
+            out.prompt_eval_count += ids.len();
+        }
+        Ok(out)
+    }
+
+    /// Runs the tasks `next` gives until it gives none while no job is
+    /// running: several jobs at once when the engine can (see the module
+    /// docs), one after another otherwise. `next(true)` may wait for a
+    /// task; `next(false)` must not (a step is waiting).
+    pub fn run_batched(&mut self, next: &mut dyn FnMut(bool) -> Option<Task>) {
+        if self.n_seq() <= 1 {
+            while let Some(task) = next(true) {
+                match task {
+                    Task::Generate(mut j) => {
+                        let job = Job {
+                            opts: &j.opts,
+                            chat: j.chat,
+                            context: &j.context,
+                            cancel: &*j.cancel,
+                        };
+                        let r = self.run(&job, &mut *j.on_event);
+                        (j.on_done)(r);
+                    }
+                    Task::Embed(e) => (e.on_done)(self.embed(&e.inputs, e.truncate, 0)),
+                }
             }
             return;
         }
@@ -87,10 +172,18 @@ impl Held<'_> {
         loop {
             let n_seq = self.n_seq();
             while running.len() < n_seq {
-                let Some(job) = next(running.is_empty()) else {
+                let Some(task) = next(running.is_empty()) else {
                     break;
                 };
-                running.extend(self.start(job, &running));
+                match task {
+                    Task::Generate(job) => running.extend(self.start(job, &running)),
+                    Task::Embed(e) => {
+                        let free = (0..n_seq)
+                            .find(|s| running.iter().all(|r| r.slot != *s))
+                            .expect("a free slot");
+                        (e.on_done)(self.embed(&e.inputs, e.truncate, free));
+                    }
+                }
             }
             if running.is_empty() {
                 return;

@@ -101,11 +101,7 @@ impl CacheDecode for Session<'_> {
         self.history()
     }
     fn multi(&mut self) -> Option<&mut dyn MultiDecode> {
-        if self.n_seq() > 1 {
-            Some(self)
-        } else {
-            None
-        }
+        Some(self)
     }
 }
 
@@ -119,6 +115,7 @@ pub(crate) trait MultiDecode {
     fn decode_seq(&mut self, seq: usize, tokens: &[i32]) -> engine::Result<&[f32]>;
     fn step(&mut self, steps: &[(usize, i32)]) -> engine::Result<&[f32]>;
     fn shift_seq(&mut self, seq: usize, num_keep: usize) -> engine::Result<()>;
+    fn hidden_seq(&mut self, seq: usize, tokens: &[i32]) -> engine::Result<Vec<f32>>;
 }
 
 impl MultiDecode for Session<'_> {
@@ -142,6 +139,9 @@ impl MultiDecode for Session<'_> {
     }
     fn shift_seq(&mut self, seq: usize, num_keep: usize) -> engine::Result<()> {
         Session::shift_seq(self, seq, num_keep)
+    }
+    fn hidden_seq(&mut self, seq: usize, tokens: &[i32]) -> engine::Result<Vec<f32>> {
+        Session::hidden_seq(self, seq, tokens)
     }
 }
 

@@ -41,7 +41,7 @@ mod options;
 mod plan;
 pub mod prompt;
 
-pub use batch::BatchJob;
+pub use batch::{BatchJob, EmbedJob, Embedded, Task};
 pub use chat::{chat, ChatOptions, Turn};
 pub use hold::{hold, Held, Job, RunResult};
 pub use infer::{infer, Event, Summary};

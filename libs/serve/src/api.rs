@@ -584,7 +584,7 @@ impl Drop for Run {
 }
 
 /// A lease on the model of `f` loaded with `opts`' load-time fields.
-async fn acquire(
+pub(crate) async fn acquire(
     app: &App,
     f: &Found,
     opts: &InferOptions,

@@ -34,6 +34,7 @@ use axum::routing::{get, head, post};
 use axum::Router;
 
 mod api;
+mod embed;
 pub mod guard;
 mod http;
 mod log;
@@ -151,6 +152,8 @@ pub(crate) fn router(opts: Options) -> Router {
         .route("/api/show", post(api::show))
         .route("/api/generate", post(api::generate))
         .route("/api/chat", post(api::chat))
+        .route("/api/embed", post(embed::api_embed))
+        .route("/api/embeddings", post(embed::api_embeddings))
         .route("/api/ps", get(api::ps))
         .route("/api/copy", post(api::copy))
         .route("/api/delete", axum::routing::delete(api::delete))
@@ -160,6 +163,7 @@ pub(crate) fn router(opts: Options) -> Router {
         )
         .route("/v1/chat/completions", post(openai::chat))
         .route("/v1/completions", post(openai::completions))
+        .route("/v1/embeddings", post(embed::openai_embeddings))
         .route("/v1/models", get(openai::models))
         .route("/v1/models/{*model}", get(openai::model))
         .fallback(api::not_found)

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use runner::{BatchJob, Event, InferOptions, RunResult};
+use runner::{BatchJob, EmbedJob, Embedded, Event, InferOptions, RunResult, Task};
 use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 
 /// Scheduler limits.
@@ -112,13 +112,23 @@ pub struct Work {
     pub cancel: Arc<AtomicBool>,
 }
 
+/// What a runner's thread is sent.
+enum Job {
+    Generate(Work),
+    Embed {
+        inputs: Vec<String>,
+        truncate: bool,
+        done: tokio::sync::oneshot::Sender<Result<Embedded, String>>,
+    },
+}
+
 /// One loaded model.
 pub struct Runner {
     id: u64,
     key: Key,
     /// For `/api/ps`.
     pub info: ModelInfo,
-    jobs: Mutex<Option<mpsc::Sender<Work>>>,
+    jobs: Mutex<Option<mpsc::Sender<Job>>>,
     slots: Arc<Semaphore>,
     ready: watch::Receiver<Option<Result<usize, String>>>,
     /// When it unloads (`None`: never).
@@ -293,7 +303,7 @@ impl Scheduler {
 
     /// Starts a runner's thread, which loads the model and serves its jobs.
     fn spawn(&self, req: &LoadRequest, key: Key) -> Runner {
-        let (jobs, rx) = mpsc::channel::<Work>();
+        let (jobs, rx) = mpsc::channel::<Job>();
         let (ready_tx, ready) = watch::channel(None);
         let mut load = req.load.clone();
         load.n_seq = self.inner.opts.num_parallel.max(1);
@@ -316,18 +326,31 @@ impl Scheduler {
 /// `load.n_seq` at once, by continuous batching ([`runner::Held::run_batched`]).
 fn worker(
     load: InferOptions,
-    rx: mpsc::Receiver<Work>,
+    rx: mpsc::Receiver<Job>,
     ready: watch::Sender<Option<Result<usize, String>>>,
 ) {
     let r = runner::hold(&load, &mut |h| {
         ready.send_replace(Some(Ok(h.n_ctx())));
         h.run_batched(&mut |wait| {
-            let w = if wait {
+            let job = if wait {
                 rx.recv().ok()?
             } else {
                 rx.try_recv().ok()?
             };
-            Some(batch_job(w))
+            Some(match job {
+                Job::Generate(w) => Task::Generate(batch_job(w)),
+                Job::Embed {
+                    inputs,
+                    truncate,
+                    done,
+                } => Task::Embed(EmbedJob {
+                    inputs,
+                    truncate,
+                    on_done: Box::new(move |r| {
+                        let _ = done.send(r);
+                    }),
+                }),
+            })
         });
         Ok(())
     });
@@ -405,8 +428,25 @@ impl Lease {
 
     /// Queues `work` on the model's thread.
     pub fn submit(&self, work: Work) -> Result<(), String> {
+        self.send(Job::Generate(work))
+    }
+
+    /// The embeddings of `inputs` (see [`runner::Held::embed`]), computed
+    /// on the model's thread between the steps of its running jobs.
+    pub async fn embed(&self, inputs: Vec<String>, truncate: bool) -> Result<Embedded, String> {
+        let (done, rx) = tokio::sync::oneshot::channel();
+        self.send(Job::Embed {
+            inputs,
+            truncate,
+            done,
+        })?;
+        rx.await
+            .unwrap_or_else(|_| Err("the model runner stopped".into()))
+    }
+
+    fn send(&self, job: Job) -> Result<(), String> {
         let jobs = self.runner.jobs.lock().unwrap();
-        match jobs.as_ref().map(|j| j.send(work).is_ok()) {
+        match jobs.as_ref().map(|j| j.send(job).is_ok()) {
             Some(true) => Ok(()),
             _ => Err("the model runner stopped".into()),
         }

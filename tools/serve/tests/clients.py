@@ -44,6 +44,20 @@ check(r.message.role == "assistant" and r.message.content and r.done, f"chat: {r
 parts = list(c.chat(model=MODEL, messages=msgs, options=OPTS, stream=True))
 check("".join(p.message.content for p in parts) == r.message.content, "streamed chat equals the whole")
 
+# embed: unit vectors, one per input; the legacy route agrees
+def norm(v):
+    return sum(x * x for x in v) ** 0.5
+
+
+e = c.embed(model=MODEL, input=["Why is the sky blue?", "Bananas are yellow."])
+check(len(e.embeddings) == 2 and len(e.embeddings[0]) == 576, "embed: two vectors of n_embd")
+check(all(abs(norm(v) - 1) < 1e-4 for v in e.embeddings), "embed: unit length")
+check(e.embeddings[0] != e.embeddings[1], "embed: different texts, different vectors")
+legacy = c.embeddings(model=MODEL, prompt="Why is the sky blue?").embedding
+check(max(abs(a - b) for a, b in zip(legacy, e.embeddings[0])) < 1e-6, "legacy embeddings agree")
+e = c.embed(model=MODEL, input="Why is the sky blue?", dimensions=64)
+check(len(e.embeddings[0]) == 64 and abs(norm(e.embeddings[0]) - 1) < 1e-4, "embed: dimensions")
+
 # ps
 ps = c.ps()
 check([m.model for m in ps.models] == [MODEL], f"ps: {ps.models}")
@@ -72,6 +86,12 @@ check(text == whole, "openai streamed chat equals the whole")
 check(chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 6, "include_usage chunk")
 r = o.completions.create(model=MODEL, prompt="The sky is", max_tokens=4, temperature=0)
 check(r.choices[0].text and r.choices[0].finish_reason == "length", f"openai completion: {r.choices[0].text!r}")
+emb = o.embeddings.create(model=MODEL, input=["Why is the sky blue?", "Bananas are yellow."])
+check(len(emb.data) == 2 and abs(norm(emb.data[0].embedding) - 1) < 1e-4, "openai embeddings (base64)")
+flt = o.embeddings.create(model=MODEL, input="Why is the sky blue?", encoding_format="float")
+check(max(abs(a - b) for a, b in zip(flt.data[0].embedding, emb.data[0].embedding)) < 1e-6,
+      "openai embeddings: float equals base64")
+check(flt.usage.prompt_tokens > 0, "openai embeddings usage")
 ids = [m.id for m in o.models.list()]
 check(MODEL in ids, f"openai models: {ids}")
 check(o.models.retrieve(MODEL).id == MODEL, "openai model")

@@ -727,3 +727,103 @@ fn parallel_streams_equal_runs_alone() {
         t0.elapsed()
     );
 }
+
+/// `/api/embed`, `/api/embeddings` and `/v1/embeddings`: unit vectors,
+/// the same on a one-sequence server and on a batching one while a
+/// generation runs beside them, and Ollama's errors.
+#[test]
+fn embeddings_and_their_errors() {
+    let Some(model) = smol_path("embeddings_and_their_errors") else {
+        return;
+    };
+    let body = |input: Value| json!({"model": "smollm2:135m", "input": input});
+    let texts = json!(["Why is the sky blue?", "A cat sat on the mat."]);
+    let alone = {
+        let s = start(&model, &[]);
+        let (code, v) = s.post("/api/embed", body(texts.clone()));
+        assert_eq!(code, 200, "{v}");
+        // errors, as Ollama words them
+        let (code, v) = s.post("/api/embed", body(json!(42)));
+        assert_eq!((code, &v), (400, &json!({"error": "invalid input type"})));
+        let (code, v) = s.post("/api/embed", json!({"input": "x"}));
+        assert_eq!((code, &v), (400, &json!({"error": "model is required"})));
+        let (code, v) = s.post("/api/embed", json!({"model": "nope", "input": "x"}));
+        assert_eq!(
+            (code, &v),
+            (
+                404,
+                &json!({"error": "model \"nope\" not found, try pulling it first"})
+            )
+        );
+        let long = "word ".repeat(1500); // > 1024 tokens, the test's context
+        let (code, v) = s.post(
+            "/api/embed",
+            json!({"model": "smollm2:135m", "input": long, "truncate": false}),
+        );
+        assert_eq!(
+            (code, &v),
+            (
+                400,
+                &json!({"error": "the input length exceeds the context length"})
+            )
+        );
+        let (code, v) = s.post(
+            "/api/embed",
+            json!({"model": "smollm2:135m", "input": long}),
+        );
+        assert_eq!(code, 200, "truncated by default: {v}");
+        assert_eq!(v["prompt_eval_count"], 1024);
+        let (code, v) = s.post("/api/embed", body(json!([])));
+        assert_eq!((code, &v["embeddings"]), (200, &json!([])), "only loads");
+        let (code, v) = s.post(
+            "/v1/embeddings",
+            json!({"model": "smollm2:135m", "input": []}),
+        );
+        assert_eq!(
+            (code, &v["error"]["message"]),
+            (400, &json!("invalid input"))
+        );
+        let (code, _) = s.post(
+            "/v1/embeddings",
+            json!({"model": "smollm2:135m", "input": "x", "encoding_format": "hex"}),
+        );
+        assert_eq!(code, 400);
+        let (code, legacy) = s.post(
+            "/api/embeddings",
+            json!({"model": "smollm2:135m", "prompt": "Why is the sky blue?"}),
+        );
+        assert_eq!(code, 200, "{legacy}");
+        assert_eq!(legacy["embedding"], v_first(&v_embed(&s, &texts)));
+        v_embed(&s, &texts)
+    };
+    let vecs = alone["embeddings"].as_array().unwrap();
+    assert_eq!(vecs.len(), 2);
+    for v in vecs {
+        let v: Vec<f64> = serde_json::from_value(v.clone()).unwrap();
+        assert_eq!(v.len(), 576, "SmolLM2's n_embd");
+        let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-4, "unit length: {norm}");
+    }
+    assert_ne!(vecs[0], vecs[1]);
+    // a batching server, a generation running beside: the same vectors
+    let s = std::sync::Arc::new(start(&model, &[("OLLAMA_NUM_PARALLEL", "2")]));
+    let port = s.port;
+    let gen = std::thread::spawn(move || stream_raw(port, "Once upon a time", 48).0);
+    std::thread::sleep(Duration::from_millis(300));
+    let batched = v_embed(&s, &texts);
+    assert_eq!(batched["embeddings"], alone["embeddings"]);
+    assert!(!gen.join().unwrap().is_empty());
+}
+
+fn v_embed(s: &Server, texts: &Value) -> Value {
+    let (code, v) = s.post(
+        "/api/embed",
+        json!({"model": "smollm2:135m", "input": texts}),
+    );
+    assert_eq!(code, 200, "{v}");
+    v
+}
+
+fn v_first(v: &Value) -> Value {
+    v["embeddings"][0].clone()
+}
