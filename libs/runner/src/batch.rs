@@ -64,7 +64,7 @@ pub struct Embedded {
 /// Work for [`Held::run_batched`].
 pub enum Task {
     /// Generate text.
-    Generate(BatchJob),
+    Generate(Box<BatchJob>),
     /// Embed texts (between two steps of the running jobs).
     Embed(EmbedJob),
 }
@@ -176,7 +176,7 @@ impl Held<'_> {
                     break;
                 };
                 match task {
-                    Task::Generate(job) => running.extend(self.start(job, &running)),
+                    Task::Generate(job) => running.extend(self.start(*job, &running)),
                     Task::Embed(e) => {
                         let free = (0..n_seq)
                             .find(|s| running.iter().all(|r| r.slot != *s))

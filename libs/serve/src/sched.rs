@@ -338,7 +338,7 @@ fn worker(
                 rx.try_recv().ok()?
             };
             Some(match job {
-                Job::Generate(w) => Task::Generate(batch_job(w)),
+                Job::Generate(w) => Task::Generate(Box::new(batch_job(w))),
                 Job::Embed {
                     inputs,
                     truncate,
