@@ -114,7 +114,7 @@ pub struct Work {
 
 /// What a runner's thread is sent.
 enum Job {
-    Generate(Work),
+    Generate(Box<Work>),
     Embed {
         inputs: Vec<String>,
         truncate: bool,
@@ -338,7 +338,7 @@ fn worker(
                 rx.try_recv().ok()?
             };
             Some(match job {
-                Job::Generate(w) => Task::Generate(Box::new(batch_job(w))),
+                Job::Generate(w) => Task::Generate(Box::new(batch_job(*w))),
                 Job::Embed {
                     inputs,
                     truncate,
@@ -428,7 +428,7 @@ impl Lease {
 
     /// Queues `work` on the model's thread.
     pub fn submit(&self, work: Work) -> Result<(), String> {
-        self.send(Job::Generate(work))
+        self.send(Job::Generate(Box::new(work)))
     }
 
     /// The embeddings of `inputs` (see [`runner::Held::embed`]), computed
