@@ -5,6 +5,7 @@ pub mod llama_cpp;
 pub mod tokenizer;
 
 pub mod generate;
+pub mod grammar;
 pub mod kv_cache;
 pub mod sampler;
 pub mod session;

@@ -5,6 +5,7 @@
 //! top-k, temperature, softmax, top-p, min-p, and a draw from a seeded
 //! generator (same seed and inputs → same tokens).
 
+use crate::grammar::Constraint;
 use crate::{Error, Result};
 
 /// Sampling parameters; defaults are Ollama's.
@@ -65,6 +66,7 @@ pub struct Sampler {
     opts: SamplerOptions,
     rng: SplitMix64,
     cand: Vec<(i32, f32)>,
+    constraint: Option<Constraint>,
 }
 
 impl Sampler {
@@ -75,7 +77,15 @@ impl Sampler {
             rng: SplitMix64(opts.seed),
             opts,
             cand: vec![],
+            constraint: None,
         })
+    }
+
+    /// Samples only what `c` allows (structured output); every token
+    /// [`Sampler::sample`] returns advances it, and once its grammar is
+    /// complete the sampler returns its end token.
+    pub fn constrain(&mut self, c: Constraint) {
+        self.constraint = Some(c);
     }
 
     /// Whether [`Sampler::sample`] is a function of its arguments alone
@@ -87,6 +97,14 @@ impl Sampler {
 
     /// Picks a token from `logits`, given the `history` of tokens so far.
     pub fn sample(&mut self, logits: &[f32], history: &[i32]) -> i32 {
+        let tok = self.pick(logits, history);
+        if let Some(c) = &mut self.constraint {
+            c.commit(tok);
+        }
+        tok
+    }
+
+    fn pick(&mut self, logits: &[f32], history: &[i32]) -> i32 {
         let o = &self.opts;
         self.cand.clear();
         self.cand
@@ -106,6 +124,11 @@ impl Sampler {
                         c.1 * o.repeat_penalty
                     };
                 }
+            }
+        }
+        if let Some(c) = &mut self.constraint {
+            if !c.mask(&mut self.cand) {
+                return c.eos();
             }
         }
         if o.temperature == 0.0 {

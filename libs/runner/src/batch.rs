@@ -227,9 +227,9 @@ impl Held<'_> {
             Ok(ids) => ids,
             Err(e) => return fail(job, e),
         };
-        let sampler = match Sampler::new(job.opts.sampler.clone()) {
+        let sampler = match self.sampler(&job.opts) {
             Ok(s) => s,
-            Err(e) => return fail(job, e.to_string()),
+            Err(e) => return fail(job, e),
         };
         let m = self.multi();
         let (slot, cached) = (0..m.n_seq())

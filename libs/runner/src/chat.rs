@@ -375,6 +375,10 @@ impl State<'_> {
         let cached = common_prefix(dec.tokens(), &ids).min(ids.len() - 1);
         dec.truncate(cached);
         let mut sampler = Sampler::new(self.opts.sampler.clone()).map_err(|e| e.to_string())?;
+        if let Some(f) = &self.opts.format {
+            let g = engine::grammar::Grammars::new(self.tok).map_err(|e| e.to_string())?;
+            sampler.constrain(g.constraint(f).map_err(|e| e.to_string())?);
+        }
         let gen = GenerateOptions {
             num_predict: self.opts.num_predict,
             num_keep: self.opts.num_keep,

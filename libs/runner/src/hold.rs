@@ -25,6 +25,7 @@
 use std::time::Instant;
 
 use engine::generate::{generate, Decode, GenerateOptions};
+use engine::grammar::Grammars;
 use engine::sampler::Sampler;
 use engine::session::Session;
 use engine::stop::StopBuffer;
@@ -85,6 +86,8 @@ pub struct Held<'a> {
     gguf_template: Option<&'a str>,
     pub(crate) dec: &'a mut dyn CacheDecode,
     pub(crate) engine: &'static str,
+    /// The tokenizer's trie for structured output, built on first use.
+    grammars: Option<Grammars>,
 }
 
 /// A decoder that tells which tokens its cache holds.
@@ -183,6 +186,7 @@ pub fn hold(
                 gguf_template: template.as_deref(),
                 dec: &mut sess,
                 engine: "native",
+                grammars: None,
             })
         }
         Loaded::LlamaCpp(m) => {
@@ -192,6 +196,7 @@ pub fn hold(
                 gguf_template: template.as_deref(),
                 dec: &mut dec,
                 engine: "llama.cpp",
+                grammars: None,
             })
         }
     }
@@ -217,7 +222,7 @@ impl Held<'_> {
         let mut ids = self.encode(o, job.chat, job.context)?;
         let cached = common_prefix(self.dec.tokens(), &ids).min(ids.len() - 1);
         self.dec.truncate(cached);
-        let mut sampler = Sampler::new(o.sampler.clone()).map_err(|e| e.to_string())?;
+        let mut sampler = self.sampler(o)?;
         let gen = GenerateOptions {
             num_predict: o.num_predict,
             num_keep: o.num_keep,
@@ -268,6 +273,19 @@ impl Held<'_> {
             tokens: ids,
             canceled,
         })
+    }
+
+    /// A sampler for `o`, constrained to `o.format` if it has one.
+    pub(crate) fn sampler(&mut self, o: &InferOptions) -> Result<Sampler, String> {
+        let mut sampler = Sampler::new(o.sampler.clone()).map_err(|e| e.to_string())?;
+        if let Some(f) = &o.format {
+            if self.grammars.is_none() {
+                self.grammars = Some(Grammars::new(self.tok).map_err(|e| e.to_string())?);
+            }
+            let g = self.grammars.as_ref().expect("built above");
+            sampler.constrain(g.constraint(f).map_err(|e| e.to_string())?);
+        }
+        Ok(sampler)
     }
 
     /// The tokens of a run's prompt: `o`'s messages (`chat`) or prompt,

@@ -104,6 +104,10 @@ pub fn infer(
     } = Header::read(&gg)?;
     let prompt = encode_prompt(&tok, template.as_deref(), opts)?;
     let mut sampler = Sampler::new(opts.sampler.clone()).map_err(|e| e.to_string())?;
+    if let Some(f) = &opts.format {
+        let g = engine::grammar::Grammars::new(&tok).map_err(|e| e.to_string())?;
+        sampler.constrain(g.constraint(f).map_err(|e| e.to_string())?);
+    }
     let gen = GenerateOptions {
         num_predict: opts.num_predict,
         num_keep: opts.num_keep,

@@ -49,6 +49,8 @@ pub struct InferOptions {
     /// Never sample end-of-generation tokens (llama.cpp's `--ignore-eos`;
     /// for benchmarks that need a fixed token count).
     pub ignore_eos: bool,
+    /// Structured output: the text must be JSON (or match a JSON schema).
+    pub format: Option<engine::grammar::Format>,
     /// Context length (capped at the model's).
     pub n_ctx: usize,
     /// Prompt batch size.
@@ -91,6 +93,7 @@ impl Default for InferOptions {
             num_keep: 4,
             stop: vec![],
             ignore_eos: false,
+            format: None,
             draft_max: engine::generate::DRAFT_MAX,
             n_ctx: 4096,
             n_batch: 512,

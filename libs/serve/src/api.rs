@@ -10,6 +10,7 @@ use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
+use engine::grammar::Format;
 use futures_util::StreamExt;
 use runner::{InferOptions, Message, RunResult};
 use serde_json::{json, Map, Value};
@@ -619,6 +620,20 @@ async fn load_only(
     Ok("load")
 }
 
+/// Ollama's `format`: `"json"`, a JSON schema (an object), or nothing
+/// (absent, null or `""`).
+pub(crate) fn format(v: Option<&Value>) -> Result<Option<Format>, ApiError> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.is_empty() => Ok(None),
+        Some(Value::String(s)) if s == "json" => Ok(Some(Format::Json)),
+        Some(o @ Value::Object(_)) => Ok(Some(Format::Schema(o.clone()))),
+        Some(other) => Err(ApiError::bad(format!(
+            "invalid format: {other}: expected \"json\" or a JSON schema"
+        ))),
+    }
+}
+
 pub(crate) fn str_field(v: &Value, k: &str) -> Option<String> {
     v.get(k).and_then(Value::as_str).map(str::to_owned)
 }
@@ -683,6 +698,7 @@ async fn generate_inner(
         ));
     }
     let mut opts = run_options(&app, &f, req.get("options").unwrap_or(&Value::Null))?;
+    opts.format = format(req.get("format"))?;
     let ka = keep_alive(&app, &req)?;
     let prompt = str_field(&req, "prompt").unwrap_or_default();
     let model = f.name.clone();
@@ -845,6 +861,7 @@ async fn chat_inner(
         )));
     }
     let mut opts = run_options(&app, &f, req.get("options").unwrap_or(&Value::Null))?;
+    opts.format = format(req.get("format"))?;
     let ka = keep_alive(&app, &req)?;
     let messages = parse_messages(req.get("messages"))?;
     let model = f.name.clone();

@@ -2,6 +2,7 @@
 //! `/v1/models`, `/v1/models/{model}`, mapped onto the same runs as the
 //! native ones, with OpenAI's reply and error shapes.
 
+use engine::grammar::Format;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -109,7 +110,30 @@ fn sampling(app: &App, f: &Found, req: &Value) -> Result<InferOptions, ApiError>
         }
         _ => {}
     }
-    run_options(app, f, &Value::Object(options))
+    let mut o = run_options(app, f, &Value::Object(options))?;
+    o.format = response_format(req.get("response_format"))?;
+    Ok(o)
+}
+
+/// OpenAI's `response_format`: `{"type": "text" | "json_object" |
+/// "json_schema", "json_schema": {"schema": …}}`.
+fn response_format(v: Option<&Value>) -> Result<Option<Format>, ApiError> {
+    let Some(v) = v.filter(|v| !v.is_null()) else {
+        return Ok(None);
+    };
+    match v.get("type").and_then(Value::as_str) {
+        Some("text") => Ok(None),
+        Some("json_object") => Ok(Some(Format::Json)),
+        Some("json_schema") => match v.pointer("/json_schema/schema") {
+            Some(s @ Value::Object(_)) => Ok(Some(Format::Schema(s.clone()))),
+            _ => Err(ApiError::bad(
+                "response_format json_schema needs json_schema.schema",
+            )),
+        },
+        _ => Err(ApiError::bad(format!(
+            "invalid response_format {v}: expected type text, json_object or json_schema"
+        ))),
+    }
 }
 
 fn include_usage(req: &Value) -> bool {

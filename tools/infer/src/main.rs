@@ -83,6 +83,10 @@ struct Args {
     /// next, one pass checks them all, the output is unchanged; 0: off.
     #[arg(long, default_value_t = engine::generate::DRAFT_MAX)]
     draft_max: usize,
+    /// Structured output: `json` (any JSON object), or a JSON schema the
+    /// output must match (its text, e.g. '{"type":"object",…}').
+    #[arg(long, value_name = "json|SCHEMA")]
+    format: Option<String>,
     /// Never sample end-of-generation tokens, as llama.cpp's --ignore-eos
     /// (for benchmarks with a fixed token count).
     #[arg(long)]
@@ -161,6 +165,14 @@ fn main() -> std::process::ExitCode {
         set(&mut o.n_ctx, a.ctx);
         o.ignore_eos = a.ignore_eos;
         o.draft_max = a.draft_max;
+        o.format = match a.format.as_deref() {
+            None | Some("") => None,
+            Some("json") => Some(engine::grammar::Format::Json),
+            Some(s) => match serde_json::from_str::<serde_json::Value>(s) {
+                Ok(v @ serde_json::Value::Object(_)) => Some(engine::grammar::Format::Schema(v)),
+                _ => bail!("--format must be json or a JSON schema object, not {s:?}"),
+            },
+        };
         set(&mut o.n_threads, a.threads);
         if a.system.is_some() {
             o.system = a.system.clone();

@@ -827,3 +827,61 @@ fn v_embed(s: &Server, texts: &Value) -> Value {
 fn v_first(v: &Value) -> Value {
     v["embeddings"][0].clone()
 }
+
+/// Structured output: `format: "json"` and a JSON schema (native API),
+/// `response_format` (OpenAI), on a one-sequence server and a batching
+/// one: the text parses and matches the schema; a bad format is a 400.
+#[test]
+fn structured_output_follows_the_format() {
+    let Some(model) = smol_path("structured_output_follows_the_format") else {
+        return;
+    };
+    let schema = json!({"type": "object",
+        "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+        "required": ["name", "age"], "additionalProperties": false});
+    for env in [&[][..], &[("OLLAMA_NUM_PARALLEL", "2")][..]] {
+        let s = start(&model, env);
+        let ask = |format: Value| {
+            let (code, v) = s.post(
+                "/api/generate",
+                json!({"model": "smollm2:135m", "prompt": "Describe a person as JSON.",
+                       "stream": false, "format": format,
+                       "options": {"temperature": 0, "num_predict": 400}}),
+            );
+            assert_eq!(code, 200, "{v}");
+            let text = v["response"].as_str().unwrap().to_string();
+            let parsed: Value = serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("{env:?}: not JSON ({e}): {text:?}"));
+            assert_eq!(v["done_reason"], "stop", "the grammar ended it: {text:?}");
+            parsed
+        };
+        assert!(ask(json!("json")).is_object());
+        let p = ask(schema.clone());
+        assert!(p["name"].is_string() && p["age"].is_i64(), "{env:?}: {p}");
+        let (code, v) = s.post(
+            "/api/chat",
+            json!({"model": "smollm2:135m", "format": schema, "stream": false,
+                   "messages": [{"role": "user", "content": "Who are you? Answer as JSON."}],
+                   "options": {"temperature": 0, "num_predict": 64}}),
+        );
+        assert_eq!(code, 200, "{v}");
+        let p: Value = serde_json::from_str(v["message"]["content"].as_str().unwrap()).unwrap();
+        assert!(p["name"].is_string() && p["age"].is_i64(), "{env:?}: {p}");
+        let (code, v) = s.post(
+            "/v1/chat/completions",
+            json!({"model": "smollm2:135m", "max_tokens": 64, "temperature": 0,
+                   "messages": [{"role": "user", "content": "Describe a person."}],
+                   "response_format": {"type": "json_schema",
+                                       "json_schema": {"name": "p", "schema": schema}}}),
+        );
+        assert_eq!(code, 200, "{v}");
+        let text = v["choices"][0]["message"]["content"].as_str().unwrap();
+        let p: Value = serde_json::from_str(text).unwrap();
+        assert!(p["name"].is_string() && p["age"].is_i64(), "{env:?}: {p}");
+        let (code, v) = s.post(
+            "/api/generate",
+            json!({"model": "smollm2:135m", "prompt": "x", "format": 42}),
+        );
+        assert_eq!(code, 400, "{v}");
+    }
+}
