@@ -255,7 +255,10 @@ HOME  the Ollama key is $HOME/.ollama/id_ed25519 (created when missing, its publ
 /// from the thread doing the work (or one beside it), so it must be cheap
 /// and must not block.
 #[derive(Clone)]
-pub struct Progress(pub Arc<dyn Fn(&protocol::Digest, u64, u64) + Send + Sync>);
+pub struct Progress(pub Arc<ProgressFn>);
+
+/// The function inside a [`Progress`].
+pub type ProgressFn = dyn Fn(&protocol::Digest, u64, u64) + Send + Sync;
 
 impl Progress {
     /// Wraps `f`.

@@ -568,9 +568,14 @@ fn official_python_clients() {
     }
     let s = start(&model, &[]);
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/clients.py");
+    // push and pull go through a local registry when there is one
+    let reg =
+        have_registry("official_python_clients (push and pull)").then(|| docker_registry(None));
     let mut child = Command::new(&py)
         .arg(&script)
         .arg(format!("127.0.0.1:{}", s.port))
+        .arg(&model)
+        .args(reg.as_ref().map(|r| r.host()))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -592,6 +597,10 @@ fn official_python_clients() {
     let status = child.wait().unwrap();
     assert!(status.success(), "clients.py failed:\n{out}\n{err}");
     assert!(out.contains("all client checks passed"), "{out}");
+    assert!(out.contains("ok: create from files"), "{out}");
+    if reg.is_some() {
+        assert!(out.contains("ok: the pulled model generates"), "{out}");
+    }
 }
 
 /// Streams `prompt` (raw, greedy, `n` tokens); the text, and when the
