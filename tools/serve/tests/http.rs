@@ -1128,3 +1128,63 @@ fn create_from_an_uploaded_gguf_and_from_a_model() {
         .collect();
     assert_eq!(names.len(), 2, "{names:?}");
 }
+
+#[test]
+fn a_client_gone_mid_pull_leaves_no_manifest_without_its_blobs() {
+    let test = "a_client_gone_mid_pull_leaves_no_manifest_without_its_blobs";
+    let Some(model) = smol_path(test) else {
+        return;
+    };
+    if !have_registry(test) {
+        return;
+    }
+    let reg = docker_registry(None);
+    let name = format!("{}/library/smol:gone", reg.host());
+    let store = TestStore::new();
+    let (code, _, err) = out3(&store.run(
+        bin("model-create"),
+        &[&name, "--gguf", model.to_str().unwrap()],
+        b"",
+    ));
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = out3(&store.run(bin("model-push"), &[&name, "--insecure"], b""));
+    assert_eq!(code, 0, "{err}");
+
+    let b = start_on(TestStore::new(), &[]);
+    let body = json!({"model": name, "insecure": true}).to_string();
+    let mut c = TcpStream::connect(("127.0.0.1", b.port)).unwrap();
+    write!(
+        c,
+        "POST /api/pull HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut r = BufReader::new(c);
+    let mut l = String::new();
+    while !l.contains("pulling manifest") {
+        l.clear();
+        assert!(r.read_line(&mut l).unwrap() > 0, "no status line");
+    }
+    drop(r);
+    // from now on, whenever the manifest is there, so is every blob it names
+    let st = store::Store::open(b.store.root());
+    let n = store::Name::parse(&name).unwrap();
+    let t0 = Instant::now();
+    let bytes = loop {
+        if let Ok((_, _, bytes)) = st.read_manifest(&n) {
+            break bytes;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "the pull never ended"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let m = store::Manifest::parse(&bytes, "pulled").unwrap();
+    for d in m.blobs() {
+        let len = std::fs::metadata(st.blob_path(&d.digest)).map(|m| m.len());
+        assert_eq!(len.ok(), Some(d.size), "{} missing", d.digest);
+    }
+    let v = store::verify_all(&st, &store::VerifyOptions::default()).unwrap();
+    assert!(v.findings.is_empty(), "{:?}", v.findings);
+}
