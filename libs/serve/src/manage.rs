@@ -22,7 +22,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::Extension;
 use serde_json::{json, Value};
-use store::{Modelfile, Name, Store};
+use store::{Modelfile, ModelfileCommand as Command, Name, Store};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
 
 use crate::api::str_field;
@@ -103,7 +103,7 @@ fn stream_flag(req: &Value) -> bool {
 }
 
 /// `model`, else the legacy `name`; 400 `model is required` when empty.
-fn model_field(req: &Value, log: &Log) -> Result<String, ApiError> {
+fn model_field(req: &Value) -> Result<String, ApiError> {
     let m = str_field(req, "model")
         .filter(|m| !m.is_empty())
         .or_else(|| str_field(req, "name"))
@@ -111,7 +111,6 @@ fn model_field(req: &Value, log: &Log) -> Result<String, ApiError> {
     if m.is_empty() {
         return Err(ApiError::bad("model is required"));
     }
-    log.model(&m);
     Ok(m)
 }
 
@@ -140,7 +139,8 @@ pub(crate) async fn pull(
 ) -> Response {
     let r = async {
         let req = read_json(&headers, body).await?;
-        let model = model_field(&req, &log)?;
+        let model = model_field(&req)?;
+        log.model(&model);
         let insecure = req
             .get("insecure")
             .and_then(Value::as_bool)
@@ -188,7 +188,8 @@ pub(crate) async fn push(
 ) -> Response {
     let r = async {
         let req = read_json(&headers, body).await?;
-        let model = model_field(&req, &log)?;
+        let model = model_field(&req)?;
+        log.model(&model);
         let insecure = req
             .get("insecure")
             .and_then(Value::as_bool)
@@ -239,7 +240,10 @@ pub(crate) async fn create(
     let r = async {
         let req = read_json(&headers, body).await?;
         let store = app.opts.store.clone();
-        let c = create_request(&req, &store, &log)?;
+        if let Ok(m) = model_field(&req) {
+            log.model(&m);
+        }
+        let c = create_request(&req, &store)?;
         Ok(progress(stream_flag(&req), move |st| create_job(&store, c, st)).await)
     };
     r.await.unwrap_or_else(ApiError::native)
@@ -247,9 +251,8 @@ pub(crate) async fn create(
 
 /// Checks a create request and turns it into Modelfile commands. Blobs
 /// are named by digest only: no request names a path on the server.
-fn create_request(req: &Value, store: &Store, log: &Log) -> Result<CreateReq, ApiError> {
-    use store::ModelfileCommand as Command;
-    let model = model_field(req, log)?;
+fn create_request(req: &Value, store: &Store) -> Result<CreateReq, ApiError> {
+    let model = model_field(req)?;
     let name = Name::parse(&model).map_err(|_| ApiError::bad("invalid model name"))?;
     if req
         .get("quantize")
@@ -437,4 +440,83 @@ fn create_job(store: &Store, c: CreateReq, st: &Status) -> Result<(), ApiError> 
     }
     st.say("writing manifest");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(req: Value) -> String {
+        let dir = std::env::temp_dir().join(format!("serve-manage-{}", std::process::id()));
+        let store = Store::open(&dir);
+        match create_request(&req, &store) {
+            Ok(_) => panic!("{req} accepted"),
+            Err(e) => e.msg,
+        }
+    }
+
+    #[test]
+    fn create_requests_never_name_a_path() {
+        let d = format!("sha256:{}", "a".repeat(64));
+        for f in ["../x.gguf", "/etc/passwd", "a/../../x", ""] {
+            assert_eq!(
+                err(json!({"model": "m", "files": {f: d}})),
+                "file path must be relative",
+                "{f:?}"
+            );
+        }
+        for from in ["/etc/passwd", "../ns/m", "./m.gguf", "~/m"] {
+            assert_eq!(
+                err(json!({"model": "m", "from": from})),
+                "invalid model name",
+                "{from:?}"
+            );
+        }
+        assert_eq!(
+            err(json!({"model": "m", "files": {"x.gguf": "/etc/passwd"}})),
+            "invalid digest for \"x.gguf\""
+        );
+        assert_eq!(
+            err(json!({"model": "m", "files": {"x.gguf": d}})),
+            format!("blob \"{d}\" not found")
+        );
+    }
+
+    #[test]
+    fn create_request_fields_become_modelfile_commands() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path());
+        let c = create_request(
+            &json!({"name": "m:v1", "from": "base", "template": "T", "system": "S",
+                    "license": ["A", "B"], "parameters": {"top_k": 5, "stop": ["x", "y"]},
+                    "messages": [{"role": "user", "content": "hi"}]}),
+            &store,
+        )
+        .unwrap();
+        assert_eq!(c.name.to_string(), "registry.ollama.ai/library/m:v1");
+        assert!(!c.gguf);
+        let p = |k: &str, v: &str| Command::Parameter(k.into(), v.into());
+        assert_eq!(
+            c.modelfile.commands,
+            [
+                Command::From("registry.ollama.ai/library/base:latest".into()),
+                Command::Template("T".into()),
+                Command::System("S".into()),
+                Command::License("A".into()),
+                Command::License("B".into()),
+                p("top_k", "5"),
+                p("stop", "x"),
+                p("stop", "y"),
+                Command::Message("user".into(), "hi".into()),
+            ]
+        );
+        let bad = |req: Value| create_request(&req, &store).err().unwrap().msg;
+        assert!(bad(json!({"model": "m", "from": "b", "quantize": "q8_0"})).contains("quantize"));
+        assert_eq!(
+            bad(json!({"model": "m"})),
+            "neither 'from' or 'files' was specified"
+        );
+        assert_eq!(bad(json!({"from": "b"})), "model is required");
+        assert!(bad(json!({"model": "m", "from": "b", "license": 3})).contains("license"));
+    }
 }
