@@ -10,7 +10,10 @@ use store::Store;
 
 use crate::download::{download, BlobJob};
 use crate::resolve::{check_manifest, session_for};
-use crate::{Error, RemoteOptions, Result};
+use crate::{Error, Progress, RemoteOptions, Result};
+
+/// How often [`FetchOptions::on_progress`] hears about a download.
+const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 
 /// Text layers up to this size are inlined into the document (as `resolve` does).
 const MAX_INLINE_TEXT: u64 = 1 << 20;
@@ -34,6 +37,10 @@ pub struct FetchOptions {
     pub progress: bool,
     /// Log retries and resumes on stderr.
     pub verbose: bool,
+    /// Called for every blob: once with completed = total for a blob already
+    /// present; for one downloaded, at its start, about every 250 ms while
+    /// bytes arrive, and with completed = total when it is in place.
+    pub on_progress: Option<Progress>,
 }
 
 impl Default for FetchOptions {
@@ -47,6 +54,7 @@ impl Default for FetchOptions {
             fsync: true,
             progress: false,
             verbose: false,
+            on_progress: None,
         }
     }
 }
@@ -81,6 +89,8 @@ pub fn fetch_blob(doc: &mut ModelDoc, store: &Store, opts: &FetchOptions) -> Res
             && std::fs::symlink_metadata(store.blob_path(d)).is_ok_and(|m| m.len() == size))
         {
             missing.push((d.clone(), size));
+        } else if let Some(p) = &opts.on_progress {
+            p.report(d, size, size);
         }
     }
     if !missing.is_empty() {
@@ -104,6 +114,15 @@ pub fn fetch_blob(doc: &mut ModelDoc, store: &Store, opts: &FetchOptions) -> Res
                 pb.set_prefix(format!("pulling {}", d.short()));
                 pb
             });
+            // a caller that wants progress without bars gets a hidden bar,
+            // whose position the download keeps as it does a visible one's
+            let pb = pb.or_else(|| {
+                opts.on_progress.as_ref().map(|_| {
+                    let pb = ProgressBar::hidden();
+                    pb.set_length(*size);
+                    pb
+                })
+            });
             let job = BlobJob {
                 session: &session,
                 repo: &doc.parts.repository(),
@@ -111,7 +130,12 @@ pub fn fetch_blob(doc: &mut ModelDoc, store: &Store, opts: &FetchOptions) -> Res
                 size: *size,
                 what: format!("blob {d} of {what_model} from {}", session.name()),
             };
-            let out = download(&job, store, opts, pb.as_ref())?;
+            let out = match (&opts.on_progress, &pb) {
+                (Some(p), Some(pb)) => {
+                    watched(p, pb, d, *size, || download(&job, store, opts, Some(pb)))?
+                }
+                _ => download(&job, store, opts, pb.as_ref())?,
+            };
             if let Some(pb) = pb {
                 pb.finish();
             }
@@ -138,6 +162,35 @@ pub fn fetch_blob(doc: &mut ModelDoc, store: &Store, opts: &FetchOptions) -> Res
         report.manifest_written = true;
     }
     Ok(report)
+}
+
+/// Runs `f` while a thread beside it reports `pb`'s position to `p` every
+/// [`PROGRESS_EVERY`]; reports the start, and completed = total on success.
+fn watched<T>(
+    p: &Progress,
+    pb: &ProgressBar,
+    d: &Digest,
+    size: u64,
+    f: impl FnOnce() -> Result<T>,
+) -> Result<T> {
+    p.report(d, pb.position(), size);
+    let out = std::thread::scope(|s| {
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        s.spawn(move || {
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                stopped.recv_timeout(PROGRESS_EVERY)
+            {
+                p.report(d, pb.position().min(size), size);
+            }
+        });
+        let out = f();
+        drop(stop);
+        out
+    });
+    if out.is_ok() {
+        p.report(d, size, size);
+    }
+    out
 }
 
 /// The unique blobs (digest → size) the manifest names, checked against the document.

@@ -83,6 +83,7 @@ mod resolve;
 
 use std::io;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use auth::{from_docker_config, parse_www_authenticate, Challenge, Credentials};
@@ -249,6 +250,31 @@ credentials and Ollama key signatures (others get anonymous token requests only)
 LLPIPE_OLLAMA_REGISTRIES  more HOST[:PORT]s whose token requests are signed with the Ollama key \
 (besides registry.ollama.ai and ollama.com)\n  \
 HOME  the Ollama key is $HOME/.ollama/id_ed25519 (created when missing, its public key printed once)";
+
+/// A progress callback: `(blob, bytes completed, bytes in all)`. Called
+/// from the thread doing the work (or one beside it), so it must be cheap
+/// and must not block.
+#[derive(Clone)]
+pub struct Progress(pub Arc<ProgressFn>);
+
+/// The function inside a [`Progress`].
+pub type ProgressFn = dyn Fn(&protocol::Digest, u64, u64) + Send + Sync;
+
+impl Progress {
+    /// Wraps `f`.
+    pub fn new(f: impl Fn(&protocol::Digest, u64, u64) + Send + Sync + 'static) -> Progress {
+        Progress(Arc::new(f))
+    }
+    pub(crate) fn report(&self, d: &protocol::Digest, completed: u64, total: u64) {
+        (self.0)(d, completed, total)
+    }
+}
+
+impl std::fmt::Debug for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Progress(..)")
+    }
+}
 
 /// Shorthand.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -10,7 +10,7 @@ use url::Url;
 
 use crate::client::{Body, Response, Session};
 use crate::resolve::{check_manifest, session_for};
-use crate::{io_err, Error, RemoteOptions, Result};
+use crate::{io_err, Error, Progress, RemoteOptions, Result};
 
 /// Options of [`push`].
 #[derive(Clone, Debug, Default)]
@@ -23,6 +23,10 @@ pub struct PushOptions {
     pub mount_from: Option<String>,
     /// Log each blob on stderr.
     pub verbose: bool,
+    /// Called for every blob: with completed = total when the registry has
+    /// it already (or it was mounted); else with 0 before its upload and
+    /// completed = total after.
+    pub on_progress: Option<Progress>,
 }
 
 /// What [`push`] did.
@@ -62,6 +66,11 @@ pub fn push(name: &Name, store: &Store, opts: &PushOptions) -> Result<PushReport
         mounted: 0,
         manifest_digest: Digest::of_bytes(&bytes),
     };
+    let report_progress = |d: &Digest, done: u64, size: u64| {
+        if let Some(p) = &opts.on_progress {
+            p.report(d, done, size);
+        }
+    };
     for (d, &size) in &blobs {
         let bwhat = format!("blob {d} of {what} to {}", session.name());
         let head = session.request(
@@ -74,12 +83,14 @@ pub fn push(name: &Name, store: &Store, opts: &PushOptions) -> Result<PushReport
         match head.status() {
             200 => {
                 report.skipped += 1;
+                report_progress(d, size, size);
                 continue;
             }
             404 => {}
             _ => return Err(session.status_error(head, &bwhat)),
         }
         let file = open_blob(store, d, size)?;
+        report_progress(d, 0, size);
         let mut start = session.url(&format!("v2/{repo}/blobs/uploads/"))?;
         if let Some(from) = &opts.mount_from {
             start
@@ -97,6 +108,7 @@ pub fn push(name: &Name, store: &Store, opts: &PushOptions) -> Result<PushReport
         match resp.status() {
             201 if opts.mount_from.is_some() => {
                 report.mounted += 1;
+                report_progress(d, size, size);
                 continue;
             }
             202 => {}
@@ -108,6 +120,7 @@ pub fn push(name: &Name, store: &Store, opts: &PushOptions) -> Result<PushReport
             eprintln!("model-push: {d}: uploaded {size} bytes");
         }
         report.uploaded += 1;
+        report_progress(d, size, size);
     }
     let mt = manifest
         .media_type

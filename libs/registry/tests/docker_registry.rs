@@ -58,8 +58,12 @@ fn round_trip_smollm2() {
     .unwrap();
     let created = store::create(&store, &name, &mf, &store::CreateOptions::default()).unwrap();
 
-    let report = push(&name, &store, &push_opts(&base)).unwrap();
+    let mut po = push_opts(&base);
+    let (pushed, seen) = recorder();
+    po.on_progress = Some(seen);
+    let report = push(&name, &store, &po).unwrap();
     assert_eq!(report.manifest_digest, created.manifest_digest);
+    check_progress(&pushed.lock().unwrap(), &created, true);
     assert_eq!(
         report.uploaded,
         created
@@ -82,10 +86,20 @@ fn round_trip_smollm2() {
         std::fs::remove_file(store.blobs_dir().join(f)).unwrap();
     }
 
-    let o = fetch_opts(&store, &base);
+    let mut o = fetch_opts(&store, &base);
+    let (pulled, seen) = recorder();
+    o.on_progress = Some(seen);
     let mut doc = resolve_remote(&name, &o.remote).unwrap();
     assert!(doc.blobs().all(|b| !b.present));
     let r = fetch_blob(&mut doc, &store, &o).unwrap();
+    check_progress(&pulled.lock().unwrap(), &created, true);
+    // a second pull finds every blob present: one completed = total each
+    let (again, seen) = recorder();
+    o.on_progress = Some(seen);
+    let mut doc2 = resolve_remote(&name, &o.remote).unwrap();
+    fetch_blob(&mut doc2, &store, &o).unwrap();
+    check_progress(&again.lock().unwrap(), &created, false);
+    assert!(again.lock().unwrap().iter().all(|(_, c, t)| c == t));
     assert!(r.manifest_written && r.blobs_fetched >= 2);
     assert_eq!(doc.manifest_digest, created.manifest_digest);
     let local = store::resolve(&store, &name, &store::ResolveOptions::default()).unwrap();
@@ -93,6 +107,34 @@ fn round_trip_smollm2() {
     let v = store::verify_all(&store, &store::VerifyOptions::default()).unwrap();
     assert!(v.findings.is_empty(), "{:?}", v.findings);
     assert_eq!(v.bytes_hashed, doc.blobs().map(|b| b.size).sum::<u64>());
+}
+
+type Events = Arc<std::sync::Mutex<Vec<(Digest, u64, u64)>>>;
+
+/// A progress callback that records every call.
+fn recorder() -> (Events, registry::Progress) {
+    let ev: Events = Default::default();
+    let e = ev.clone();
+    let p = registry::Progress::new(move |d, c, t| e.lock().unwrap().push((d.clone(), c, t)));
+    (ev, p)
+}
+
+/// Every blob of `doc` was reported, its last report complete with the
+/// blob's size and no report beyond it; `from_zero`: the first at 0.
+fn check_progress(ev: &[(Digest, u64, u64)], doc: &protocol::ModelDoc, from_zero: bool) {
+    for b in doc.blobs() {
+        let mine: Vec<_> = ev.iter().filter(|(d, _, _)| *d == b.digest).collect();
+        assert!(!mine.is_empty(), "no progress for {}", b.digest);
+        assert!(
+            mine.iter().all(|(_, c, t)| *t == b.size && c <= t),
+            "{mine:?}"
+        );
+        assert!(mine.windows(2).all(|w| w[0].1 <= w[1].1), "{mine:?}");
+        assert_eq!(mine.last().unwrap().1, b.size);
+        if from_zero {
+            assert_eq!(mine[0].1, 0, "{}: {mine:?}", b.digest);
+        }
+    }
 }
 
 #[test]

@@ -119,7 +119,16 @@ pub(crate) fn find(app: &App, name: &str, not_found: String) -> Result<Found, Ap
         template: layer(protocol::media::TEMPLATE),
         system: layer(protocol::media::SYSTEM),
         params: layer(protocol::media::PARAMS),
-        license: layer(protocol::media::LICENSE),
+        // several LICENSE layers read as one text, as Ollama joins them
+        license: Some(
+            doc.layers
+                .iter()
+                .filter(|l| l.media_type == protocol::media::LICENSE)
+                .filter_map(|l| l.text.clone())
+                .collect::<Vec<_>>()
+                .join("\n"),
+        )
+        .filter(|l| !l.is_empty()),
         messages,
         modified,
     })

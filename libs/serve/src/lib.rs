@@ -6,6 +6,9 @@
 //! * native routes (`api`): `GET|HEAD /`, `/api/version`, `/api/tags`,
 //!   `/api/show`, `/api/generate`, `/api/chat`, `/api/ps`, `/api/copy`,
 //!   `/api/delete`, `HEAD|POST /api/blobs/:digest`;
+//! * model management (`manage`): `/api/pull`, `/api/push` (over
+//!   `registry`), `/api/create` (over `store::create`), with Ollama's
+//!   progress lines;
 //! * OpenAI's (`openai`): `/v1/chat/completions`, `/v1/completions`,
 //!   `/v1/models`, `/v1/models/{model}`.
 //!
@@ -38,6 +41,7 @@ mod embed;
 pub mod guard;
 mod http;
 mod log;
+mod manage;
 mod openai;
 mod options;
 pub mod sched;
@@ -157,6 +161,9 @@ pub(crate) fn router(opts: Options) -> Router {
         .route("/api/ps", get(api::ps))
         .route("/api/copy", post(api::copy))
         .route("/api/delete", axum::routing::delete(api::delete))
+        .route("/api/pull", post(manage::pull))
+        .route("/api/push", post(manage::push))
+        .route("/api/create", post(manage::create))
         .route(
             "/api/blobs/{digest}",
             head(api::blob_head).post(api::blob_post),

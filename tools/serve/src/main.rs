@@ -25,8 +25,13 @@ use runner::EngineChoice;
 ///
 /// Routes: GET|HEAD /, /api/version, /api/tags, POST /api/show,
 /// /api/generate, /api/chat, GET /api/ps, POST /api/copy, DELETE
-/// /api/delete, HEAD|POST /api/blobs/sha256:HEX, POST /v1/chat/completions,
-/// /v1/completions, GET /v1/models, /v1/models/NAME.
+/// /api/delete, HEAD|POST /api/blobs/sha256:HEX, POST /api/pull, /api/push
+/// (to and from OCI registries; NDJSON progress), /api/create (from a model,
+/// or from an uploaded GGUF blob named by digest), POST
+/// /v1/chat/completions, /v1/completions, GET /v1/models, /v1/models/NAME.
+/// Pull and push find credentials as fetch-blob and model-push do
+/// (LLPIPE_REGISTRY_USERNAME and LLPIPE_REGISTRY_PASSWORD, else docker's
+/// config.json).
 #[derive(Parser, Debug)]
 #[command(
     name = "serve",

@@ -1,6 +1,8 @@
 """Drives `serve` with the official Python clients (ollama 0.6.3, openai
-3.51.0). Usage: clients.py HOST:PORT (a store holding smollm2:135m).
-Asserts; exits non-zero on the first failure."""
+3.51.0). Usage: clients.py HOST:PORT GGUF [REGISTRY_HOST:PORT] (a store
+holding smollm2:135m, made from the file GGUF; with a plain-http registry,
+push and pull go through it too). Asserts; exits non-zero on the first
+failure."""
 
 import sys
 
@@ -8,6 +10,8 @@ import ollama
 import openai
 
 host = sys.argv[1]
+gguf = sys.argv[2]
+registry = sys.argv[3] if len(sys.argv) > 3 else None
 MODEL = "smollm2:135m"
 OPTS = {"temperature": 0, "num_predict": 6}
 
@@ -72,6 +76,47 @@ try:
     check(False, "unknown model raises")
 except ollama.ResponseError as e:
     check(e.status_code == 404 and "not found" in e.error, f"unknown model: {e.status_code} {e.error}")
+
+# create: from a model with a new system prompt, and from an uploaded GGUF
+r = c.create(model="brief:v1", from_=MODEL, system="Answer in one word.")
+check(r.status == "success", f"create from a model: {r.status}")
+check('SYSTEM """Answer in one word."""' in c.show("brief:v1").modelfile, "created model has the new system")
+digest = c.create_blob(gguf)
+parts = list(c.create(model="fromfile:v1", files={"smol.gguf": digest},
+                      template="{{ .Prompt }}", parameters={"num_predict": 2}, stream=True))
+check(parts[-1].status == "success" and any(p.status == f"using existing layer {digest}" for p in parts),
+      f"create from files: {[p.status for p in parts]}")
+info = c.show("fromfile:v1")
+check(info.template == "{{ .Prompt }}" and "num_predict" in info.parameters, "created model shows its layers")
+r = c.generate(model="fromfile:v1", prompt="The sky is")
+check(r.done and r.eval_count <= 2, f"created model generates: {r.response!r}")
+try:
+    c.create(model="bad", files={"x.gguf": "sha256:" + "0" * 64})
+    check(False, "create with a missing blob raises")
+except ollama.ResponseError as e:
+    check(e.status_code == 400 and "not found" in e.error, f"missing blob: {e.status_code} {e.error}")
+for m in ("brief:v1", "fromfile:v1"):
+    c.delete(m)
+
+# push and pull through a local registry
+if registry:
+    remote = f"{registry}/library/smol:py"
+    c.copy(MODEL, remote)
+    parts = list(c.push(remote, insecure=True, stream=True))
+    check(parts[0].status == "retrieving manifest" and parts[-1].status == "success", "push streams")
+    c.delete(remote)
+    parts = list(c.pull(remote, insecure=True, stream=True))
+    check(parts[0].status == "pulling manifest" and parts[-1].status == "success", "pull streams")
+    check(any(p.total and p.completed == p.total for p in parts), "pull reports total and completed")
+    check(c.pull(remote, insecure=True).status == "success", "pull, not streaming")
+    r = c.generate(model=remote, prompt="The sky is", options=OPTS)
+    check(r.done and r.eval_count == 6, "the pulled model generates")
+    try:
+        c.pull(f"{registry}/library/nope:x", insecure=True)
+        check(False, "pull of an unknown model raises")
+    except ollama.ResponseError as e:
+        check("file does not exist" in e.error, f"pull unknown: {e.error}")
+    c.delete(remote)
 
 # OpenAI
 o = openai.OpenAI(base_url=f"http://{host}/v1", api_key="x")

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use pipeline_tests::{bin, free_port, models_dir, out3, TestStore};
+use pipeline_tests::{bin, docker_registry, free_port, models_dir, out3, TestStore};
 use serde_json::{json, Value};
 
 const SMOL: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -568,9 +568,14 @@ fn official_python_clients() {
     }
     let s = start(&model, &[]);
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/clients.py");
+    // push and pull go through a local registry when there is one
+    let reg =
+        have_registry("official_python_clients (push and pull)").then(|| docker_registry(None));
     let mut child = Command::new(&py)
         .arg(&script)
         .arg(format!("127.0.0.1:{}", s.port))
+        .arg(&model)
+        .args(reg.as_ref().map(|r| r.host()))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -592,6 +597,10 @@ fn official_python_clients() {
     let status = child.wait().unwrap();
     assert!(status.success(), "clients.py failed:\n{out}\n{err}");
     assert!(out.contains("all client checks passed"), "{out}");
+    assert!(out.contains("ok: create from files"), "{out}");
+    if reg.is_some() {
+        assert!(out.contains("ok: the pulled model generates"), "{out}");
+    }
 }
 
 /// Streams `prompt` (raw, greedy, `n` tokens); the text, and when the
@@ -884,4 +893,356 @@ fn structured_output_follows_the_format() {
         );
         assert_eq!(code, 400, "{v}");
     }
+}
+
+// ---- pull, push, create ----
+
+/// Whether docker-registry is installed; prints SKIPPED when not.
+fn have_registry(test: &str) -> bool {
+    let ok = std::path::Path::new("/usr/bin/docker-registry").exists();
+    if !ok {
+        println!("{test}: SKIPPED: /usr/bin/docker-registry missing (see shared/REGISTRY.md)");
+    }
+    ok
+}
+
+impl Server {
+    /// POSTs and parses the reply as NDJSON: every line must be an object.
+    fn ndjson(&self, path: &str, body: Value) -> (u16, Vec<Value>) {
+        let (code, text) = self.call("POST", path, Some(body));
+        assert!(text.ends_with('\n'), "{path}: {text:?}");
+        let lines = text
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+            .collect::<Vec<_>>();
+        assert!(lines.iter().all(Value::is_object), "{text}");
+        (code, lines)
+    }
+    fn manifest(&self, name: &str) -> Vec<u8> {
+        let st = store::Store::open(self.store.root());
+        st.read_manifest(&store::Name::parse(name).unwrap())
+            .unwrap()
+            .2
+    }
+}
+
+/// The `status` values of progress lines, in order, blob lines as `<verb> <hex>`.
+fn statuses(lines: &[Value]) -> Vec<&str> {
+    lines
+        .iter()
+        .map(|l| l["status"].as_str().unwrap_or_else(|| panic!("{l}")))
+        .collect()
+}
+
+/// The blob lines for `digest`: each with total = `size`, completed never
+/// going back, the last one complete.
+fn check_blob_lines(lines: &[Value], verb: &str, digest: &str, size: u64) {
+    let mine: Vec<&Value> = lines.iter().filter(|l| l["digest"] == digest).collect();
+    assert!(!mine.is_empty(), "no {verb} line for {digest}: {lines:?}");
+    let hex12 = &digest["sha256:".len().."sha256:".len() + 12];
+    for l in &mine {
+        assert_eq!(l["status"], format!("{verb} {hex12}"), "{l}");
+        assert_eq!(l["total"], size, "{l}");
+    }
+    let done: Vec<u64> = mine
+        .iter()
+        .map(|l| l["completed"].as_u64().unwrap())
+        .collect();
+    assert!(done.windows(2).all(|w| w[0] <= w[1]), "{done:?}");
+    assert_eq!(*done.last().unwrap(), size, "{mine:?}");
+}
+
+#[test]
+fn push_then_pull_into_an_empty_store_through_a_registry() {
+    let test = "push_then_pull_into_an_empty_store_through_a_registry";
+    let Some(model) = smol_path(test) else {
+        return;
+    };
+    if !have_registry(test) {
+        return;
+    }
+    let reg = docker_registry(None);
+    let a = start(&model, &[]);
+    let name = format!("{}/library/smol:t1", reg.host());
+    let (code, _) = a.call(
+        "POST",
+        "/api/copy",
+        Some(json!({"source": "smollm2:135m", "destination": name})),
+    );
+    assert_eq!(code, 200);
+    let weights = protocol::Digest::of_bytes(&std::fs::read(&model).unwrap()).to_string();
+    let size = std::fs::metadata(&model).unwrap().len();
+
+    // push over http://, streamed
+    let (code, lines) = a.ndjson("/api/push", json!({"model": format!("http://{name}")}));
+    assert_eq!(code, 200, "{lines:?}");
+    let st = statuses(&lines);
+    assert_eq!(st[0], "retrieving manifest");
+    assert_eq!(
+        st[st.len() - 2..],
+        ["pushing manifest", "success"],
+        "{st:?}"
+    );
+    check_blob_lines(&lines, "pushing", &weights, size);
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l["digest"] == weights.as_str())
+            .count(),
+        2
+    );
+    // pushed again, every blob is there already: one complete line each
+    let (code, lines) = a.ndjson("/api/push", json!({"model": name, "insecure": true}));
+    assert_eq!(code, 200);
+    let blob_lines: Vec<_> = lines.iter().filter(|l| l.get("digest").is_some()).collect();
+    assert!(
+        blob_lines.iter().all(|l| l["completed"] == l["total"]),
+        "{lines:?}"
+    );
+
+    // pull into a server with an empty store
+    let b = start_on(TestStore::new(), &[]);
+    assert_eq!(b.get("/api/tags")["models"], json!([]));
+    let (code, lines) = b.ndjson("/api/pull", json!({"model": name, "insecure": true}));
+    assert_eq!(code, 200, "{lines:?}");
+    let st = statuses(&lines);
+    assert_eq!(st[0], "pulling manifest");
+    assert_eq!(
+        st[st.len() - 3..],
+        ["verifying sha256 digest", "writing manifest", "success"],
+        "{st:?}"
+    );
+    check_blob_lines(&lines, "pulling", &weights, size);
+    let first = lines
+        .iter()
+        .find(|l| l["digest"] == weights.as_str())
+        .unwrap();
+    assert_eq!(first["completed"], 0, "a fresh blob starts at 0: {first}");
+    assert_eq!(a.manifest(&name), b.manifest(&name), "manifests differ");
+
+    // the pulled model generates the same greedy text
+    let body = json!({"model": name, "prompt": "Why is the sky blue?", "stream": false,
+                      "options": {"temperature": 0, "num_predict": 5}});
+    let (code, ra) = a.post("/api/generate", body.clone());
+    assert_eq!(code, 200, "{ra}");
+    let (code, rb) = b.post("/api/generate", body);
+    assert_eq!(code, 200, "{rb}");
+    assert_eq!(rb["eval_count"], 5);
+    assert_eq!(ra["response"], rb["response"]);
+
+    // pulled again, not streaming: just success; every blob was present
+    let (code, v) = b.post(
+        "/api/pull",
+        json!({"name": format!("http://{name}"), "stream": false}),
+    );
+    assert_eq!((code, v), (200, json!({"status": "success"})));
+
+    // an unknown model: Ollama's text, in the stream or with a status
+    let nope = format!("http://{}/library/nope:x", reg.host());
+    let (code, lines) = b.ndjson("/api/pull", json!({"model": nope}));
+    assert_eq!(code, 200);
+    assert_eq!(lines[0]["status"], "pulling manifest");
+    assert_eq!(
+        lines.last().unwrap(),
+        &json!({"error": "pull model manifest: file does not exist"})
+    );
+    let (code, v) = b.post("/api/pull", json!({"model": nope, "stream": false}));
+    assert_eq!(
+        (code, v),
+        (
+            500,
+            json!({"error": "pull model manifest: file does not exist"})
+        )
+    );
+    assert_eq!(b.get("/api/tags")["models"].as_array().unwrap().len(), 1);
+    let (code, v) = b.post("/api/pull", json!({}));
+    assert_eq!((code, v), (400, json!({"error": "model is required"})));
+    let (code, v) = b.post("/api/push", json!({"model": "nope:x"}));
+    assert_eq!(
+        (code, v),
+        (404, json!({"error": "model 'nope:x' not found"}))
+    );
+}
+
+#[test]
+fn create_from_an_uploaded_gguf_and_from_a_model() {
+    let Some(model) = smol_path("create_from_an_uploaded_gguf_and_from_a_model") else {
+        return;
+    };
+    let s = start_on(TestStore::new(), &[]);
+    let bytes = std::fs::read(&model).unwrap();
+    let digest = protocol::Digest::of_bytes(&bytes).to_string();
+    assert_eq!(blob_post(&s, &digest, &bytes).0, 201);
+    let template = "<|im_start|>user\n{{ .Prompt }}<|im_end|>\n<|im_start|>assistant\n";
+    let (code, lines) = s.ndjson(
+        "/api/create",
+        json!({"model": "mine:v1", "files": {"smol.gguf": digest}, "template": template,
+               "system": "Be brief.", "license": ["MIT", "Apache-2.0"],
+               "parameters": {"num_predict": 3, "temperature": 0, "stop": ["<|im_end|>", "<|im_start|>"]},
+               "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}),
+    );
+    assert_eq!(code, 200, "{lines:?}");
+    let st = statuses(&lines);
+    assert_eq!(st[0], "parsing GGUF");
+    assert!(
+        st.contains(&format!("using existing layer {digest}").as_str()),
+        "{st:?}"
+    );
+    assert!(
+        st.iter()
+            .any(|s| s.starts_with("creating new layer sha256:")),
+        "{st:?}"
+    );
+    assert_eq!(
+        st[st.len() - 2..],
+        ["writing manifest", "success"],
+        "{st:?}"
+    );
+
+    let (code, show) = s.post("/api/show", json!({"model": "mine:v1"}));
+    assert_eq!(code, 200, "{show}");
+    assert_eq!(show["template"], template);
+    assert_eq!(show["system"], "Be brief.");
+    assert_eq!(show["license"], "MIT\nApache-2.0");
+    let params = show["parameters"].as_str().unwrap();
+    assert!(
+        params.contains("num_predict") && params.contains("<|im_end|>"),
+        "{params}"
+    );
+    assert_eq!(show["details"]["family"], "llama");
+    // the model's num_predict 3 holds when the request sets none
+    let (code, r) = s.post(
+        "/api/generate",
+        json!({"model": "mine:v1", "prompt": "Why is the sky blue?", "stream": false}),
+    );
+    assert_eq!(code, 200, "{r}");
+    assert!(r["eval_count"].as_u64().unwrap() <= 3, "{r}");
+    assert!(!r["response"].as_str().unwrap().is_empty(), "{r}");
+
+    // from an existing model, a new system prompt; the rest is kept
+    let (code, v) = s.post(
+        "/api/create",
+        json!({"model": "mine:v2", "from": "mine:v1", "system": "Answer in French.", "stream": false}),
+    );
+    assert_eq!((code, v), (200, json!({"status": "success"})));
+    let (_, show2) = s.post("/api/show", json!({"model": "mine:v2"}));
+    assert_eq!(show2["system"], "Answer in French.");
+    assert_eq!(show2["template"], template);
+    assert_eq!(show2["parameters"], show["parameters"]);
+
+    // errors
+    let zero = format!("sha256:{}", "0".repeat(64));
+    let (code, v) = s.post(
+        "/api/create",
+        json!({"model": "x", "files": {"x.gguf": zero}}),
+    );
+    assert_eq!(
+        (code, v),
+        (400, json!({"error": format!("blob \"{zero}\" not found")}))
+    );
+    let (code, v) = s.post("/api/create", json!({"model": "x"}));
+    assert_eq!(
+        (code, v),
+        (
+            400,
+            json!({"error": "neither 'from' or 'files' was specified"})
+        )
+    );
+    let (code, v) = s.post(
+        "/api/create",
+        json!({"model": "x", "files": {"../x.gguf": digest}}),
+    );
+    assert_eq!(
+        (code, v),
+        (400, json!({"error": "file path must be relative"}))
+    );
+    let (code, v) = s.post(
+        "/api/create",
+        json!({"model": "x", "from": "mine:v1", "quantize": "q4_K_M"}),
+    );
+    assert_eq!(code, 400, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("quantize"), "{v}");
+    let (code, v) = s.post(
+        "/api/create",
+        json!({"model": "x", "from": "mine:v1", "parameters": {"bogus": 1}}),
+    );
+    assert_eq!(code, 400, "{v}");
+    // a blob that is not a GGUF: refused, nothing created
+    let d = protocol::Digest::of_bytes(b"not a gguf").to_string();
+    assert_eq!(blob_post(&s, &d, b"not a gguf").0, 201);
+    let (code, v) = s.post(
+        "/api/create",
+        json!({"model": "x", "files": {"x.gguf": d}, "stream": false}),
+    );
+    assert_eq!(code, 400, "{v}");
+    let (code, lines) = s.ndjson("/api/create", json!({"model": "x", "files": {"x.gguf": d}}));
+    assert_eq!(code, 200);
+    assert!(lines.last().unwrap()["error"].is_string(), "{lines:?}");
+    let names: Vec<_> = s.get("/api/tags")["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+}
+
+#[test]
+fn a_client_gone_mid_pull_leaves_no_manifest_without_its_blobs() {
+    let test = "a_client_gone_mid_pull_leaves_no_manifest_without_its_blobs";
+    let Some(model) = smol_path(test) else {
+        return;
+    };
+    if !have_registry(test) {
+        return;
+    }
+    let reg = docker_registry(None);
+    let name = format!("{}/library/smol:gone", reg.host());
+    let store = TestStore::new();
+    let (code, _, err) = out3(&store.run(
+        bin("model-create"),
+        &[&name, "--gguf", model.to_str().unwrap()],
+        b"",
+    ));
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = out3(&store.run(bin("model-push"), &[&name, "--insecure"], b""));
+    assert_eq!(code, 0, "{err}");
+
+    let b = start_on(TestStore::new(), &[]);
+    let body = json!({"model": name, "insecure": true}).to_string();
+    let mut c = TcpStream::connect(("127.0.0.1", b.port)).unwrap();
+    write!(
+        c,
+        "POST /api/pull HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut r = BufReader::new(c);
+    let mut l = String::new();
+    while !l.contains("pulling manifest") {
+        l.clear();
+        assert!(r.read_line(&mut l).unwrap() > 0, "no status line");
+    }
+    drop(r);
+    // from now on, whenever the manifest is there, so is every blob it names
+    let st = store::Store::open(b.store.root());
+    let n = store::Name::parse(&name).unwrap();
+    let t0 = Instant::now();
+    let bytes = loop {
+        if let Ok((_, _, bytes)) = st.read_manifest(&n) {
+            break bytes;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "the pull never ended"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let m = store::Manifest::parse(&bytes, "pulled").unwrap();
+    for d in m.blobs() {
+        let len = std::fs::metadata(st.blob_path(&d.digest)).map(|m| m.len());
+        assert_eq!(len.ok(), Some(d.size), "{} missing", d.digest);
+    }
+    let v = store::verify_all(&st, &store::VerifyOptions::default()).unwrap();
+    assert!(v.findings.is_empty(), "{:?}", v.findings);
 }
