@@ -27,8 +27,11 @@ use runner::EngineChoice;
 /// /api/generate, /api/chat, GET /api/ps, POST /api/copy, DELETE
 /// /api/delete, HEAD|POST /api/blobs/sha256:HEX, POST /api/pull, /api/push
 /// (to and from OCI registries; NDJSON progress), /api/create (from a model,
-/// or from an uploaded GGUF blob named by digest), POST
-/// /v1/chat/completions, /v1/completions, GET /v1/models, /v1/models/NAME.
+/// or from an uploaded GGUF blob named by digest), /api/embed,
+/// /api/embeddings, POST /v1/chat/completions, /v1/completions,
+/// /v1/embeddings, GET /v1/models, /v1/models/NAME. Generation takes
+/// `format` ("json" or a JSON schema; OpenAI's `response_format`) for
+/// structured output.
 /// Pull and push find credentials as fetch-blob and model-push do
 /// (LLPIPE_REGISTRY_USERNAME and LLPIPE_REGISTRY_PASSWORD, else docker's
 /// config.json).
