@@ -19,7 +19,7 @@ use std::time::Instant;
 use engine::generate::{DoneReason, Stats};
 use engine::sampler::Sampler;
 use engine::stop::StopBuffer;
-use engine::tokenizer::StreamDecoder;
+use engine::tokenizer::{StreamDecoder, Tokenizer};
 
 use crate::hold::{common_prefix, MultiDecode};
 use crate::infer::{Event, Output, Summary};
@@ -84,6 +84,24 @@ struct Seq {
     t0: Instant,
     t_gen: Instant,
     canceled: bool,
+}
+
+impl Seq {
+    /// Runs `f` on this job's text output (UTF-8 assembly, stop strings,
+    /// its event sink); also whether an event failed to go out.
+    fn output<R>(&mut self, tok: &Tokenizer, f: impl FnOnce(&mut Output) -> R) -> (R, bool) {
+        let mut out = Output {
+            tok,
+            utf8: std::mem::take(&mut self.utf8),
+            stop: std::mem::take(&mut self.stop),
+            on_event: &mut *self.job.on_event,
+            io: None,
+        };
+        let r = f(&mut out);
+        let failed = out.io.is_some();
+        (self.utf8, self.stop) = (out.utf8, out.stop);
+        (r, failed)
+    }
 }
 
 impl Held<'_> {
@@ -270,8 +288,8 @@ impl Held<'_> {
     /// tokens; `None` when the run ends instead (its last token is then not
     /// decoded, as with [`engine::generate::generate`]).
     fn advance(&mut self, seq: &mut Seq) -> Option<i32> {
-        let o = &seq.job.opts;
-        if o.num_predict.is_some_and(|n| seq.stats.eval_count >= n) {
+        let num_predict = seq.job.opts.num_predict;
+        if num_predict.is_some_and(|n| seq.stats.eval_count >= n) {
             seq.stats.done_reason = DoneReason::Length;
             return None;
         }
@@ -287,16 +305,7 @@ impl Held<'_> {
         }
         seq.stats.eval_count += 1;
         seq.tokens.push(tok);
-        let mut out = Output {
-            tok: self.tok,
-            utf8: std::mem::take(&mut seq.utf8),
-            stop: std::mem::take(&mut seq.stop),
-            on_event: &mut *seq.job.on_event,
-            io: None,
-        };
-        let go_on = out.token(tok);
-        let gone = out.io.is_some();
-        (seq.utf8, seq.stop) = (out.utf8, out.stop);
+        let (go_on, gone) = seq.output(self.tok, |out| out.token(tok));
         if gone {
             seq.canceled = true;
             return None;
@@ -304,7 +313,7 @@ impl Held<'_> {
         if !go_on {
             return None;
         }
-        if o.num_predict.is_some_and(|n| seq.stats.eval_count >= n) {
+        if num_predict.is_some_and(|n| seq.stats.eval_count >= n) {
             seq.stats.done_reason = DoneReason::Length;
             return None;
         }
@@ -335,31 +344,21 @@ impl Held<'_> {
     /// Ends `seq`'s run: flushes held-back text, reports.
     fn finish(&mut self, mut seq: Seq, r: Result<(), String>) {
         seq.stats.eval_duration = seq.t_gen.elapsed();
-        let r = r.map(|()| {
-            if !seq.canceled {
-                let mut out = Output {
-                    tok: self.tok,
-                    utf8: std::mem::take(&mut seq.utf8),
-                    stop: std::mem::take(&mut seq.stop),
-                    on_event: &mut *seq.job.on_event,
-                    io: None,
-                };
-                if out.finish().is_err() {
-                    seq.canceled = true;
-                }
-            }
-            RunResult {
-                summary: Summary {
-                    stats: seq.stats,
-                    load_duration: Default::default(),
-                    total_duration: seq.t0.elapsed(),
-                    engine: self.engine,
-                },
-                cached: seq.cached,
-                tokens: seq.tokens,
-                canceled: seq.canceled,
-            }
+        if r.is_ok() && !seq.canceled && seq.output(self.tok, |out| out.finish()).0.is_err() {
+            seq.canceled = true;
+        }
+        let on_done = seq.job.on_done;
+        let r = r.map(|()| RunResult {
+            summary: Summary {
+                stats: seq.stats,
+                load_duration: Default::default(),
+                total_duration: seq.t0.elapsed(),
+                engine: self.engine,
+            },
+            cached: seq.cached,
+            tokens: seq.tokens,
+            canceled: seq.canceled,
         });
-        (seq.job.on_done)(r);
+        on_done(r);
     }
 }

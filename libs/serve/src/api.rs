@@ -15,7 +15,7 @@ use futures_util::StreamExt;
 use runner::{InferOptions, Message, RunResult};
 use serde_json::{json, Map, Value};
 
-use crate::http::{empty_ok, json, now, read_json, rfc3339, stream_response, ApiError};
+use crate::http::{empty_ok, json, json_route, now, read_json, rfc3339, stream_response, ApiError};
 use crate::log::Log;
 use crate::options::{apply_options, parse_keep_alive, random_seed};
 use crate::sched::{KeepAlive, Lease, LoadRequest, ModelInfo, Report, SchedError, Work};
@@ -670,16 +670,7 @@ fn line(v: &Value) -> Bytes {
 
 // ---- /api/generate ----
 
-pub(crate) async fn generate(
-    State(app): AppState,
-    Extension(log): Extension<Log>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    generate_inner(app, log, headers, body)
-        .await
-        .unwrap_or_else(ApiError::native)
-}
+json_route!(generate => generate_inner, ApiError::native);
 
 async fn generate_inner(
     app: Arc<App>,
@@ -838,16 +829,7 @@ pub(crate) fn parse_messages(v: Option<&Value>) -> Result<Vec<Message>, ApiError
         .collect()
 }
 
-pub(crate) async fn chat(
-    State(app): AppState,
-    Extension(log): Extension<Log>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    chat_inner(app, log, headers, body)
-        .await
-        .unwrap_or_else(ApiError::native)
-}
+json_route!(chat => chat_inner, ApiError::native);
 
 async fn chat_inner(
     app: Arc<App>,

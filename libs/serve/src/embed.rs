@@ -8,20 +8,16 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Body;
-use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use axum::Extension;
 use base64::Engine as _;
 use runner::Embedded;
 use serde_json::{json, Value};
 
 use crate::api::{acquire, find, keep_alive, required_model, run_options, str_field};
-use crate::http::{json, read_json, ApiError};
+use crate::http::{json, json_route, read_json, ApiError};
 use crate::log::Log;
 use crate::App;
-
-type AppState = State<Arc<App>>;
 
 /// What an embedding request asks for, once parsed.
 struct Request {
@@ -103,16 +99,7 @@ async fn embed(
 
 // ---- /api/embed ----
 
-pub(crate) async fn api_embed(
-    State(app): AppState,
-    Extension(log): Extension<Log>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    api_embed_inner(app, log, headers, body)
-        .await
-        .unwrap_or_else(ApiError::native)
-}
+json_route!(api_embed => api_embed_inner, ApiError::native);
 
 async fn api_embed_inner(
     app: Arc<App>,
@@ -145,16 +132,7 @@ async fn api_embed_inner(
 
 // ---- /api/embeddings (legacy) ----
 
-pub(crate) async fn api_embeddings(
-    State(app): AppState,
-    Extension(log): Extension<Log>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    api_embeddings_inner(app, log, headers, body)
-        .await
-        .unwrap_or_else(ApiError::native)
-}
+json_route!(api_embeddings => api_embeddings_inner, ApiError::native);
 
 async fn api_embeddings_inner(
     app: Arc<App>,
@@ -186,16 +164,7 @@ async fn api_embeddings_inner(
 
 // ---- /v1/embeddings ----
 
-pub(crate) async fn openai_embeddings(
-    State(app): AppState,
-    Extension(log): Extension<Log>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    openai_embeddings_inner(app, log, headers, body)
-        .await
-        .unwrap_or_else(ApiError::openai)
-}
+json_route!(openai_embeddings => openai_embeddings_inner, ApiError::openai);
 
 async fn openai_embeddings_inner(
     app: Arc<App>,

@@ -125,3 +125,20 @@ pub(crate) fn rfc3339(t: std::time::SystemTime) -> String {
 pub(crate) fn now() -> String {
     rfc3339(std::time::SystemTime::now())
 }
+
+/// A route taking a JSON body: `$name` calls `$inner(app, log, headers,
+/// body)` and answers its error in the route's dialect (`ApiError::native`
+/// or `ApiError::openai`).
+macro_rules! json_route {
+    ($name:ident => $inner:ident, $err:path) => {
+        pub(crate) async fn $name(
+            axum::extract::State(app): axum::extract::State<std::sync::Arc<crate::App>>,
+            axum::Extension(log): axum::Extension<crate::log::Log>,
+            headers: axum::http::HeaderMap,
+            body: axum::body::Body,
+        ) -> axum::response::Response {
+            $inner(app, log, headers, body).await.unwrap_or_else($err)
+        }
+    };
+}
+pub(crate) use json_route;

@@ -10,7 +10,6 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use axum::Extension;
 use runner::{InferOptions, RunResult};
 use serde_json::{json, Value};
 
@@ -18,7 +17,7 @@ use crate::api::{
     done_reason, find, keep_alive, parse_messages, required_model, run_options, start_chat, Found,
     Piece, Run, RunSpec,
 };
-use crate::http::{json, read_json, stream_response, ApiError};
+use crate::http::{json, json_route, read_json, stream_response, ApiError};
 use crate::log::Log;
 use crate::App;
 
@@ -157,16 +156,7 @@ fn id(prefix: &str) -> String {
     format!("{prefix}-{}", crate::options::random_seed() % 999)
 }
 
-pub(crate) async fn chat(
-    State(app): AppState,
-    Extension(log): Extension<Log>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    chat_inner(app, log, headers, body)
-        .await
-        .unwrap_or_else(ApiError::openai)
-}
+json_route!(chat => chat_inner, ApiError::openai);
 
 async fn chat_inner(
     app: Arc<App>,
@@ -280,16 +270,7 @@ fn sse(
     Ok(stream_response("text/event-stream", head.chain(body)))
 }
 
-pub(crate) async fn completions(
-    State(app): AppState,
-    Extension(log): Extension<Log>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    completions_inner(app, log, headers, body)
-        .await
-        .unwrap_or_else(ApiError::openai)
-}
+json_route!(completions => completions_inner, ApiError::openai);
 
 async fn completions_inner(
     app: Arc<App>,
