@@ -12,8 +12,9 @@ pkgs=(cmake clang libclang-dev python3-pip)
 if [ "$what" = test ]; then
   # docker-registry + htpasswd + openssl: the real-registry tests; curl: the
   # pull benchmark's peer; qemu-user: runs a binary on an emulated older CPU;
-  # time: peak RSS in scripts/bench-e2e.sh.
-  pkgs+=(docker-registry apache2-utils openssl curl qemu-user time)
+  # time: peak RSS in scripts/bench-e2e.sh; openssh-client: ssh-keygen, for
+  # the Ollama key interop test; python3-venv: the official Python clients.
+  pkgs+=(docker-registry apache2-utils openssl curl qemu-user time openssh-client python3-venv)
 fi
 need=()
 for pkg in "${pkgs[@]}"; do
