@@ -1246,3 +1246,60 @@ fn a_client_gone_mid_pull_leaves_no_manifest_without_its_blobs() {
     let v = store::verify_all(&st, &store::VerifyOptions::default()).unwrap();
     assert!(v.findings.is_empty(), "{:?}", v.findings);
 }
+
+/// The server's memory stays bounded over 1,000 requests (4 clients at
+/// once on `OLLAMA_NUM_PARALLEL=4`, generate and chat alternating): its
+/// resident size after all of them is within 24 MiB of what it was after
+/// the first 100.
+#[test]
+fn memory_stays_bounded_over_1000_requests() {
+    let Some(model) = smol_path("memory_stays_bounded_over_1000_requests") else {
+        return;
+    };
+    let s = std::sync::Arc::new(start(&model, &[("OLLAMA_NUM_PARALLEL", "4")]));
+    let rss = |pid: u32| -> u64 {
+        let st = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let line = st.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+        line.split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            * 1024
+    };
+    let pid = s.child.id();
+    let batch = |n: usize, from: usize| {
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let s = s.clone();
+                std::thread::spawn(move || {
+                    for i in (from + t..from + n).step_by(4) {
+                        let (code, v) = if i % 2 == 0 {
+                            s.post("/api/generate", greedy(&format!("Count to {i}."), 2))
+                        } else {
+                            s.post(
+                                "/api/chat",
+                                json!({"model": "smollm2:135m", "stream": false,
+                                       "messages": [{"role": "user", "content": format!("Say {i}.")}],
+                                       "options": {"temperature": 0, "num_predict": 2}}),
+                            )
+                        };
+                        assert_eq!(code, 200, "request {i}: {v}");
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+    };
+    batch(100, 0);
+    let after_100 = rss(pid);
+    batch(900, 100);
+    let after_1000 = rss(pid);
+    println!("serve RSS: {after_100} bytes after 100 requests, {after_1000} after 1000");
+    assert!(
+        after_1000 < after_100 + (24 << 20),
+        "RSS grew from {after_100} to {after_1000} bytes"
+    );
+}
