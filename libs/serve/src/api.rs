@@ -658,11 +658,12 @@ pub(crate) fn required_model(req: &Value, log: &Log) -> Result<String, ApiError>
     Ok(name)
 }
 
-fn stream_flag(req: &Value) -> bool {
+pub(crate) fn stream_flag(req: &Value) -> bool {
     req.get("stream").and_then(Value::as_bool).unwrap_or(true)
 }
 
-fn line(v: &Value) -> Bytes {
+/// One NDJSON line.
+pub(crate) fn line(v: &Value) -> Bytes {
     let mut s = v.to_string();
     s.push('\n');
     Bytes::from(s)

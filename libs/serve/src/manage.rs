@@ -16,7 +16,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
@@ -25,7 +25,7 @@ use serde_json::{json, Value};
 use store::{Modelfile, ModelfileCommand as Command, Name, Store};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
 
-use crate::api::str_field;
+use crate::api::{line, str_field, stream_flag};
 use crate::http::{json, read_json, stream_response, ApiError};
 use crate::log::Log;
 use crate::App;
@@ -55,12 +55,6 @@ impl Status {
             }))
         })
     }
-}
-
-fn line(v: &Value) -> Bytes {
-    let mut s = v.to_string();
-    s.push('\n');
-    Bytes::from(s)
 }
 
 /// Runs `job` on the blocking pool; its status lines and then `success`
@@ -98,10 +92,6 @@ async fn progress(
     stream_response("application/x-ndjson", s)
 }
 
-fn stream_flag(req: &Value) -> bool {
-    req.get("stream").and_then(Value::as_bool).unwrap_or(true)
-}
-
 /// `model`, else the legacy `name`; 400 `model is required` when empty.
 fn model_field(req: &Value) -> Result<String, ApiError> {
     let m = str_field(req, "model")
@@ -112,6 +102,31 @@ fn model_field(req: &Value) -> Result<String, ApiError> {
         return Err(ApiError::bad("model is required"));
     }
     Ok(m)
+}
+
+/// What a pull or push names: the model as given (logged), as
+/// [`registry_name`] reads it, and the `insecure` flag.
+struct Target {
+    model: String,
+    name: Name,
+    base: Option<String>,
+    insecure: bool,
+}
+
+fn target(req: &Value, log: &Log) -> Result<Target, ApiError> {
+    let model = model_field(req)?;
+    log.model(&model);
+    let insecure = req
+        .get("insecure")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let (name, base) = registry_name(&model)?;
+    Ok(Target {
+        model,
+        name,
+        base,
+        insecure,
+    })
 }
 
 /// A name as `fetch-blob NAME` takes it (`http://host/ns/m:tag` too), and
@@ -139,13 +154,8 @@ pub(crate) async fn pull(
 ) -> Response {
     let r = async {
         let req = read_json(&headers, body).await?;
-        let model = model_field(&req)?;
-        log.model(&model);
-        let insecure = req
-            .get("insecure")
-            .and_then(Value::as_bool)
-            .unwrap_or(false);
-        let name = registry_name(&model)?;
+        let t = target(&req, &log)?;
+        let (name, insecure) = ((t.name, t.base), t.insecure);
         let store = app.opts.store.clone();
         Ok(progress(stream_flag(&req), move |st| {
             pull_job(&store, name, insecure, st)
@@ -188,13 +198,12 @@ pub(crate) async fn push(
 ) -> Response {
     let r = async {
         let req = read_json(&headers, body).await?;
-        let model = model_field(&req)?;
-        log.model(&model);
-        let insecure = req
-            .get("insecure")
-            .and_then(Value::as_bool)
-            .unwrap_or(false);
-        let (name, base) = registry_name(&model)?;
+        let Target {
+            model,
+            name,
+            base,
+            insecure,
+        } = target(&req, &log)?;
         let store = app.opts.store.clone();
         match store.find_manifest(&name) {
             Ok(Some(_)) => {}
