@@ -444,6 +444,13 @@ fn build_inner(gg: &gguf::Gguf<'_>, file: &File, opts: &LoadOptions) -> Result<B
     };
     // the copies (repacked, on the GPU); the weights left on the file bytes
     let placed = w.loader.finish().map_err(weight_error)?;
+    // The first pass reads every weight: map their pages now, in one call,
+    // rather than fault them in one by one during it (2-3% of a 512-token
+    // prompt on Gemma 3; the first token needs them all anyway, so the time
+    // to it does not change).
+    if let (Some(map), None) = (&file.map, opts.gpu) {
+        map.prefault();
+    }
     let migration = match (&file.map, opts.huge_pages && opts.gpu.is_none()) {
         (Some(map), true) => Some(migrate::Migration::new(map.clone(), placed)?),
         _ => None,
