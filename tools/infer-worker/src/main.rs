@@ -80,14 +80,6 @@ fn main() -> std::process::ExitCode {
                 None => default_cache()?,
             });
         }
-        if !host.is_loopback() {
-            eprintln!(
-                "infer-worker: WARNING: listening on {host}:{}, not loopback: the RPC protocol has \
-                 no authentication, and anyone who can reach this port can use this machine's \
-                 memory and CPU/GPU. Use a private network or an SSH tunnel (README, Across machines).",
-                a.port
-            );
-        }
         let cache = o
             .cache
             .as_ref()
@@ -98,13 +90,21 @@ fn main() -> std::process::ExitCode {
                 eprintln!(
                     "infer-worker: listening on {endpoint}, serving {}; {cache}",
                     devs.join(", ")
-                )
+                );
+                if !host.is_loopback() {
+                    eprintln!(
+                        "infer-worker: WARNING: {endpoint} is not loopback: the RPC protocol has \
+                         no authentication, and anyone who can reach this port can use this \
+                         machine's memory and CPU/GPU. Use a private network or an SSH tunnel \
+                         (README, Across machines)."
+                    );
+                }
             }
             ServeEvent::Connected(p) => eprintln!("infer-worker: connection from {}", peer(p)),
             ServeEvent::Closed(p) => eprintln!("infer-worker: connection from {} closed", peer(p)),
             ServeEvent::Other(line) => eprintln!("infer-worker: ggml: {line}"),
         });
-        Err(e).context("serving")
+        Err(e.into())
     })
 }
 

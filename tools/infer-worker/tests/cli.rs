@@ -71,7 +71,7 @@ fn warns_when_not_on_loopback() {
     });
     let mut lines = vec![];
     let end = Instant::now() + Duration::from_secs(30);
-    while !lines.iter().any(|l: &String| l.contains("listening on")) {
+    while !lines.iter().any(|l: &String| l.contains("WARNING")) {
         match rx.recv_timeout(end.saturating_duration_since(Instant::now())) {
             Ok(l) => lines.push(l),
             Err(_) => break,

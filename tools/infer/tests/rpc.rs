@@ -184,15 +184,8 @@ fn split_three_ways(file: &str, flags: &[&str]) {
             .find(|l| l.contains("splitting") && l.contains("over RPC"))
             .unwrap_or_else(|| panic!("no split notice:\n{err}"));
         // every side holds some layers: "N on the local CPU, N on A (RPC0), N on B (RPC1)"
-        for part in notice
-            .split(": ")
-            .nth(1)
-            .unwrap()
-            .split(';')
-            .next()
-            .unwrap()
-            .split(", ")
-        {
+        let (_, parts) = notice.split_once("over RPC: ").unwrap();
+        for part in parts.split(';').next().unwrap().split(", ") {
             let n: usize = part.split(' ').next().unwrap().parse().unwrap();
             assert!(n > 0, "{part} in {notice}");
         }
