@@ -217,6 +217,9 @@ fn proc_address(name: &std::ffi::CStr) -> Result<*mut std::ffi::c_void, Error> {
     Ok(f)
 }
 
+/// The workers this process has connected to, in order.
+static KNOWN: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
 /// Connects to each worker and returns its devices, in order. Each worker
 /// is first asked its version ([`probe`]): one that cannot be reached,
 /// answers garbage or speaks another major version (or a newer minor one)
@@ -232,7 +235,6 @@ pub fn connect(endpoints: &[String]) -> Result<Vec<Worker>, Error> {
     // a worker this process already uses is not asked again: it serves one
     // client at a time, and that client is us (a server loading a second
     // model); ggml reuses its connection
-    static KNOWN: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
     let known = KNOWN.lock().unwrap_or_else(|p| p.into_inner()).clone();
     for e in endpoints.iter().filter(|e| !known.contains(e)) {
         let v = probe(e, PROBE_TIMEOUT)?;
@@ -317,9 +319,24 @@ pub fn exit_on_abort() {
             })
             .unwrap_or_else(|| "llpipe".into());
         let hint = if text.contains("RPC") {
-            " (an RPC worker went away or answered garbage)"
+            // name the worker that no longer accepts connections, if one
+            // does not (a live one accepts, even while it serves us)
+            let known = KNOWN.try_lock().map(|k| k.clone()).unwrap_or_default();
+            let gone: Vec<String> = known
+                .into_iter()
+                .filter(|e| {
+                    let addr = e.to_socket_addrs().ok().and_then(|mut a| a.next());
+                    addr.is_none_or(|a| {
+                        TcpStream::connect_timeout(&a, Duration::from_millis(500)).is_err()
+                    })
+                })
+                .collect();
+            match gone.as_slice() {
+                [] => " (an RPC worker went away or answered garbage)".to_string(),
+                g => format!(" (RPC worker {} no longer answers)", g.join(", ")),
+            }
         } else {
-            ""
+            String::new()
         };
         let line = format!("{tool}: error: ggml: {text}{hint}\n");
         // SAFETY: write(2) of a live buffer to stderr, then _exit: no

@@ -8,9 +8,11 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use ggml::rpc::{serve, ServeEvent, ServeOptions};
 
-/// Serve this machine's CPU (or GPUs) as a ggml RPC backend, so that
-/// `infer --rpc HOST:PORT` on another machine runs part of a model's layers
-/// here. One client at a time; connections are logged on stderr.
+/// Serve this machine's CPU or GPUs to `infer --rpc` over ggml's RPC protocol.
+///
+/// `infer --rpc HOST:PORT` on another machine then runs part of a model's
+/// layers here (llama.cpp's `rpc-server`, as a tool). One client at a time;
+/// connections are logged on stderr.
 ///
 /// The protocol has NO authentication: whoever reaches the port can
 /// allocate this machine's memory and run computations on it (and a
