@@ -9,7 +9,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -143,7 +143,7 @@ fn model(name: &str) -> PathBuf {
 }
 
 /// Greedy text of `prompt` (chat template unless `raw`), 32 tokens, one thread.
-fn greedy(model: &PathBuf, prompt: &str, raw: bool, extra: &[&str]) -> Output {
+fn greedy(model: &Path, prompt: &str, raw: bool, extra: &[&str]) -> Output {
     let mut args = vec![
         "--model",
         model.to_str().unwrap(),
@@ -296,6 +296,12 @@ fn rpc_worker_killed_mid_generation_is_one_line_exit_2() {
         last.starts_with("infer: error:") && last.contains("RPC"),
         "last stderr line: {last:?}\n{err}"
     );
+    // the worker that died is named; the live one is not
+    assert!(
+        last.contains(&format!("RPC worker {} no longer answers", w2.endpoint())),
+        "{last}"
+    );
+    assert!(!last.contains(&w1.endpoint()), "{last}");
     assert!(
         !err.contains("backtrace") && !err.contains("panicked"),
         "{err}"
