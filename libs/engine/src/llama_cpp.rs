@@ -161,6 +161,13 @@ pub struct ModelOptions {
     /// repacked kernels sum in another order, so bit-exact comparisons with
     /// an engine using ggml's plain kernels turn this off.
     pub repack: bool,
+    /// Devices to offload to instead of this machine's GPUs: RPC workers'
+    /// (`ggml::rpc::connect`). The last `n_gpu_layers` layers (the output
+    /// counts as one) go to them, the rest stay on the local CPU.
+    pub devices: Vec<ggml::rpc::Worker>,
+    /// Each offload device's share of the offloaded layers, in `devices`
+    /// order (empty: in proportion to their free memory, llama.cpp's default).
+    pub tensor_split: Vec<f32>,
 }
 
 impl Default for ModelOptions {
@@ -170,6 +177,8 @@ impl Default for ModelOptions {
             use_mmap: true,
             vocab_only: false,
             repack: true,
+            devices: vec![],
+            tensor_split: vec![],
         }
     }
 }
@@ -192,8 +201,19 @@ impl LlamaModel {
         init_backend();
         let cpath = CString::new(path.as_os_str().as_encoded_bytes())
             .map_err(|_| ErrorKind::Load(path.display().to_string()))?;
-        // SAFETY: default params are plain data; the path is a valid NUL-terminated string
-        // that outlives the call.
+        // llama.cpp reads a NULL-terminated device list and llama_max_devices()
+        // proportions; both are copied during the load
+        let mut devices: Vec<sys::ggml_backend_dev_t> =
+            opts.devices.iter().map(|d| d.raw()).collect();
+        devices.push(std::ptr::null_mut());
+        // SAFETY: a constant query.
+        let mut split = vec![0f32; unsafe { sys::llama_max_devices() }];
+        for (s, &v) in split.iter_mut().zip(&opts.tensor_split) {
+            *s = v;
+        }
+        // SAFETY: default params are plain data; the path is a valid NUL-terminated string,
+        // and the device list and split array live until the end of the function, past the
+        // call that reads them.
         let model = unsafe {
             let mut p = sys::llama_model_default_params();
             // llama.cpp counts layers: "all" is more than any model has
@@ -204,6 +224,10 @@ impl LlamaModel {
             };
             p.vocab_only = opts.vocab_only;
             p.use_extra_bufts = opts.repack;
+            if !opts.devices.is_empty() {
+                p.devices = devices.as_mut_ptr();
+                p.tensor_split = split.as_ptr();
+            }
             p.load_mode = if opts.use_mmap {
                 sys::LLAMA_LOAD_MODE_MMAP
             } else {

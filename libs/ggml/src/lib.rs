@@ -69,6 +69,8 @@ pub enum ErrorKind {
     Unsupported(String, String, String),
     /// A weight does not fit the file or its description (the message says how).
     Weight(String),
+    /// An RPC worker (its `HOST:PORT`) cannot serve us (the message says why).
+    Rpc(String, String),
 }
 
 impl fmt::Display for Error {
@@ -82,6 +84,7 @@ impl fmt::Display for Error {
                 write!(f, "ggml backend {b} cannot compute {op} (tensor {t:?})")
             }
             ErrorKind::Weight(m) => f.write_str(m),
+            ErrorKind::Rpc(e, m) => write!(f, "RPC worker {e}: {m}"),
         }
     }
 }
@@ -553,6 +556,7 @@ mod kernels;
 mod memory;
 mod ops;
 mod plan;
+pub mod rpc;
 
 pub use memory::{
     release_file_pages, AlignedBytes, Buffer, FileMap, HostBytes, Weight, WeightLoader,

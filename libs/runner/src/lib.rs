@@ -40,6 +40,7 @@ mod infer;
 mod options;
 mod plan;
 pub mod prompt;
+mod split;
 
 pub use batch::{BatchJob, EmbedJob, Embedded, Task};
 pub use chat::{chat, ChatOptions, Turn};

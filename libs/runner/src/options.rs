@@ -72,9 +72,21 @@ pub struct InferOptions {
     pub batch_invariant: bool,
     /// Read the model into memory instead of mapping it.
     pub no_mmap: bool,
+    /// Keep weights in the file's layout: no CPU repacking into interleaved
+    /// blocks (llama.cpp's `--no-repack`). Repacked kernels add in another
+    /// order; RPC workers never repack, so a split run gives a local run's
+    /// bits only with this.
+    pub no_repack: bool,
     /// Layers to offload to a GPU (GPU builds only). The native engine
     /// offloads all layers or none: a partial offload runs on llama.cpp's.
     pub gpu_layers: i32,
+    /// ggml RPC workers (`HOST:PORT`, served by `infer-worker`) to split
+    /// the layers across, with the local CPU, on llama.cpp's engine.
+    pub rpc: Vec<String>,
+    /// Shares of the layers for `--rpc`: one per worker device in order,
+    /// then optionally the local CPU's (absent: none stay local); empty:
+    /// in proportion to each side's free memory.
+    pub tensor_split: Vec<f32>,
     /// Which engine.
     pub engine: EngineChoice,
 }
@@ -103,7 +115,10 @@ impl Default for InferOptions {
             flash_attn: true,
             batch_invariant: false,
             no_mmap: false,
+            no_repack: false,
             gpu_layers: 0,
+            rpc: vec![],
+            tensor_split: vec![],
             engine: EngineChoice::Auto,
         }
     }

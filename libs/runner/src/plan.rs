@@ -15,6 +15,7 @@ use engine::llama_cpp::{ContextOptions, LlamaContext, LlamaModel, ModelOptions};
 use engine::session::SessionOptions;
 use engine::tokenizer::Tokenizer;
 
+use crate::split::RpcPlan;
 use crate::{EngineChoice, InferOptions};
 
 // ---- the file ----
@@ -71,7 +72,7 @@ pub(crate) fn load(
     map: &models::File,
 ) -> Result<Loaded, String> {
     if !plan.native {
-        return llama_model(opts).map(Loaded::LlamaCpp);
+        return llama_model(opts, plan).map(Loaded::LlamaCpp);
     }
     let file = match opts.no_mmap {
         true => models::File::read(&opts.model)
@@ -80,6 +81,7 @@ pub(crate) fn load(
     };
     let lo = models::LoadOptions {
         no_mmap: opts.no_mmap,
+        repack: !opts.no_repack,
         gpu: plan.gpu,
         ..Default::default()
     };
@@ -88,13 +90,20 @@ pub(crate) fn load(
         .map_err(|e| e.to_string())
 }
 
-/// Loads the model with llama.cpp's engine.
-fn llama_model(opts: &InferOptions) -> Result<LlamaModel, String> {
-    let mo = ModelOptions {
+/// Loads the model with llama.cpp's engine (across RPC workers when the
+/// plan says so).
+fn llama_model(opts: &InferOptions, plan: &Plan) -> Result<LlamaModel, String> {
+    let mut mo = ModelOptions {
         n_gpu_layers: opts.gpu_layers,
         use_mmap: !opts.no_mmap,
+        repack: !opts.no_repack,
         ..Default::default()
     };
+    if let Some(rpc) = &plan.rpc {
+        mo.n_gpu_layers = rpc.n_gpu_layers;
+        mo.devices = rpc.workers.clone();
+        mo.tensor_split = rpc.tensor_split.clone();
+    }
     LlamaModel::load(&opts.model, &mo).map_err(|e| match e.kind() {
         // the path is the caller's to name; llama.cpp logs why
         engine::llama_cpp::ErrorKind::Load(_) => {
@@ -113,6 +122,8 @@ pub(crate) struct Plan {
     pub(crate) native: bool,
     /// The native engine's weights and compute go to this GPU.
     pub(crate) gpu: Option<ggml::Device>,
+    /// llama.cpp's engine splits the layers across these RPC workers.
+    pub(crate) rpc: Option<RpcPlan>,
     /// One-line notices for stderr.
     pub(crate) notices: Vec<String>,
 }
@@ -122,7 +133,8 @@ pub(crate) struct Plan {
 /// engine offloads everything when N covers every layer; a partial offload
 /// runs on llama.cpp's engine, which splits layers between CPU and GPU
 /// (an error when `--engine native` was asked for). Without a GPU (a CPU
-/// build, or no device found) the flag is ignored, with a notice.
+/// build, or no device found) the flag is ignored, with a notice. `--rpc`
+/// connects to the workers and runs on llama.cpp's engine ([`crate::split`]).
 pub(crate) fn plan(
     opts: &InferOptions,
     arch: &str,
@@ -131,6 +143,28 @@ pub(crate) fn plan(
     let mut native = use_native(opts.engine, arch)?;
     let mut notices = vec![];
     let mut gpu = None;
+    let mut rpc = None;
+    if !opts.rpc.is_empty() {
+        if opts.engine == EngineChoice::Native {
+            return Err(
+                "the native engine runs on one machine: --rpc runs on llama.cpp's \
+                        engine (drop --engine native)"
+                    .into(),
+            );
+        }
+        if opts.gpu_layers != 0 {
+            return Err(
+                "--rpc and --gpu-layers do not combine: with --rpc the local share \
+                        of the layers runs on the CPU"
+                    .into(),
+            );
+        }
+        let n = n_layer.ok_or("--rpc needs the model's block_count, and it has none")?;
+        let (p, notice) = crate::split::plan(opts, n)?;
+        native = false;
+        rpc = Some(p);
+        notices.push(notice);
+    }
     if opts.gpu_layers != 0 {
         let wanted = usize::try_from(opts.gpu_layers).unwrap_or(usize::MAX);
         let all = n_layer.is_some_and(|n| wanted >= n);
@@ -163,6 +197,7 @@ pub(crate) fn plan(
     Ok(Plan {
         native,
         gpu,
+        rpc,
         notices,
     })
 }

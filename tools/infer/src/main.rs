@@ -107,11 +107,32 @@ struct Args {
     /// Read the model into memory instead of mapping it.
     #[arg(long)]
     no_mmap: bool,
+    /// Keep weights in the file's layout (no CPU repacking into interleaved
+    /// blocks, as llama.cpp's --no-repack): slower on Q4_0/Q4_K, but the
+    /// sums of an --rpc run, whose workers never repack.
+    #[arg(long)]
+    no_repack: bool,
     /// Layers to offload to a GPU (GPU builds): -1 or at least the model's
     /// layer count runs the whole model on the GPU; fewer runs on llama.cpp's
     /// engine, which splits layers between CPU and GPU.
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     gpu_layers: i32,
+    /// Split the model's layers across ggml RPC workers (`infer-worker` on
+    /// other machines) and the local CPU, on llama.cpp's engine; in
+    /// proportion to free memory unless --tensor-split. The protocol has no
+    /// authentication: reach workers over a private network or an SSH tunnel.
+    #[arg(long, value_name = "HOST:PORT[,HOST:PORT…]", value_delimiter = ',')]
+    rpc: Vec<String>,
+    /// With --rpc: each worker's share of the layers, in --rpc order, then
+    /// optionally the local CPU's (absent: everything on the workers),
+    /// e.g. 1,1,1.
+    #[arg(
+        long,
+        value_name = "W1,W2…[,LOCAL]",
+        value_delimiter = ',',
+        requires = "rpc"
+    )]
+    tensor_split: Vec<f32>,
     /// Engine: native (ours) or llama.cpp [default: native where supported].
     #[arg(long, value_parser = ["native", "llama.cpp"])]
     engine: Option<String>,
@@ -187,6 +208,8 @@ fn main() -> std::process::ExitCode {
             a.no_mmap,
             a.gpu_layers,
         );
+        (o.rpc, o.tensor_split) = (a.rpc.clone(), a.tensor_split.clone());
+        o.no_repack = a.no_repack;
         o.engine = match a.engine.as_deref() {
             Some("native") => EngineChoice::Native,
             Some(_) => EngineChoice::LlamaCpp,

@@ -56,6 +56,20 @@ struct Args {
     /// Engine: native (ours) or llama.cpp [default: native where supported].
     #[arg(long, value_parser = ["native", "llama.cpp"])]
     engine: Option<String>,
+    /// Split every model's layers across these ggml RPC workers
+    /// (`infer-worker`) and the local CPU, on llama.cpp's engine, as in
+    /// `infer`. A worker that dies ends the server (exit 2).
+    #[arg(long, value_name = "HOST:PORT[,HOST:PORT…]", value_delimiter = ',')]
+    rpc: Vec<String>,
+    /// With --rpc: each worker's share of the layers, then optionally the
+    /// local CPU's, as in `infer`.
+    #[arg(
+        long,
+        value_name = "W1,W2…[,LOCAL]",
+        value_delimiter = ',',
+        requires = "rpc"
+    )]
+    tensor_split: Vec<f32>,
 }
 
 fn env(name: &str) -> Option<String> {
@@ -91,6 +105,7 @@ fn main() -> std::process::ExitCode {
             bail!("--ctx must be at least 4 and --threads at least 1");
         }
         o.load.gpu_layers = a.gpu_layers;
+        (o.load.rpc, o.load.tensor_split) = (a.rpc.clone(), a.tensor_split.clone());
         o.load.engine = match a.engine.as_deref() {
             Some("native") => EngineChoice::Native,
             Some(_) => EngineChoice::LlamaCpp,
