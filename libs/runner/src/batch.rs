@@ -96,6 +96,7 @@ impl Seq {
             stop: std::mem::take(&mut self.stop),
             on_event: &mut *self.job.on_event,
             io: None,
+            logprobs: self.job.opts.logprobs,
         };
         let r = f(&mut out);
         let failed = out.io.is_some();
@@ -305,7 +306,9 @@ impl Held<'_> {
         }
         seq.stats.eval_count += 1;
         seq.tokens.push(tok);
-        let (go_on, gone) = seq.output(self.tok, |out| out.token(tok));
+        let logits = std::mem::take(&mut seq.logits);
+        let (go_on, gone) = seq.output(self.tok, |out| out.token(tok, &logits));
+        seq.logits = logits;
         if gone {
             seq.canceled = true;
             return None;

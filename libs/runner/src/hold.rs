@@ -30,11 +30,11 @@ use engine::sampler::Sampler;
 use engine::session::Session;
 use engine::stop::StopBuffer;
 use engine::tokenizer::{StreamDecoder, Tokenizer};
-use template::{render_chat, ChatTemplate, Request};
+use template::{render_chat, ChatTemplate};
 
 use crate::infer::{Event, Output, Summary};
 use crate::plan::{self, session_options, Header, LlamaDecode, Loaded};
-use crate::prompt::{encode_prompt, encode_rendered};
+use crate::prompt::{encode_prompt, encode_rendered, request};
 use crate::InferOptions;
 
 /// One run on a held model.
@@ -237,6 +237,7 @@ impl Held<'_> {
             stop: StopBuffer::new(&o.stop),
             on_event,
             io: None,
+            logprobs: o.logprobs,
         };
         let mut generated = vec![];
         let mut canceled = false;
@@ -246,13 +247,13 @@ impl Held<'_> {
             &mut sampler,
             &gen,
             &is_eog,
-            &mut |t| {
+            &mut |t, logits| {
                 if (job.cancel)() {
                     canceled = true;
                     return Ok(false);
                 }
                 generated.push(t);
-                Ok(out.token(t))
+                Ok(out.token(t, logits))
             },
         )
         .map_err(|e| e.to_string())?;
@@ -323,18 +324,7 @@ impl Held<'_> {
     /// Renders `opts.messages` (after `opts.system`) with the template
     /// layer or the GGUF's template, and tokenizes them.
     fn encode_messages(&self, o: &InferOptions) -> Result<Vec<i32>, String> {
-        let text = |id: Option<u32>| {
-            id.and_then(|i| self.tok.token_text(i))
-                .unwrap_or_default()
-                .to_string()
-        };
-        let req = Request {
-            messages: o.messages.clone(),
-            system: o.system.clone(),
-            bos_token: text(self.tok.bos()),
-            eos_token: text(self.tok.eos()),
-            ..Request::default()
-        };
+        let req = request(self.tok, o, o.messages.clone());
         let tmpl = ChatTemplate::choose(o.template.as_deref(), self.gguf_template);
         let r = render_chat(&tmpl, &req)
             .map_err(|e| format!("cannot render the chat template: {e}"))?;

@@ -40,10 +40,13 @@ mod infer;
 mod options;
 mod plan;
 pub mod prompt;
+pub mod think;
+pub mod tools;
 
 pub use batch::{BatchJob, EmbedJob, Embedded, Task};
 pub use chat::{chat, ChatOptions, Turn};
 pub use hold::{hold, Held, Job, RunResult};
-pub use infer::{infer, Event, Summary};
+pub use infer::{infer, Event, Logprob, Summary, TokenLogprobs};
 pub use options::{EngineChoice, InferOptions};
 pub use template::Message;
+pub use think::ThinkSplitter;

@@ -32,24 +32,34 @@ pub fn render_prompt(
             }],
         });
     }
+    let mut messages = opts.messages.clone();
+    messages.push(Message::user(&opts.prompt));
+    let req = request(tok, opts, messages);
+    let tmpl = ChatTemplate::choose(opts.template.as_deref(), gguf_template);
+    render_chat(&tmpl, &req).map_err(|e| {
+        format!("cannot render the chat template: {e} (--raw sends the prompt as it is)")
+    })
+}
+
+/// What the template renders for `opts`: `messages` after its system
+/// prompt, its tools, suffix and `think`, and the tokenizer's BOS and EOS
+/// texts.
+pub(crate) fn request(tok: &Tokenizer, opts: &InferOptions, messages: Vec<Message>) -> Request {
     let text = |id: Option<u32>| {
         id.and_then(|i| tok.token_text(i))
             .unwrap_or_default()
             .to_string()
     };
-    let mut messages = opts.messages.clone();
-    messages.push(Message::user(&opts.prompt));
-    let req = Request {
+    Request {
         messages,
         system: opts.system.clone(),
+        tools: opts.tools.clone(),
+        suffix: opts.suffix.clone(),
+        think: opts.think,
         bos_token: text(tok.bos()),
         eos_token: text(tok.eos()),
         ..Request::default()
-    };
-    let tmpl = ChatTemplate::choose(opts.template.as_deref(), gguf_template);
-    render_chat(&tmpl, &req).map_err(|e| {
-        format!("cannot render the chat template: {e} (--raw sends the prompt as it is)")
-    })
+    }
 }
 
 /// Tokenizes a rendered prompt. BOS (EOS) is added when the tokenizer asks

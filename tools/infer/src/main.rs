@@ -202,7 +202,7 @@ fn main() -> std::process::ExitCode {
         let json = a.json;
         let summary = infer(&o, &mut |ev| match ev {
             Event::Notice(n) => writeln!(std::io::stderr(), "{n}"),
-            Event::Token { id, text } if json => writeln!(
+            Event::Token { id, text, .. } if json => writeln!(
                 out,
                 "{}",
                 serde_json::json!({"type": "token", "data": {"id": id, "text": text}})
