@@ -735,9 +735,9 @@ async fn generate_inner(
 ) -> Result<Response, ApiError> {
     let t0 = Instant::now();
     let req = read_json(&headers, body).await?;
-    let logprobs = parse_logprobs(&req)?;
     let name = str_field(&req, "model").unwrap_or_default();
     log.model(&name);
+    let logprobs = parse_logprobs(&req)?;
     let f = find(&app, &name, format!("model '{name}' not found"))?;
     let raw = req.get("raw").and_then(Value::as_bool).unwrap_or(false);
     let system = str_field(&req, "system");
@@ -754,7 +754,6 @@ async fn generate_inner(
         ));
     }
     let suffix = str_field(&req, "suffix").filter(|s| !s.is_empty());
-    let caps = caps::capabilities(&f)?;
     let asks = Asks {
         model: &name,
         verb: "generate",
@@ -762,7 +761,7 @@ async fn generate_inner(
         tools: false,
         suffix: suffix.is_some(),
     };
-    let think = caps::check(&f, &caps, &asks)?;
+    let (caps, think) = caps::checked(&f, &asks)?;
     let mut opts = run_options(&app, &f, req.get("options").unwrap_or(&Value::Null))?;
     opts.format = format(req.get("format"))?;
     let ka = keep_alive(&app, &req)?;
@@ -963,27 +962,6 @@ pub(crate) fn tools(req: &Value) -> Option<&Value> {
         .filter(|t| t.as_array().is_some_and(|a| !a.is_empty()))
 }
 
-/// The checks of a chat request on `f` (see [`caps::check`]) that asks
-/// for `think` and has `tools`: the model's capabilities and the run's
-/// `think`.
-pub(crate) fn check_chat(
-    f: &Found,
-    name: &str,
-    think: Option<bool>,
-    tools: bool,
-) -> Result<(Caps, Option<bool>), ApiError> {
-    let caps = caps::capabilities(f)?;
-    let asks = Asks {
-        model: name,
-        verb: "chat",
-        think,
-        tools,
-        suffix: false,
-    };
-    let think = caps::check(f, &caps, &asks)?;
-    Ok((caps, think))
-}
-
 json_route!(chat => chat_inner, ApiError::native);
 
 async fn chat_inner(
@@ -994,11 +972,17 @@ async fn chat_inner(
 ) -> Result<Response, ApiError> {
     let t0 = Instant::now();
     let req = read_json(&headers, body).await?;
-    let logprobs = parse_logprobs(&req)?;
     let name = required_model(&req, &log)?;
+    let logprobs = parse_logprobs(&req)?;
     let f = find(&app, &name, format!("model '{name}' not found"))?;
-    let think = parse_think(req.get("think"))?;
-    let (caps, think) = check_chat(&f, &name, think, tools(&req).is_some())?;
+    let asks = Asks {
+        model: &name,
+        verb: "chat",
+        think: parse_think(req.get("think"))?,
+        tools: tools(&req).is_some(),
+        suffix: false,
+    };
+    let (caps, think) = caps::checked(&f, &asks)?;
     let mut opts = run_options(&app, &f, req.get("options").unwrap_or(&Value::Null))?;
     opts.format = format(req.get("format"))?;
     let ka = keep_alive(&app, &req)?;

@@ -127,6 +127,13 @@ pub(crate) fn check(found: &Found, caps: &Caps, asks: &Asks) -> Result<Option<bo
     Ok(think)
 }
 
+/// [`capabilities`] of `found`, then [`check`] of `asks` against them.
+pub(crate) fn checked(found: &Found, asks: &Asks) -> Result<(Caps, Option<bool>), ApiError> {
+    let caps = capabilities(found)?;
+    let think = check(found, &caps, asks)?;
+    Ok((caps, think))
+}
+
 /// A request's `logprobs` and `top_logprobs`: `None` without log-probs,
 /// else how many alternatives per token; `top_logprobs` outside 0..=20 is
 /// 400. `logprobs` may also be a count (OpenAI's completions).

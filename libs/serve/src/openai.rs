@@ -15,8 +15,8 @@ use runner::{InferOptions, RunResult};
 use serde_json::{json, Value};
 
 use crate::api::{
-    check_chat, collect, done_reason, find, keep_alive, parse_messages, required_model,
-    run_options, shaper, start_chat, str_field, tools, Found, Piece, Run, RunSpec,
+    collect, done_reason, find, keep_alive, parse_messages, required_model, run_options, shaper,
+    start_chat, str_field, tools, Found, Piece, Run, RunSpec,
 };
 use crate::caps::{self, parse_logprobs, Asks};
 use crate::http::{json, json_route, read_json, stream_response, ApiError};
@@ -226,7 +226,14 @@ async fn chat_inner(
         &name,
         format!("model \"{name}\" not found, try pulling it first"),
     )?;
-    let (caps, think) = check_chat(&f, &name, think, tools(&req).is_some())?;
+    let asks = Asks {
+        model: &name,
+        verb: "chat",
+        think,
+        tools: tools(&req).is_some(),
+        suffix: false,
+    };
+    let (caps, think) = caps::checked(&f, &asks)?;
     let mut opts = sampling(&app, &f, &req)?;
     opts.messages = f.messages.iter().cloned().chain(messages).collect();
     opts.think = think;
@@ -370,7 +377,6 @@ async fn completions_inner(
         format!("model \"{name}\" not found, try pulling it first"),
     )?;
     let suffix = str_field(&req, "suffix").filter(|s| !s.is_empty());
-    let caps = caps::capabilities(&f)?;
     let asks = Asks {
         model: &name,
         verb: "generate",
@@ -378,7 +384,7 @@ async fn completions_inner(
         tools: false,
         suffix: suffix.is_some(),
     };
-    let think = caps::check(&f, &caps, &asks)?;
+    let (caps, think) = caps::checked(&f, &asks)?;
     let mut opts = sampling(&app, &f, &req)?;
     opts.prompt = prompt;
     opts.suffix = suffix;
