@@ -188,7 +188,7 @@ mod tests {
     }
 
     fn err(r: Result<Option<bool>, ApiError>) -> String {
-        r.err().expect("an error").msg
+        r.expect_err("an error").msg
     }
 
     #[test]
