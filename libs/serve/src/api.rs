@@ -292,11 +292,27 @@ fn parameters_text(params: Option<&str>) -> Option<String> {
     Some(lines.join("\n"))
 }
 
+/// A parameter's value as Go's `%#v` prints it: a string quoted with its
+/// quotes, backslashes and control characters escaped (a `stop` of `"\n"`
+/// stays on its line), anything else as JSON.
 fn plain(v: &Value) -> String {
-    match v {
-        Value::String(s) => format!("\"{s}\""),
-        _ => v.to_string(),
+    let Value::String(s) = v else {
+        return v.to_string();
+    };
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c => out.push(c),
+        }
     }
+    out.push('"');
+    out
 }
 
 /// A Modelfile that rebuilds the model, as `ollama show --modelfile`.
@@ -1051,4 +1067,21 @@ pub(crate) async fn start_chat(
         shaper,
     };
     Run::start(app, spec, log, t0).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parameters_keep_one_per_line() {
+        let p = r#"{"stop":["\n\n","say \"hi\"","a\\b"],"temperature":0.2}"#;
+        let want = [
+            format!("{:<30} \"\\n\\n\"", "stop"),
+            format!("{:<30} \"say \\\"hi\\\"\"", "stop"),
+            format!("{:<30} \"a\\\\b\"", "stop"),
+            format!("{:<30} 0.2", "temperature"),
+        ];
+        assert_eq!(parameters_text(Some(p)).unwrap(), want.join("\n"));
+    }
 }
