@@ -242,8 +242,13 @@ impl Held<'_> {
             (job.on_done)(Err(e));
             None
         };
+        let mut job = job;
         let ids = match self.encode(&job.opts, job.chat, &job.context) {
-            Ok(ids) => ids,
+            Ok((ids, end)) => {
+                // a client gone shows at the first token
+                let _ = (job.on_event)(Event::PromptEnd(&end));
+                ids
+            }
             Err(e) => return fail(job, e),
         };
         let sampler = match self.sampler(&job.opts) {

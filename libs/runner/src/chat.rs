@@ -400,7 +400,7 @@ impl State<'_> {
                     answer.push_str(text);
                     out.write_all(text.as_bytes()).and_then(|_| out.flush())
                 }
-                Event::Notice(_) => Ok(()),
+                Event::Notice(_) | Event::PromptEnd(_) => Ok(()),
             };
             let mut output = Output {
                 tok,

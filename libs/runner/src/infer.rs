@@ -31,6 +31,10 @@ pub enum Event<'a> {
     Text(&'a str),
     /// A one-line notice for stderr.
     Notice(&'a str),
+    /// The end of the rendered prompt (its last 64 characters), once before
+    /// any token of a held model's run: whether the template opened what
+    /// the output continues (a thinking model's `<think>`).
+    PromptEnd(&'a str),
 }
 
 /// A generated token's log-probability and the most likely tokens at its

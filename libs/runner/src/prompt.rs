@@ -125,8 +125,13 @@ pub fn encode_prompt(
     gguf_template: Option<&str>,
     opts: &InferOptions,
 ) -> Result<Vec<i32>, String> {
-    let r = render_prompt(tok, gguf_template, opts)?;
-    let ids = encode_rendered(tok, &r);
+    prompt_ids(tok, &render_prompt(tok, gguf_template, opts)?)
+}
+
+/// The tokens of a rendered prompt ([`encode_rendered`]); an error when
+/// there are none.
+pub(crate) fn prompt_ids(tok: &Tokenizer, r: &Rendered) -> Result<Vec<i32>, String> {
+    let ids = encode_rendered(tok, r);
     if ids.is_empty() {
         return Err("the prompt is empty".into());
     }
@@ -134,6 +139,17 @@ pub fn encode_prompt(
         .map(|i| i32::try_from(i).map_err(|_| format!("token id {i} out of range")))
         .collect()
 }
+
+/// The last characters of a rendered prompt that [`crate::Event::PromptEnd`]
+/// reports.
+pub(crate) fn prompt_end(r: &Rendered) -> String {
+    let text = r.text();
+    let n = text.chars().count().saturating_sub(PROMPT_END_CHARS);
+    text.chars().skip(n).collect()
+}
+
+/// How much of the prompt's end a run reports: enough for any tag.
+const PROMPT_END_CHARS: usize = 64;
 
 /// llama.cpp's whitespace for a token's lstrip/rstrip.
 fn is_space(c: char) -> bool {

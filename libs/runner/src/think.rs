@@ -39,13 +39,17 @@ impl ThinkSplitter {
         }
     }
 
-    /// A splitter whose prompt already opened the reasoning (the template
-    /// ended with the opening tag): the output starts inside it.
-    pub fn opened(tags: ThinkTags) -> ThinkSplitter {
-        let open = tags.open.clone();
-        let mut s = ThinkSplitter::new(tags);
-        s.add(&open);
-        s
+    /// Told the end of the prompt, before any output: when it ends with
+    /// the opening tag (the template opened the reasoning), the output
+    /// starts inside it, as Ollama does.
+    pub fn prompt_end(&mut self, end: &str) {
+        if self.state == State::LookingForOpening
+            && self.acc.is_empty()
+            && end.trim_end().ends_with(self.tags.open.as_str())
+        {
+            let open = self.tags.open.clone();
+            self.add(&open);
+        }
     }
 
     /// Feeds the next piece of output; the `(thinking, content)` that can
@@ -225,14 +229,21 @@ mod tests {
 
     #[test]
     fn a_prompt_that_opened_the_reasoning() {
-        let s = ThinkSplitter::opened(tags());
+        let opened = || {
+            let mut s = ThinkSplitter::new(tags());
+            s.prompt_end("<|im_start|>assistant\n<think>\n");
+            s
+        };
         assert_eq!(
-            split(s, &["why", "</think>", "because"]),
+            split(opened(), &["why", "</think>", "because"]),
             own("why", "because")
         );
         // cut off while thinking: the held text is thinking
-        let s = ThinkSplitter::opened(tags());
-        assert_eq!(split(s, &["why </thi"]), own("why </thi", ""));
+        assert_eq!(split(opened(), &["why </thi"]), own("why </thi", ""));
+        // a prompt that did not open it changes nothing
+        let mut s = ThinkSplitter::new(tags());
+        s.prompt_end("<think>x</think>\n<|im_start|>assistant\n");
+        assert_eq!(split(s, &["why", "</think>"]), own("", "why</think>"));
     }
 
     #[test]

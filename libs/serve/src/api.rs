@@ -614,6 +614,7 @@ impl Run {
         self.lease.as_ref()?;
         let p = loop {
             match self.rx.recv().await {
+                Some(Report::PromptEnd(end)) => self.shaper.prompt_end(&end),
                 Some(Report::Text(t, lp)) => {
                     let d = self.shaper.piece(&t, lp.as_deref());
                     if !d.is_empty() {

@@ -68,6 +68,14 @@ pub(crate) struct Shaper {
 }
 
 impl Shaper {
+    /// Told the end of the prompt: a thinking run whose prompt opened the
+    /// reasoning starts inside it.
+    pub(crate) fn prompt_end(&mut self, end: &str) {
+        if let Some(t) = &mut self.think {
+            t.prompt_end(end);
+        }
+    }
+
     /// The delta of one piece of output.
     pub(crate) fn piece(&mut self, text: &str, lp: Option<&TokenLogprobs>) -> Delta {
         let (thinking, content) = match &mut self.think {

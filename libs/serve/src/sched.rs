@@ -95,6 +95,8 @@ pub enum Report {
     /// Generated text, and the log-probability of the token that ended
     /// with it when the run asked for them (never both empty).
     Text(String, Option<Box<TokenLogprobs>>),
+    /// The end of the rendered prompt, before any text.
+    PromptEnd(String),
     /// The run ended.
     Done(Result<RunResult, String>),
 }
@@ -375,6 +377,11 @@ fn batch_job(w: Work) -> BatchJob {
                 Event::Token { text, logprobs, .. } => (text, logprobs),
                 Event::Text(text) => (text, None),
                 Event::Notice(_) => return Ok(()),
+                Event::PromptEnd(end) => {
+                    return text_tx
+                        .blocking_send(Report::PromptEnd(end.to_string()))
+                        .map_err(|_| std::io::Error::other("the client went away"))
+                }
             };
             if text.is_empty() && lp.is_none() {
                 return Ok(());

@@ -202,6 +202,7 @@ fn main() -> std::process::ExitCode {
         let json = a.json;
         let summary = infer(&o, &mut |ev| match ev {
             Event::Notice(n) => writeln!(std::io::stderr(), "{n}"),
+            Event::PromptEnd(_) => Ok(()),
             Event::Token { id, text, .. } if json => writeln!(
                 out,
                 "{}",

@@ -1652,4 +1652,48 @@ fn a_template_with_tools_thinking_and_suffix() {
         json!({"model": "tooly:v1", "prompt": "def add(a, b):", "suffix": "    return c", "max_tokens": 2}),
     );
     assert_eq!(code, 200, "{v}");
+    // a template whose prompt opens the reasoning: the output is thinking
+    // until the closing tag (SmolLM2 never writes it), split as it streams
+    let opens = "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ if .Thinking }}<think>{{ .Thinking }}</think>{{ end }}\
+                 {{ .Content }}<|im_end|>\n{{ end }}<|im_start|>assistant\n<think>\n";
+    let (code, v) = s.post(
+        "/api/create",
+        json!({"model": "opens:v1", "from": "smollm2:135m", "template": opens, "stream": false}),
+    );
+    assert_eq!(code, 200, "{v}");
+    let ask = |think: Value, stream: bool| {
+        json!({"model": "opens:v1", "think": think, "stream": stream,
+               "messages": [{"role": "user", "content": "Why is the sky blue?"}],
+               "options": {"temperature": 0, "num_predict": 12}})
+    };
+    let (_, plain) = s.post("/api/chat", ask(json!(false), false));
+    let text = plain["message"]["content"].as_str().unwrap();
+    assert!(
+        !text.trim().is_empty() && !text.contains("</think>"),
+        "{plain}"
+    );
+    let (_, v) = s.post("/api/chat", ask(Value::Null, false));
+    assert_eq!(
+        v["message"]["thinking"].as_str(),
+        Some(text.trim_start()),
+        "{v}"
+    );
+    assert_eq!(v["message"]["content"], "");
+    let (_, lines) = s.ndjson("/api/chat", ask(json!(true), true));
+    let streamed: String = lines
+        .iter()
+        .filter_map(|l| l["message"]["thinking"].as_str())
+        .collect();
+    assert_eq!(streamed, text.trim_start());
+    let (code, v) = s.post(
+        "/v1/chat/completions",
+        json!({"model": "opens:v1", "max_tokens": 12, "temperature": 0,
+               "messages": [{"role": "user", "content": "Why is the sky blue?"}]}),
+    );
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(
+        v["choices"][0]["message"]["reasoning"].as_str(),
+        Some(text.trim_start()),
+        "{v}"
+    );
 }
