@@ -125,7 +125,8 @@ impl DoneReason {
 
 /// Runs `prompt`, then samples tokens until `is_eog`, `num_predict`, or
 /// `on_token` returns `false` (e.g. a stop string). Each generated token
-/// except an end-of-generation one goes to `on_token`. When the context fills,
+/// except an end-of-generation one goes to `on_token`, with the logits it
+/// was sampled from. When the context fills,
 /// it is shifted ([`Session::shift`]) instead of failing.
 pub fn generate(
     sess: &mut dyn Decode,
@@ -133,7 +134,7 @@ pub fn generate(
     sampler: &mut Sampler,
     opts: &GenerateOptions,
     is_eog: &dyn Fn(i32) -> bool,
-    on_token: &mut dyn FnMut(i32) -> Result<bool>,
+    on_token: &mut dyn FnMut(i32, &[f32]) -> Result<bool>,
 ) -> Result<Stats> {
     if prompt.is_empty() {
         return Err(Error::invalid("the prompt is empty".into()));
@@ -177,8 +178,6 @@ pub fn generate(
             drafted.pop_front();
             stats.draft_accepted += 1;
             gate.keep_one(drafted.is_empty(), stats.eval_count);
-            logits.copy_from_slice(&ahead[..n_vocab]);
-            ahead.drain(..n_vocab);
         } else if !drafted.is_empty() {
             sess.truncate(sess.n_past() - drafted.len());
             drafted.clear();
@@ -195,10 +194,15 @@ pub fn generate(
         }
         stats.eval_count += 1;
         recent.push(tok);
-        match on_token(tok) {
+        match on_token(tok, &logits) {
             Ok(true) => {}
             Ok(false) => break Ok(()),
             Err(e) => break Err(e),
+        }
+        if accepted {
+            // the logits after `tok`, computed with the draft
+            logits.copy_from_slice(&ahead[..n_vocab]);
+            ahead.drain(..n_vocab);
         }
         if opts.num_predict.is_some_and(|n| stats.eval_count >= n) {
             stats.done_reason = DoneReason::Length;

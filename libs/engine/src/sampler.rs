@@ -177,6 +177,34 @@ impl Sampler {
     }
 }
 
+/// The log-probability of token `tok` under `logits` (their log-softmax,
+/// before any sampling transform), and the `top` most likely tokens with
+/// theirs, most likely first (lower id first on ties). Reads the logits
+/// twice and keeps only `top` candidates: nothing of the vocabulary's size
+/// is copied.
+pub fn logprobs(logits: &[f32], tok: i32, top: usize) -> (f32, Vec<(i32, f32)>) {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits.iter().map(|&l| f64::from(l - max).exp()).sum();
+    let lse = f64::from(max) + sum.ln();
+    let lp = |l: f32| (f64::from(l) - lse) as f32;
+    let mut best: Vec<(i32, f32)> = Vec::with_capacity(top + 1);
+    if top > 0 {
+        for (i, &l) in logits.iter().enumerate() {
+            if best.len() == top && best[top - 1].1 >= l {
+                continue;
+            }
+            let at = best.partition_point(|&(_, b)| b >= l);
+            best.insert(at, (i as i32, l));
+            best.truncate(top);
+        }
+    }
+    let chosen = usize::try_from(tok)
+        .ok()
+        .and_then(|t| logits.get(t))
+        .map_or(f32::NEG_INFINITY, |&l| lp(l));
+    (chosen, best.into_iter().map(|(i, l)| (i, lp(l))).collect())
+}
+
 /// The index of the largest value (the first on ties).
 fn argmax(c: &[(i32, f32)]) -> i32 {
     let mut best = (0, f32::NEG_INFINITY);
@@ -213,6 +241,25 @@ mod tests {
             temperature,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn logprobs_are_the_log_softmax_of_the_raw_logits() {
+        let logits = [1.0f32, 3.0, 2.0, 3.0, -5.0];
+        let (lp, top) = logprobs(&logits, 2, 3);
+        let z: f64 = logits.iter().map(|&l| f64::from(l).exp()).sum();
+        let want = |l: f32| (f64::from(l) - z.ln()) as f32;
+        assert!((lp - want(2.0)).abs() < 1e-6, "{lp}");
+        let ids: Vec<i32> = top.iter().map(|t| t.0).collect();
+        assert_eq!(ids, [1, 3, 2], "most likely first, lower id on ties");
+        for (i, l) in &top {
+            assert!((l - want(logits[*i as usize])).abs() < 1e-6);
+        }
+        let p: f64 = logits.iter().map(|&l| f64::from(want(l)).exp()).sum();
+        assert!((p - 1.0).abs() < 1e-6);
+        assert!(logprobs(&logits, 0, 0).1.is_empty());
+        assert_eq!(logprobs(&logits, 0, 9).1.len(), 5);
+        assert_eq!(logprobs(&logits, 7, 0).0, f32::NEG_INFINITY);
     }
 
     #[test]

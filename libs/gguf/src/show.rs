@@ -34,6 +34,11 @@ pub struct Layers {
     pub params: Option<String>,
     /// Whether the manifest has a projector layer (vision).
     pub projector: bool,
+    /// What the template the model renders with supports (`tools`,
+    /// `insert`, `thinking`): the `template` crate reads it
+    /// (`template::template_capabilities`); this crate does not parse
+    /// templates.
+    pub template_caps: Vec<&'static str>,
 }
 
 /// Builds the `ollama show` answer for one model as a JSON object. Keys, in
@@ -82,7 +87,7 @@ pub fn inspect(
     );
     out.insert(
         "capabilities".into(),
-        json!(capabilities(g, template, layers.projector)),
+        json!(capabilities(g, &layers.template_caps, layers.projector)),
     );
     out.insert("license".into(), json!(layers.license));
     out.insert("template".into(), json!(template));
@@ -116,9 +121,12 @@ pub fn inspect(
 
 /// Ollama's capabilities: `embedding` when `<arch>.pooling_type` exists,
 /// else `completion`; `vision` with a projector layer or `<arch>.vision.*`
-/// keys; `tools`, `insert` and `thinking` when the template uses a variable
-/// named `tools`, `suffix` or `thinking` (any case, inside `{{ }}` or `{% %}`).
-pub fn capabilities(g: &Gguf<'_>, template: Option<&str>, projector: bool) -> Vec<&'static str> {
+/// keys; then `template_caps`, what the model's template supports.
+pub fn capabilities(
+    g: &Gguf<'_>,
+    template_caps: &[&'static str],
+    projector: bool,
+) -> Vec<&'static str> {
     let mut caps = Vec::new();
     caps.push(if g.arch_get("pooling_type").is_some() {
         "embedding"
@@ -131,58 +139,8 @@ pub fn capabilities(g: &Gguf<'_>, template: Option<&str>, projector: bool) -> Ve
     if projector || vision_keys {
         caps.push("vision");
     }
-    let vars = template.map(template_vars).unwrap_or_default();
-    for (var, cap) in [
-        ("tools", "tools"),
-        ("suffix", "insert"),
-        ("thinking", "thinking"),
-    ] {
-        if vars.iter().any(|v| v == var) {
-            caps.push(cap);
-        }
-    }
+    caps.extend(template_caps);
     caps
-}
-
-/// Lower-cased identifiers used inside template actions (`{{ … }}`, `{% … %}`),
-/// with Go's leading dots and `$` dropped: `{{ if .Tools }}` gives `tools`.
-fn template_vars(t: &str) -> Vec<String> {
-    let mut vars = Vec::new();
-    let mut rest = t;
-    while let Some(open) = rest.find("{{").into_iter().chain(rest.find("{%")).min() {
-        let close = if rest[open..].starts_with("{{") {
-            "}}"
-        } else {
-            "%}"
-        };
-        let body_start = open + 2;
-        let end = rest[body_start..]
-            .find(close)
-            .map_or(rest.len(), |e| body_start + e);
-        let body = &rest[body_start..end];
-        let mut in_str: Option<char> = None;
-        let mut word = String::new();
-        for ch in body.chars().chain(std::iter::once(' ')) {
-            if let Some(q) = in_str {
-                if ch == q {
-                    in_str = None;
-                }
-                continue;
-            }
-            if ch.is_alphanumeric() || ch == '_' {
-                word.push(ch.to_ascii_lowercase());
-                continue;
-            }
-            if !word.is_empty() {
-                vars.push(std::mem::take(&mut word));
-            }
-            if ch == '"' || ch == '\'' || ch == '`' {
-                in_str = Some(ch);
-            }
-        }
-        rest = rest.get(end + 2..).unwrap_or("");
-    }
-    vars
 }
 
 /// `s` with control characters escaped (`\n`, `\u{1b}`), for terminals.
@@ -346,32 +304,6 @@ pub fn table(info: &Map<String, Json>, opts: &ShowOptions) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn template_vars_go_and_jinja() {
-        let v =
-            template_vars("{{ if .Tools }}x{{ end }}{{- range $i, $m := .Messages }}{{ .Suffix }}");
-        assert!(
-            v.contains(&"tools".to_string()) && v.contains(&"suffix".to_string()),
-            "{v:?}"
-        );
-        let v =
-            template_vars("{% if tools %}{{ message['content'] }}{% endif %} thinking in prose");
-        assert!(v.contains(&"tools".to_string()));
-        assert!(
-            !v.contains(&"thinking".to_string()),
-            "prose outside actions is not a variable"
-        );
-        assert!(
-            !template_vars("{{ \"tools\" }}").contains(&"tools".to_string()),
-            "string literals are not variables"
-        );
-        assert!(
-            template_vars("{{ .Thinking").contains(&"thinking".to_string()),
-            "unclosed action"
-        );
-        assert!(template_vars("no actions at all").is_empty());
-    }
 
     #[test]
     fn table_layout() {

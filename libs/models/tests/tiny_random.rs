@@ -196,7 +196,7 @@ fn full_context_shifts_instead_of_failing() {
         &mut sampler,
         &opts,
         &|_| false,
-        &mut |_| {
+        &mut |_, _| {
             n += 1;
             Ok(true)
         },

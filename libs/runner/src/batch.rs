@@ -96,6 +96,7 @@ impl Seq {
             stop: std::mem::take(&mut self.stop),
             on_event: &mut *self.job.on_event,
             io: None,
+            logprobs: self.job.opts.logprobs,
         };
         let r = f(&mut out);
         let failed = out.io.is_some();
@@ -241,8 +242,13 @@ impl Held<'_> {
             (job.on_done)(Err(e));
             None
         };
+        let mut job = job;
         let ids = match self.encode(&job.opts, job.chat, &job.context) {
-            Ok(ids) => ids,
+            Ok((ids, end)) => {
+                // a client gone shows at the first token
+                let _ = (job.on_event)(Event::PromptEnd(&end));
+                ids
+            }
             Err(e) => return fail(job, e),
         };
         let sampler = match self.sampler(&job.opts) {
@@ -305,7 +311,9 @@ impl Held<'_> {
         }
         seq.stats.eval_count += 1;
         seq.tokens.push(tok);
-        let (go_on, gone) = seq.output(self.tok, |out| out.token(tok));
+        let logits = std::mem::take(&mut seq.logits);
+        let (go_on, gone) = seq.output(self.tok, |out| out.token(tok, &logits));
+        seq.logits = logits;
         if gone {
             seq.canceled = true;
             return None;

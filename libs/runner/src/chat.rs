@@ -126,6 +126,11 @@ pub fn chat(
     } = Header::read(&gg)?;
     let layers = gguf::show::Layers {
         template: o.template.clone(),
+        template_caps: template::model_capabilities(
+            o.template.as_deref(),
+            gguf_template.as_deref(),
+        )
+        .names(),
         ..Default::default()
     };
     let info = gguf::show::inspect(&gg, &layers, &Default::default()).map_err(|e| e.to_string())?;
@@ -395,7 +400,7 @@ impl State<'_> {
                     answer.push_str(text);
                     out.write_all(text.as_bytes()).and_then(|_| out.flush())
                 }
-                Event::Notice(_) => Ok(()),
+                Event::Notice(_) | Event::PromptEnd(_) => Ok(()),
             };
             let mut output = Output {
                 tok,
@@ -403,14 +408,22 @@ impl State<'_> {
                 stop: StopBuffer::new(&self.opts.stop),
                 on_event: &mut on_event,
                 io: None,
+                logprobs: None,
             };
-            let stats = generate(dec, &ids[cached..], &mut sampler, &gen, &is_eog, &mut |t| {
-                if interrupt.load(Ordering::SeqCst) {
-                    interrupted = true;
-                    return Ok(false);
-                }
-                Ok(output.token(t))
-            })
+            let stats = generate(
+                dec,
+                &ids[cached..],
+                &mut sampler,
+                &gen,
+                &is_eog,
+                &mut |t, l| {
+                    if interrupt.load(Ordering::SeqCst) {
+                        interrupted = true;
+                        return Ok(false);
+                    }
+                    Ok(output.token(t, l))
+                },
+            )
             .map_err(|e| e.to_string())?;
             if let Some(e) = output.io.take() {
                 return Err(e.to_string());

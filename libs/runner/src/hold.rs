@@ -30,11 +30,11 @@ use engine::sampler::Sampler;
 use engine::session::Session;
 use engine::stop::StopBuffer;
 use engine::tokenizer::{StreamDecoder, Tokenizer};
-use template::{render_chat, ChatTemplate, Request};
+use template::{render_chat, ChatTemplate};
 
 use crate::infer::{Event, Output, Summary};
 use crate::plan::{self, session_options, Header, LlamaDecode, Loaded};
-use crate::prompt::{encode_prompt, encode_rendered};
+use crate::prompt::{prompt_end, prompt_ids, render_prompt, request};
 use crate::InferOptions;
 
 /// One run on a held model.
@@ -219,7 +219,9 @@ impl Held<'_> {
     ) -> Result<RunResult, String> {
         let t0 = Instant::now();
         let o = job.opts;
-        let mut ids = self.encode(o, job.chat, job.context)?;
+        let (mut ids, end) = self.encode(o, job.chat, job.context)?;
+        // a client gone shows at the first token
+        let _ = on_event(Event::PromptEnd(&end));
         let cached = common_prefix(self.dec.tokens(), &ids).min(ids.len() - 1);
         self.dec.truncate(cached);
         let mut sampler = self.sampler(o)?;
@@ -237,6 +239,7 @@ impl Held<'_> {
             stop: StopBuffer::new(&o.stop),
             on_event,
             io: None,
+            logprobs: o.logprobs,
         };
         let mut generated = vec![];
         let mut canceled = false;
@@ -246,13 +249,13 @@ impl Held<'_> {
             &mut sampler,
             &gen,
             &is_eog,
-            &mut |t| {
+            &mut |t, logits| {
                 if (job.cancel)() {
                     canceled = true;
                     return Ok(false);
                 }
                 generated.push(t);
-                Ok(out.token(t))
+                Ok(out.token(t, logits))
             },
         )
         .map_err(|e| e.to_string())?;
@@ -289,18 +292,22 @@ impl Held<'_> {
     }
 
     /// The tokens of a run's prompt: `o`'s messages (`chat`) or prompt,
-    /// after `context`; an error when they do not fit the context.
+    /// after `context`; an error when they do not fit the context. Also the
+    /// end of the rendered text ([`prompt_end`]).
     pub(crate) fn encode(
         &self,
         o: &InferOptions,
         chat: bool,
         context: &[i32],
-    ) -> Result<Vec<i32>, String> {
-        let mut ids = if chat {
-            self.encode_messages(o)?
+    ) -> Result<(Vec<i32>, String), String> {
+        let r = if chat {
+            let tmpl = ChatTemplate::choose(o.template.as_deref(), self.gguf_template);
+            render_chat(&tmpl, &request(self.tok, o, o.messages.clone()))
+                .map_err(|e| format!("cannot render the chat template: {e}"))?
         } else {
-            encode_prompt(self.tok, self.gguf_template, o)?
+            render_prompt(self.tok, self.gguf_template, o)?
         };
+        let mut ids = prompt_ids(self.tok, &r)?;
         if !context.is_empty() {
             if ids
                 .first()
@@ -317,34 +324,7 @@ impl Held<'_> {
                 ids.len()
             ));
         }
-        Ok(ids)
-    }
-
-    /// Renders `opts.messages` (after `opts.system`) with the template
-    /// layer or the GGUF's template, and tokenizes them.
-    fn encode_messages(&self, o: &InferOptions) -> Result<Vec<i32>, String> {
-        let text = |id: Option<u32>| {
-            id.and_then(|i| self.tok.token_text(i))
-                .unwrap_or_default()
-                .to_string()
-        };
-        let req = Request {
-            messages: o.messages.clone(),
-            system: o.system.clone(),
-            bos_token: text(self.tok.bos()),
-            eos_token: text(self.tok.eos()),
-            ..Request::default()
-        };
-        let tmpl = ChatTemplate::choose(o.template.as_deref(), self.gguf_template);
-        let r = render_chat(&tmpl, &req)
-            .map_err(|e| format!("cannot render the chat template: {e}"))?;
-        let ids = encode_rendered(self.tok, &r);
-        if ids.is_empty() {
-            return Err("the prompt is empty".into());
-        }
-        ids.into_iter()
-            .map(|i| i32::try_from(i).map_err(|_| format!("token id {i} out of range")))
-            .collect()
+        Ok((ids, prompt_end(&r)))
     }
 
     /// The text of `tokens` (special tokens dropped).

@@ -23,11 +23,57 @@ pub enum Event<'a> {
         id: i32,
         /// Text ready to print.
         text: &'a str,
+        /// Its log-probability, when the run asked for them
+        /// ([`InferOptions::logprobs`]).
+        logprobs: Option<&'a TokenLogprobs>,
     },
     /// Text released at the end (held back earlier).
     Text(&'a str),
     /// A one-line notice for stderr.
     Notice(&'a str),
+    /// The end of the rendered prompt (its last 64 characters), once before
+    /// any token of a held model's run: whether the template opened what
+    /// the output continues (a thinking model's `<think>`).
+    PromptEnd(&'a str),
+}
+
+/// A generated token's log-probability and the most likely tokens at its
+/// place: the log-softmax of the logits it was sampled from, before any
+/// sampling transform (penalties, temperature, top-k/p, a grammar).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TokenLogprobs {
+    /// The token.
+    pub token: Logprob,
+    /// The most likely tokens, most likely first
+    /// ([`InferOptions::logprobs`] of them).
+    pub top: Vec<Logprob>,
+}
+
+/// One token and its log-probability.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Logprob {
+    /// The token's bytes (part of a character for some tokens).
+    pub bytes: Vec<u8>,
+    /// Natural log of its probability (≤ 0).
+    pub logprob: f32,
+}
+
+impl TokenLogprobs {
+    /// `tok`'s log-probability under `logits` and the `top` most likely
+    /// tokens, named by their bytes in `vocab`.
+    pub fn of(vocab: &Tokenizer, logits: &[f32], tok: i32, top: usize) -> TokenLogprobs {
+        let (lp, best) = engine::sampler::logprobs(logits, tok, top);
+        let named = |id: i32, logprob: f32| Logprob {
+            bytes: u32::try_from(id)
+                .map(|i| vocab.token_to_piece(i, false).to_vec())
+                .unwrap_or_default(),
+            logprob,
+        };
+        TokenLogprobs {
+            token: named(tok, lp),
+            top: best.into_iter().map(|(i, l)| named(i, l)).collect(),
+        }
+    }
 }
 
 /// Counts and durations of a run, as Ollama reports them.
@@ -132,13 +178,14 @@ pub fn infer(
         stop: StopBuffer::new(&opts.stop),
         on_event,
         io: None,
+        logprobs: opts.logprobs,
     };
     let is_eog = |t: i32| u32::try_from(t).is_ok_and(|t| tok.is_eog(t));
     let mut summary = Summary::default();
     let mut run = |dec: &mut dyn Decode, summary: &mut Summary| {
         summary.load_duration = t0.elapsed();
-        let r = generate(dec, &prompt, &mut sampler, &gen, &is_eog, &mut |t| {
-            Ok(out.token(t))
+        let r = generate(dec, &prompt, &mut sampler, &gen, &is_eog, &mut |t, l| {
+            Ok(out.token(t, l))
         });
         summary.stats = r.map_err(|e| e.to_string())?;
         if let Some(e) = out.io.take() {
@@ -170,15 +217,26 @@ pub(crate) struct Output<'a> {
     pub(crate) stop: StopBuffer,
     pub(crate) on_event: &'a mut dyn FnMut(Event) -> std::io::Result<()>,
     pub(crate) io: Option<std::io::Error>,
+    /// Report each token's log-probability with this many alternatives.
+    pub(crate) logprobs: Option<usize>,
 }
 
 impl Output<'_> {
-    /// Emits a token's text; `false` ends generation (stop string or I/O error).
-    pub(crate) fn token(&mut self, id: i32) -> bool {
+    /// Emits a token's text (and log-probability, from the `logits` it was
+    /// sampled from); `false` ends generation (stop string or I/O error).
+    pub(crate) fn token(&mut self, id: i32, logits: &[f32]) -> bool {
         let piece = self.tok.token_to_piece(id as u32, false).to_vec();
         let text = self.utf8.push(&piece);
         let (text, stopped) = self.stop.push(&text);
-        if let Err(e) = (self.on_event)(Event::Token { id, text: &text }) {
+        let lp = self
+            .logprobs
+            .map(|top| TokenLogprobs::of(self.tok, logits, id, top));
+        let ev = Event::Token {
+            id,
+            text: &text,
+            logprobs: lp.as_ref(),
+        };
+        if let Err(e) = (self.on_event)(ev) {
             self.io = Some(e);
             return false;
         }

@@ -41,10 +41,13 @@ mod options;
 mod plan;
 pub mod prompt;
 mod split;
+pub mod think;
+pub mod tools;
 
 pub use batch::{BatchJob, EmbedJob, Embedded, Task};
 pub use chat::{chat, ChatOptions, Turn};
 pub use hold::{hold, Held, Job, RunResult};
-pub use infer::{infer, Event, Summary};
+pub use infer::{infer, Event, Logprob, Summary, TokenLogprobs};
 pub use options::{EngineChoice, InferOptions};
 pub use template::Message;
+pub use think::ThinkSplitter;

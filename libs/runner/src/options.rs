@@ -51,6 +51,16 @@ pub struct InferOptions {
     pub ignore_eos: bool,
     /// Structured output: the text must be JSON (or match a JSON schema).
     pub format: Option<engine::grammar::Format>,
+    /// Whether the model is asked to think (the template's `.Think`,
+    /// Jinja's `enable_thinking`); `None` leaves it unset.
+    pub think: Option<bool>,
+    /// Tool definitions for the template (`[{"type":"function",…}]`).
+    pub tools: Option<serde_json::Value>,
+    /// Text after the cursor: fill in the middle (the template's `.Suffix`).
+    pub suffix: Option<String>,
+    /// Report each token's log-probability with this many most likely
+    /// alternatives ([`crate::Event::Token`]); `None`: none.
+    pub logprobs: Option<usize>,
     /// Context length (capped at the model's).
     pub n_ctx: usize,
     /// Prompt batch size.
@@ -106,6 +116,10 @@ impl Default for InferOptions {
             stop: vec![],
             ignore_eos: false,
             format: None,
+            think: None,
+            tools: None,
+            suffix: None,
+            logprobs: None,
             draft_max: engine::generate::DRAFT_MAX,
             n_ctx: 4096,
             n_batch: 512,

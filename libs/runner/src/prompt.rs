@@ -32,24 +32,34 @@ pub fn render_prompt(
             }],
         });
     }
+    let mut messages = opts.messages.clone();
+    messages.push(Message::user(&opts.prompt));
+    let req = request(tok, opts, messages);
+    let tmpl = ChatTemplate::choose(opts.template.as_deref(), gguf_template);
+    render_chat(&tmpl, &req).map_err(|e| {
+        format!("cannot render the chat template: {e} (--raw sends the prompt as it is)")
+    })
+}
+
+/// What the template renders for `opts`: `messages` after its system
+/// prompt, its tools, suffix and `think`, and the tokenizer's BOS and EOS
+/// texts.
+pub(crate) fn request(tok: &Tokenizer, opts: &InferOptions, messages: Vec<Message>) -> Request {
     let text = |id: Option<u32>| {
         id.and_then(|i| tok.token_text(i))
             .unwrap_or_default()
             .to_string()
     };
-    let mut messages = opts.messages.clone();
-    messages.push(Message::user(&opts.prompt));
-    let req = Request {
+    Request {
         messages,
         system: opts.system.clone(),
+        tools: opts.tools.clone(),
+        suffix: opts.suffix.clone(),
+        think: opts.think,
         bos_token: text(tok.bos()),
         eos_token: text(tok.eos()),
         ..Request::default()
-    };
-    let tmpl = ChatTemplate::choose(opts.template.as_deref(), gguf_template);
-    render_chat(&tmpl, &req).map_err(|e| {
-        format!("cannot render the chat template: {e} (--raw sends the prompt as it is)")
-    })
+    }
 }
 
 /// Tokenizes a rendered prompt. BOS (EOS) is added when the tokenizer asks
@@ -115,8 +125,13 @@ pub fn encode_prompt(
     gguf_template: Option<&str>,
     opts: &InferOptions,
 ) -> Result<Vec<i32>, String> {
-    let r = render_prompt(tok, gguf_template, opts)?;
-    let ids = encode_rendered(tok, &r);
+    prompt_ids(tok, &render_prompt(tok, gguf_template, opts)?)
+}
+
+/// The tokens of a rendered prompt ([`encode_rendered`]); an error when
+/// there are none.
+pub(crate) fn prompt_ids(tok: &Tokenizer, r: &Rendered) -> Result<Vec<i32>, String> {
+    let ids = encode_rendered(tok, r);
     if ids.is_empty() {
         return Err("the prompt is empty".into());
     }
@@ -124,6 +139,17 @@ pub fn encode_prompt(
         .map(|i| i32::try_from(i).map_err(|_| format!("token id {i} out of range")))
         .collect()
 }
+
+/// The last characters of a rendered prompt that [`crate::Event::PromptEnd`]
+/// reports.
+pub(crate) fn prompt_end(r: &Rendered) -> String {
+    let text = r.text();
+    let n = text.chars().count().saturating_sub(PROMPT_END_CHARS);
+    text.chars().skip(n).collect()
+}
+
+/// How much of the prompt's end a run reports: enough for any tag.
+const PROMPT_END_CHARS: usize = 64;
 
 /// llama.cpp's whitespace for a token's lstrip/rstrip.
 fn is_space(c: char) -> bool {

@@ -15,9 +15,11 @@ use futures_util::StreamExt;
 use runner::{InferOptions, Message, RunResult};
 use serde_json::{json, Map, Value};
 
+use crate::caps::{self, parse_logprobs, parse_think, Asks, Caps};
 use crate::http::{empty_ok, json, json_route, now, read_json, rfc3339, stream_response, ApiError};
 use crate::log::Log;
 use crate::options::{apply_options, parse_keep_alive, random_seed};
+use crate::reply::{Delta, Shaper};
 use crate::sched::{KeepAlive, Lease, LoadRequest, ModelInfo, Report, SchedError, Work};
 use crate::App;
 
@@ -61,6 +63,10 @@ pub(crate) async fn method_not_allowed() -> Response {
 pub(crate) struct Found {
     /// Short name (`smollm2:latest`).
     pub(crate) name: String,
+    /// Whole name (`registry.ollama.ai/library/smollm2:latest`).
+    pub(crate) full_name: String,
+    /// It has a projector layer (vision).
+    pub(crate) projector: bool,
     pub(crate) gguf: std::path::PathBuf,
     pub(crate) template: Option<String>,
     pub(crate) system: Option<String>,
@@ -115,6 +121,8 @@ pub(crate) fn find(app: &App, name: &str, not_found: String) -> Result<Found, Ap
             details,
         },
         name: doc.name.clone(),
+        full_name: n.to_string(),
+        projector: doc.layer(protocol::media::PROJECTOR).is_some(),
         gguf,
         template: layer(protocol::media::TEMPLATE),
         system: layer(protocol::media::SYSTEM),
@@ -132,6 +140,31 @@ pub(crate) fn find(app: &App, name: &str, not_found: String) -> Result<Found, Ap
         messages,
         modified,
     })
+}
+
+#[cfg(test)]
+impl Found {
+    /// A model of this name whose files are nowhere.
+    pub(crate) fn for_test(name: &str, full_name: &str) -> Found {
+        Found {
+            name: name.into(),
+            full_name: full_name.into(),
+            projector: false,
+            gguf: Default::default(),
+            template: None,
+            system: None,
+            params: None,
+            messages: vec![],
+            license: None,
+            info: ModelInfo {
+                name: name.into(),
+                digest: String::new(),
+                size: 0,
+                details: Value::Null,
+            },
+            modified: SystemTime::UNIX_EPOCH,
+        }
+    }
 }
 
 /// Ollama's `details` object from a model's config.
@@ -206,23 +239,23 @@ async fn show_inner(
     log.model(&name);
     let f = find(app, &name, format!("model '{name}' not found"))?;
     let verbose = req.get("verbose").and_then(Value::as_bool) == Some(true);
-    let file = std::fs::read(&f.gguf)
-        .map_err(|e| ApiError::internal(format!("reading {}: {e}", f.gguf.display())))?;
-    let gg = gguf::parse(&file).map_err(|e| ApiError::internal(e.to_string()))?;
     let layers = gguf::show::Layers {
         name: Some(f.name.clone()),
         license: f.license.clone(),
         template: f.template.clone(),
         system: f.system.clone(),
         params: f.params.clone(),
-        projector: false,
+        projector: f.projector,
+        template_caps: vec![],
     };
     let opts = gguf::show::ShowOptions {
         verbose,
         tensors: false,
     };
-    let info =
-        gguf::show::inspect(&gg, &layers, &opts).map_err(|e| ApiError::internal(e.to_string()))?;
+    let (info, caps) = caps::with_gguf(&f, |g| {
+        (gguf::show::inspect(g, &layers, &opts), caps::of_gguf(&f, g))
+    })?;
+    let info = info.map_err(|e| ApiError::internal(e.to_string()))?;
     let template = info.get("template").cloned().unwrap_or(Value::Null);
     let mut out = Map::new();
     if let Some(l) = &f.license {
@@ -241,10 +274,7 @@ async fn show_inner(
         "model_info".into(),
         info.get("metadata").cloned().unwrap_or(json!({})),
     );
-    out.insert(
-        "capabilities".into(),
-        info.get("capabilities").cloned().unwrap_or(json!([])),
-    );
+    out.insert("capabilities".into(), json!(caps.names));
     out.insert("modified_at".into(), json!(rfc3339(f.modified)));
     Ok(json(StatusCode::OK, &Value::Object(out)))
 }
@@ -262,11 +292,27 @@ fn parameters_text(params: Option<&str>) -> Option<String> {
     Some(lines.join("\n"))
 }
 
+/// A parameter's value as Go's `%#v` prints it: a string quoted with its
+/// quotes, backslashes and control characters escaped (a `stop` of `"\n"`
+/// stays on its line), anything else as JSON.
 fn plain(v: &Value) -> String {
-    match v {
-        Value::String(s) => format!("\"{s}\""),
-        _ => v.to_string(),
+    let Value::String(s) = v else {
+        return v.to_string();
+    };
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c => out.push(c),
+        }
     }
+    out.push('"');
+    out
 }
 
 /// A Modelfile that rebuilds the model, as `ollama show --modelfile`.
@@ -475,6 +521,8 @@ pub(crate) struct RunSpec {
     pub(crate) chat: bool,
     pub(crate) context: Vec<i32>,
     pub(crate) keep_alive: KeepAlive,
+    /// How its output becomes the reply's text, thinking and tool calls.
+    pub(crate) shaper: Shaper,
 }
 
 /// The options of a run on `f`: the server's load options, Ollama's
@@ -509,6 +557,9 @@ pub(crate) struct Run {
     rx: tokio::sync::mpsc::Receiver<Report>,
     lease: Option<Lease>,
     cancel: Arc<AtomicBool>,
+    shaper: Shaper,
+    /// The end, held while the shaper's last delta goes out.
+    pending: Option<Piece>,
     pub(crate) t0: Instant,
     pub(crate) load_duration: Duration,
     pub(crate) log: Log,
@@ -516,7 +567,8 @@ pub(crate) struct Run {
 
 /// A piece of a run.
 pub(crate) enum Piece {
-    Text(String),
+    /// What a chunk carries (never empty).
+    Delta(Delta),
     Done(Box<RunResult>),
     Error(String),
 }
@@ -546,6 +598,8 @@ impl Run {
             load_duration: lease.load_duration,
             lease: Some(lease),
             cancel,
+            shaper: spec.shaper,
+            pending: None,
             t0,
             log,
         })
@@ -553,17 +607,34 @@ impl Run {
 
     /// The next piece; after `Done` or `Error` the lease is released.
     pub(crate) async fn next(&mut self) -> Option<Piece> {
+        if let Some(p) = self.pending.take() {
+            self.lease = None;
+            return Some(p);
+        }
         self.lease.as_ref()?;
-        let p = match self.rx.recv().await {
-            Some(Report::Text(t)) => return Some(Piece::Text(t)),
-            Some(Report::Done(Ok(r))) => {
-                let s = &r.summary.stats;
-                self.log
-                    .tokens(s.prompt_eval_count + r.cached, s.eval_count);
-                Piece::Done(Box::new(r))
+        let p = loop {
+            match self.rx.recv().await {
+                Some(Report::PromptEnd(end)) => self.shaper.prompt_end(&end),
+                Some(Report::Text(t, lp)) => {
+                    let d = self.shaper.piece(&t, lp.as_deref());
+                    if !d.is_empty() {
+                        return Some(Piece::Delta(d));
+                    }
+                }
+                Some(Report::Done(Ok(r))) => {
+                    let s = &r.summary.stats;
+                    self.log
+                        .tokens(s.prompt_eval_count + r.cached, s.eval_count);
+                    let d = self.shaper.finish();
+                    if !d.is_empty() {
+                        self.pending = Some(Piece::Done(Box::new(r)));
+                        return Some(Piece::Delta(d));
+                    }
+                    break Piece::Done(Box::new(r));
+                }
+                Some(Report::Done(Err(e))) => break Piece::Error(e),
+                None => break Piece::Error("the model runner stopped".into()),
             }
-            Some(Report::Done(Err(e))) => Piece::Error(e),
-            None => Piece::Error("the model runner stopped".into()),
         };
         self.lease = None;
         Some(p)
@@ -683,6 +754,7 @@ async fn generate_inner(
     let req = read_json(&headers, body).await?;
     let name = str_field(&req, "model").unwrap_or_default();
     log.model(&name);
+    let logprobs = parse_logprobs(&req)?;
     let f = find(&app, &name, format!("model '{name}' not found"))?;
     let raw = req.get("raw").and_then(Value::as_bool).unwrap_or(false);
     let system = str_field(&req, "system");
@@ -698,6 +770,15 @@ async fn generate_inner(
             "raw mode does not support template, system, or context",
         ));
     }
+    let suffix = str_field(&req, "suffix").filter(|s| !s.is_empty());
+    let asks = Asks {
+        model: &name,
+        verb: "generate",
+        think: parse_think(req.get("think"))?,
+        tools: false,
+        suffix: suffix.is_some(),
+    };
+    let (caps, think) = caps::checked(&f, &asks)?;
     let mut opts = run_options(&app, &f, req.get("options").unwrap_or(&Value::Null))?;
     opts.format = format(req.get("format"))?;
     let ka = keep_alive(&app, &req)?;
@@ -712,6 +793,9 @@ async fn generate_inner(
     }
     opts.prompt = prompt;
     opts.raw = raw;
+    opts.think = think;
+    opts.suffix = suffix;
+    opts.logprobs = logprobs;
     if system.is_some() {
         opts.system = system;
     }
@@ -719,6 +803,7 @@ async fn generate_inner(
         opts.template = template;
     }
     let spec = RunSpec {
+        shaper: shaper(&caps, think, None),
         found: f,
         opts,
         chat: false,
@@ -726,29 +811,46 @@ async fn generate_inner(
         keep_alive: ka,
     };
     let run = Run::start(&app, spec, log, t0).await?;
-    let finish = move |run: &Run, r: &RunResult, text: &str| {
+    let m2 = model.clone();
+    let finish = move |run: &Run, r: &RunResult, d: &Delta| {
         let mut m = Map::new();
         m.insert("model".into(), json!(model));
         m.insert("created_at".into(), json!(now()));
-        m.insert("response".into(), json!(text));
+        d.put_text("response", &mut m);
         m.insert("done".into(), json!(true));
         m.insert("done_reason".into(), json!(done_reason(r)));
         if !raw {
             m.insert("context".into(), json!(r.tokens));
         }
         run.metrics(r, &mut m);
+        d.put_logprobs(&mut m);
         Value::Object(m)
     };
-    let model2 = run
-        .log
-        .fields
-        .lock()
-        .unwrap()
-        .model
-        .clone()
-        .unwrap_or_default();
-    let chunk = move |text: &str| json!({"model": model2, "created_at": now(), "response": text, "done": false});
+    let chunk = move |d: &Delta| {
+        let mut m = Map::new();
+        m.insert("model".into(), json!(m2));
+        m.insert("created_at".into(), json!(now()));
+        d.put_text("response", &mut m);
+        m.insert("done".into(), json!(false));
+        d.put_logprobs(&mut m);
+        Value::Object(m)
+    };
     respond(run, stream_flag(&req), chunk, finish).await
+}
+
+/// How a run's output becomes a reply: reasoning split off when it thinks
+/// (`think`) and the template has thinking tags; tool calls parsed when the
+/// request has `tools`.
+pub(crate) fn shaper(caps: &Caps, think: Option<bool>, tools: Option<&Value>) -> Shaper {
+    Shaper {
+        think: caps
+            .template
+            .think
+            .clone()
+            .filter(|_| think == Some(true))
+            .map(runner::ThinkSplitter::new),
+        tools: tools.map(|t| runner::tools::ToolParser::new(&caps.template.tool_tag, t)),
+    }
 }
 
 /// `stop` or `length` (a canceled run never reports).
@@ -756,25 +858,18 @@ pub(crate) fn done_reason(r: &RunResult) -> &'static str {
     r.summary.stats.done_reason.as_str()
 }
 
-/// Streams NDJSON (`chunk` per text, `finish` at the end; an error becomes
-/// an `{"error"}` line), or with `stream:false` one object: `finish` with
-/// the whole text.
+/// Streams NDJSON (`chunk` per delta, `finish` at the end with an empty
+/// one; an error becomes an `{"error"}` line), or with `stream:false` one
+/// object: `finish` with the whole reply.
 async fn respond(
     mut run: Run,
     stream: bool,
-    chunk: impl Fn(&str) -> Value + Send + Sync + 'static,
-    finish: impl Fn(&Run, &RunResult, &str) -> Value + Send + Sync + 'static,
+    chunk: impl Fn(&Delta) -> Value + Send + Sync + 'static,
+    finish: impl Fn(&Run, &RunResult, &Delta) -> Value + Send + Sync + 'static,
 ) -> Result<Response, ApiError> {
     if !stream {
-        let mut text = String::new();
-        loop {
-            match run.next().await {
-                Some(Piece::Text(t)) => text.push_str(&t),
-                Some(Piece::Done(r)) => return Ok(json(StatusCode::OK, &finish(&run, &r, &text))),
-                Some(Piece::Error(e)) => return Err(ApiError::internal(e)),
-                None => return Err(ApiError::internal("the run ended without a result")),
-            }
-        }
+        let (all, r) = collect(&mut run).await?;
+        return Ok(json(StatusCode::OK, &finish(&run, &r, &all)));
     }
     let (chunk, finish) = (Arc::new(chunk), Arc::new(finish));
     let s = futures_util::stream::unfold(Some(run), move |run| {
@@ -782,8 +877,8 @@ async fn respond(
         async move {
             let mut run = run?;
             let v = match run.next().await? {
-                Piece::Text(t) => return Some((Ok(line(&chunk(&t))), Some(run))),
-                Piece::Done(r) => finish(&run, &r, ""),
+                Piece::Delta(d) => return Some((Ok(line(&chunk(&d))), Some(run))),
+                Piece::Done(r) => finish(&run, &r, &Delta::default()),
                 Piece::Error(e) => json!({ "error": e }),
             };
             Some((Ok(line(&v)), None))
@@ -792,9 +887,25 @@ async fn respond(
     Ok(stream_response("application/x-ndjson", s))
 }
 
+/// Runs to the end: the whole reply and the result.
+pub(crate) async fn collect(run: &mut Run) -> Result<(Delta, RunResult), ApiError> {
+    let mut all = Delta::default();
+    loop {
+        match run.next().await {
+            Some(Piece::Delta(d)) => all.extend(d),
+            Some(Piece::Done(r)) => return Ok((all, *r)),
+            Some(Piece::Error(e)) => return Err(ApiError::internal(e)),
+            None => return Err(ApiError::internal("the run ended without a result")),
+        }
+    }
+}
+
 // ---- /api/chat ----
 
-/// Parses `messages`: roles lower-cased, missing content empty.
+/// Parses `messages`: roles lower-cased, missing content empty; an
+/// assistant's `thinking` and `tool_calls` (arguments an object, or a
+/// string holding one as OpenAI sends them); a tool result's `tool_name`
+/// (or `name`, or the name of the call its `tool_call_id` answers).
 pub(crate) fn parse_messages(v: Option<&Value>) -> Result<Vec<Message>, ApiError> {
     let Some(v) = v.filter(|v| !v.is_null()) else {
         return Ok(vec![]);
@@ -802,32 +913,70 @@ pub(crate) fn parse_messages(v: Option<&Value>) -> Result<Vec<Message>, ApiError
     let arr = v
         .as_array()
         .ok_or_else(|| ApiError::bad("messages must be a list"))?;
-    arr.iter()
-        .map(|m| {
-            let role = m
-                .get("role")
-                .and_then(Value::as_str)
-                .ok_or_else(|| ApiError::bad("a message has no role"))?
-                .to_ascii_lowercase();
-            let content = match m.get("content") {
-                None | Some(Value::Null) => String::new(),
-                Some(Value::String(s)) => s.clone(),
-                Some(Value::Array(parts)) => parts
-                    .iter()
-                    .filter_map(|p| p.get("text").and_then(Value::as_str))
-                    .collect::<Vec<_>>()
-                    .join(""),
-                Some(_) => return Err(ApiError::bad("message content must be a string")),
+    let mut out: Vec<Message> = Vec::with_capacity(arr.len());
+    for m in arr {
+        let role = m
+            .get("role")
+            .and_then(Value::as_str)
+            .ok_or_else(|| ApiError::bad("a message has no role"))?
+            .to_ascii_lowercase();
+        let content = match m.get("content") {
+            None | Some(Value::Null) => String::new(),
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Array(parts)) => parts
+                .iter()
+                .filter_map(|p| p.get("text").and_then(Value::as_str))
+                .collect::<Vec<_>>()
+                .join(""),
+            Some(_) => return Err(ApiError::bad("message content must be a string")),
+        };
+        let mut msg = Message::new(&role, &content);
+        msg.thinking = str_field(m, "thinking")
+            .or_else(|| str_field(m, "reasoning"))
+            .filter(|t| !t.is_empty());
+        msg.tool_calls = parse_tool_calls(m.get("tool_calls"))?;
+        msg.tool_name = str_field(m, "tool_name")
+            .or_else(|| str_field(m, "name"))
+            .or_else(|| {
+                let id = str_field(m, "tool_call_id")?;
+                out.iter()
+                    .rev()
+                    .flat_map(|m| &m.tool_calls)
+                    .find(|c| c.id.as_deref() == Some(id.as_str()))
+                    .map(|c| c.name.clone())
+            });
+        out.push(msg);
+    }
+    Ok(out)
+}
+
+/// A message's `tool_calls`: `[{"id"?, "function": {"name", "arguments"}}]`.
+fn parse_tool_calls(v: Option<&Value>) -> Result<Vec<template::ToolCall>, ApiError> {
+    let Some(list) = v.and_then(Value::as_array) else {
+        return Ok(vec![]);
+    };
+    list.iter()
+        .map(|c| {
+            let f = c.get("function").unwrap_or(&Value::Null);
+            let arguments = match f.get("arguments") {
+                None | Some(Value::Null) => json!({}),
+                Some(Value::String(s)) => serde_json::from_str(s)
+                    .map_err(|_| ApiError::bad("invalid tool call arguments"))?,
+                Some(a) => a.clone(),
             };
-            let mut msg = Message::new(&role, &content);
-            msg.tool_name = m
-                .get("tool_name")
-                .or_else(|| m.get("name"))
-                .and_then(Value::as_str)
-                .map(str::to_owned);
-            Ok(msg)
+            Ok(template::ToolCall {
+                id: str_field(c, "id"),
+                name: str_field(f, "name").unwrap_or_default(),
+                arguments,
+            })
         })
         .collect()
+}
+
+/// The request's `tools` when it has some.
+pub(crate) fn tools(req: &Value) -> Option<&Value> {
+    req.get("tools")
+        .filter(|t| t.as_array().is_some_and(|a| !a.is_empty()))
 }
 
 json_route!(chat => chat_inner, ApiError::native);
@@ -841,17 +990,16 @@ async fn chat_inner(
     let t0 = Instant::now();
     let req = read_json(&headers, body).await?;
     let name = required_model(&req, &log)?;
+    let logprobs = parse_logprobs(&req)?;
     let f = find(&app, &name, format!("model '{name}' not found"))?;
-    if req
-        .get("tools")
-        .and_then(Value::as_array)
-        .is_some_and(|t| !t.is_empty())
-    {
-        return Err(ApiError::bad(format!(
-            "registry.ollama.ai/library/{} does not support tools",
-            f.name
-        )));
-    }
+    let asks = Asks {
+        model: &name,
+        verb: "chat",
+        think: parse_think(req.get("think"))?,
+        tools: tools(&req).is_some(),
+        suffix: false,
+    };
+    let (caps, think) = caps::checked(&f, &asks)?;
     let mut opts = run_options(&app, &f, req.get("options").unwrap_or(&Value::Null))?;
     opts.format = format(req.get("format"))?;
     let ka = keep_alive(&app, &req)?;
@@ -866,20 +1014,36 @@ async fn chat_inner(
         ));
     }
     opts.messages = f.messages.iter().cloned().chain(messages).collect();
-    let run = start_chat(&app, f, opts, ka, log, t0).await?;
+    opts.think = think;
+    opts.tools = tools(&req).cloned();
+    opts.logprobs = logprobs;
+    let shaper = shaper(&caps, think, tools(&req));
+    let run = start_chat(&app, f, opts, shaper, ka, log, t0).await?;
     let m2 = model.clone();
-    let chunk = move |text: &str| json!({"model": m2, "created_at": now(), "message": {"role": "assistant", "content": text}, "done": false});
-    let finish = move |run: &Run, r: &RunResult, text: &str| {
+    let message = |d: &Delta| {
+        let mut msg = Map::new();
+        msg.insert("role".into(), json!("assistant"));
+        d.put_text("content", &mut msg);
+        Value::Object(msg)
+    };
+    let chunk = move |d: &Delta| {
+        let mut m = Map::new();
+        m.insert("model".into(), json!(m2));
+        m.insert("created_at".into(), json!(now()));
+        m.insert("message".into(), message(d));
+        m.insert("done".into(), json!(false));
+        d.put_logprobs(&mut m);
+        Value::Object(m)
+    };
+    let finish = move |run: &Run, r: &RunResult, d: &Delta| {
         let mut m = Map::new();
         m.insert("model".into(), json!(model));
         m.insert("created_at".into(), json!(now()));
-        m.insert(
-            "message".into(),
-            json!({"role": "assistant", "content": text}),
-        );
+        m.insert("message".into(), message(d));
         m.insert("done".into(), json!(true));
         m.insert("done_reason".into(), json!(done_reason(r)));
         run.metrics(r, &mut m);
+        d.put_logprobs(&mut m);
         Value::Object(m)
     };
     respond(run, stream_flag(&req), chunk, finish).await
@@ -890,6 +1054,7 @@ pub(crate) async fn start_chat(
     app: &App,
     f: Found,
     opts: InferOptions,
+    shaper: Shaper,
     ka: KeepAlive,
     log: Log,
     t0: Instant,
@@ -900,6 +1065,24 @@ pub(crate) async fn start_chat(
         chat: true,
         context: vec![],
         keep_alive: ka,
+        shaper,
     };
     Run::start(app, spec, log, t0).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parameters_keep_one_per_line() {
+        let p = r#"{"stop":["\n\n","say \"hi\"","a\\b"],"temperature":0.2}"#;
+        let want = [
+            format!("{:<30} \"\\n\\n\"", "stop"),
+            format!("{:<30} \"say \\\"hi\\\"\"", "stop"),
+            format!("{:<30} \"a\\\\b\"", "stop"),
+            format!("{:<30} 0.2", "temperature"),
+        ];
+        assert_eq!(parameters_text(Some(p)).unwrap(), want.join("\n"));
+    }
 }

@@ -37,6 +37,7 @@ use axum::routing::{get, head, post};
 use axum::Router;
 
 mod api;
+mod caps;
 mod embed;
 pub mod guard;
 mod http;
@@ -44,6 +45,7 @@ mod log;
 mod manage;
 mod openai;
 mod options;
+mod reply;
 pub mod sched;
 
 pub use options::parse_keep_alive;

@@ -3,6 +3,7 @@
 //! native ones, with OpenAI's reply and error shapes.
 
 use engine::grammar::Format;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -14,11 +15,13 @@ use runner::{InferOptions, RunResult};
 use serde_json::{json, Value};
 
 use crate::api::{
-    done_reason, find, keep_alive, parse_messages, required_model, run_options, start_chat, Found,
-    Piece, Run, RunSpec,
+    collect, done_reason, find, keep_alive, parse_messages, required_model, run_options, shaper,
+    start_chat, str_field, tools, Found, Piece, Run, RunSpec,
 };
+use crate::caps::{self, parse_logprobs, Asks};
 use crate::http::{json, json_route, read_json, stream_response, ApiError};
 use crate::log::Log;
+use crate::reply::Delta;
 use crate::App;
 
 type AppState = State<Arc<App>>;
@@ -158,6 +161,51 @@ fn id(prefix: &str) -> String {
 
 json_route!(chat => chat_inner, ApiError::openai);
 
+/// OpenAI's `reasoning.effort` or `reasoning_effort` as Ollama's `think`:
+/// `none` is off, the others on (Ollama clamps them to its levels); absent
+/// leaves the model's default; anything else is 400.
+fn think_from_effort(req: &Value) -> Result<Option<bool>, ApiError> {
+    let effort = req
+        .pointer("/reasoning/effort")
+        .or_else(|| req.get("reasoning_effort"))
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    match effort {
+        "" => Ok(None),
+        "none" => Ok(Some(false)),
+        "minimal" | "low" | "medium" | "high" | "max" | "xhigh" | "ultra" => Ok(Some(true)),
+        e => Err(ApiError::bad(format!(
+            "invalid reasoning value: {} (must be \"minimal\", \"low\", \"medium\", \"high\", \"xhigh\", \"ultra\", \"max\", or \"none\")",
+            serde_json::to_string(e).unwrap_or_default()
+        ))),
+    }
+}
+
+/// An Ollama tool call (`{"id","function":{"index","name","arguments"}}`)
+/// as OpenAI's, arguments a JSON string.
+fn tool_call(c: &Value) -> Value {
+    let f = &c["function"];
+    json!({"id": c["id"], "index": f["index"], "type": "function",
+           "function": {"name": f["name"], "arguments": f["arguments"].to_string()}})
+}
+
+/// `choices[].logprobs`: `{"content": […]}`, or null without any.
+fn choice_logprobs(d: &Delta) -> Value {
+    if d.logprobs.is_empty() {
+        Value::Null
+    } else {
+        json!({"content": d.logprobs})
+    }
+}
+
+/// `finish_reason`: Ollama's, `tool_calls` when a stop came after calls.
+fn finish_reason(r: &RunResult, called: bool) -> &'static str {
+    match done_reason(r) {
+        "stop" if called => "tool_calls",
+        reason => reason,
+    }
+}
+
 async fn chat_inner(
     app: Arc<App>,
     log: Log,
@@ -171,35 +219,57 @@ async fn chat_inner(
     if messages.is_empty() {
         return Err(ApiError::bad("[] is too short - 'messages'"));
     }
+    let think = think_from_effort(&req)?;
+    let logprobs = parse_logprobs(&req)?;
     let f = find(
         &app,
         &name,
         format!("model \"{name}\" not found, try pulling it first"),
     )?;
+    let asks = Asks {
+        model: &name,
+        verb: "chat",
+        think,
+        tools: tools(&req).is_some(),
+        suffix: false,
+    };
+    let (caps, think) = caps::checked(&f, &asks)?;
     let mut opts = sampling(&app, &f, &req)?;
     opts.messages = f.messages.iter().cloned().chain(messages).collect();
+    opts.think = think;
+    opts.tools = tools(&req).cloned();
+    opts.logprobs = logprobs;
     let ka = keep_alive(&app, &req)?;
     let model = f.name.clone();
-    let mut run = start_chat(&app, f, opts, ka, log, t0).await?;
+    let shaper = shaper(&caps, think, tools(&req));
+    let mut run = start_chat(&app, f, opts, shaper, ka, log, t0).await?;
     let created = unix(SystemTime::now());
     let cid = id("chatcmpl");
     let stream = req.get("stream").and_then(Value::as_bool).unwrap_or(false);
     let chunk = {
         let (cid, model) = (cid.clone(), model.clone());
-        move |delta: Value, finish: Value| {
+        move |delta: Value, finish: Value, logprobs: Value| {
             json!({"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
                    "system_fingerprint": "fp_ollama",
-                   "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+                   "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": logprobs}]})
         }
     };
     if !stream {
-        let (text, r) = collect(&mut run).await?;
+        let (d, r) = collect(&mut run).await?;
+        let mut message = json!({"role": "assistant", "content": d.content});
+        if !d.thinking.is_empty() {
+            message["reasoning"] = json!(d.thinking);
+        }
+        if !d.tool_calls.is_empty() {
+            message["tool_calls"] = d.tool_calls.iter().map(tool_call).collect();
+        }
         return Ok(json(
             StatusCode::OK,
             &json!({"id": cid, "object": "chat.completion", "created": created, "model": model,
                     "system_fingerprint": "fp_ollama",
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                                 "finish_reason": done_reason(&r)}],
+                    "choices": [{"index": 0, "message": message,
+                                 "finish_reason": finish_reason(&r, !d.tool_calls.is_empty()),
+                                 "logprobs": choice_logprobs(&d)}],
                     "usage": usage(&r)}),
         ));
     }
@@ -214,11 +284,39 @@ async fn chat_inner(
     let first = event(&chunk(
         json!({"role": "assistant", "content": ""}),
         Value::Null,
+        Value::Null,
     ));
+    let called = AtomicBool::new(false);
     sse(run, first, move |p| match p {
-        Piece::Text(t) => vec![event(&chunk(json!({"content": t}), Value::Null))],
+        Piece::Delta(d) => {
+            let mut out = vec![];
+            let calls: Vec<Value> = d.tool_calls.iter().map(tool_call).collect();
+            let mixed = !d.thinking.is_empty() && (!d.content.is_empty() || !calls.is_empty());
+            if !d.thinking.is_empty() {
+                let mut delta = json!({"reasoning": d.thinking});
+                if !mixed {
+                    delta["content"] = json!("");
+                }
+                out.push(event(&chunk(delta, Value::Null, choice_logprobs(&d))));
+            }
+            if d.thinking.is_empty() || mixed {
+                let mut delta = json!({"content": d.content});
+                if !calls.is_empty() {
+                    called.store(true, Ordering::SeqCst);
+                    delta["tool_calls"] = json!(calls);
+                }
+                let lp = if mixed {
+                    Value::Null
+                } else {
+                    choice_logprobs(&d)
+                };
+                out.push(event(&chunk(delta, Value::Null, lp)));
+            }
+            out
+        }
         Piece::Done(r) => {
-            let mut v = vec![event(&chunk(json!({}), json!(done_reason(&r))))];
+            let reason = finish_reason(&r, called.load(Ordering::SeqCst));
+            let mut v = vec![event(&chunk(json!({}), json!(reason), Value::Null))];
             if with_usage {
                 v.push(event(&usage_chunk(&r)));
             }
@@ -228,19 +326,6 @@ async fn chat_inner(
             &json!({"error": {"message": e, "type": "api_error"}}),
         )],
     })
-}
-
-/// Runs to the end: the whole text and the result.
-async fn collect(run: &mut Run) -> Result<(String, RunResult), ApiError> {
-    let mut text = String::new();
-    loop {
-        match run.next().await {
-            Some(Piece::Text(t)) => text.push_str(&t),
-            Some(Piece::Done(r)) => return Ok((text, *r)),
-            Some(Piece::Error(e)) => return Err(ApiError::internal(e)),
-            None => return Err(ApiError::internal("the run ended without a result")),
-        }
-    }
 }
 
 /// An SSE stream: `first`, the events of each piece, then `data: [DONE]`.
@@ -257,7 +342,7 @@ fn sse(
         async move {
             let mut run = run?;
             let p = run.next().await?;
-            let last = !matches!(p, Piece::Text(_));
+            let last = !matches!(p, Piece::Delta(_));
             let mut out: Vec<Bytes> = events(p);
             if last {
                 out.push(Bytes::from_static(b"data: [DONE]\n\n"));
@@ -285,16 +370,30 @@ async fn completions_inner(
         Some(Value::String(s)) => s.clone(),
         _ => return Err(ApiError::bad("prompt must be a string")),
     };
+    let logprobs = parse_logprobs(&req)?;
     let f = find(
         &app,
         &name,
         format!("model \"{name}\" not found, try pulling it first"),
     )?;
+    let suffix = str_field(&req, "suffix").filter(|s| !s.is_empty());
+    let asks = Asks {
+        model: &name,
+        verb: "generate",
+        think: None,
+        tools: false,
+        suffix: suffix.is_some(),
+    };
+    let (caps, think) = caps::checked(&f, &asks)?;
     let mut opts = sampling(&app, &f, &req)?;
     opts.prompt = prompt;
+    opts.suffix = suffix;
+    opts.think = think;
+    opts.logprobs = logprobs;
     let ka = keep_alive(&app, &req)?;
     let model = f.name.clone();
     let spec = RunSpec {
+        shaper: shaper(&caps, think, None),
         found: f,
         opts,
         chat: false,
@@ -306,20 +405,22 @@ async fn completions_inner(
     let cid = id("cmpl");
     let stream = req.get("stream").and_then(Value::as_bool).unwrap_or(false);
     if !stream {
-        let (text, r) = collect(&mut run).await?;
+        let (d, r) = collect(&mut run).await?;
         return Ok(json(
             StatusCode::OK,
             &json!({"id": cid, "object": "text_completion", "created": created, "model": model,
                     "system_fingerprint": "fp_ollama",
-                    "choices": [{"text": text, "index": 0, "finish_reason": done_reason(&r)}],
+                    "choices": [{"text": d.content, "index": 0, "finish_reason": done_reason(&r),
+                                 "logprobs": choice_logprobs(&d)}],
                     "usage": usage(&r)}),
         ));
     }
     let with_usage = include_usage(&req);
-    let chunk = move |text: &str, finish: Value, usage: Option<Value>| {
+    let chunk = move |d: &Delta, finish: Value, usage: Option<Value>| {
         let mut v = json!({"id": cid, "object": "text_completion", "created": created, "model": model,
                "system_fingerprint": "fp_ollama",
-               "choices": [{"text": text, "index": 0, "finish_reason": finish}]});
+               "choices": [{"text": d.content, "index": 0, "finish_reason": finish,
+                            "logprobs": choice_logprobs(d)}]});
         if let Some(u) = usage {
             v["usage"] = u;
         }
@@ -330,11 +431,12 @@ async fn completions_inner(
     };
     let first = Bytes::new();
     sse(run, first, move |p| match p {
-        Piece::Text(t) => vec![event(&chunk(&t, Value::Null, zero()))],
+        Piece::Delta(d) => vec![event(&chunk(&d, Value::Null, zero()))],
         Piece::Done(r) => {
-            let mut v = vec![event(&chunk("", json!(done_reason(&r)), zero()))];
+            let none = Delta::default();
+            let mut v = vec![event(&chunk(&none, json!(done_reason(&r)), zero()))];
             if with_usage {
-                let mut u = chunk("", Value::Null, Some(usage(&r)));
+                let mut u = chunk(&none, Value::Null, Some(usage(&r)));
                 u["choices"] = json!([]);
                 v.push(event(&u));
             }

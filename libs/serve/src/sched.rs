@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use runner::{BatchJob, EmbedJob, Embedded, Event, InferOptions, RunResult, Task};
+use runner::{BatchJob, EmbedJob, Embedded, Event, InferOptions, RunResult, Task, TokenLogprobs};
 use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 
 /// Scheduler limits.
@@ -92,8 +92,11 @@ type Key = (PathBuf, usize);
 /// What a worker reports about a job.
 #[derive(Debug)]
 pub enum Report {
-    /// Generated text (never empty).
-    Text(String),
+    /// Generated text, and the log-probability of the token that ended
+    /// with it when the run asked for them (never both empty).
+    Text(String, Option<Box<TokenLogprobs>>),
+    /// The end of the rendered prompt, before any text.
+    PromptEnd(String),
     /// The run ended.
     Done(Result<RunResult, String>),
 }
@@ -369,11 +372,23 @@ fn batch_job(w: Work) -> BatchJob {
         chat: w.chat,
         context: w.context,
         cancel: Box::new(move || cancel.load(Ordering::SeqCst) || reports.is_closed()),
-        on_event: Box::new(move |ev| match ev {
-            Event::Token { text, .. } | Event::Text(text) if !text.is_empty() => text_tx
-                .blocking_send(Report::Text(text.to_string()))
-                .map_err(|_| std::io::Error::other("the client went away")),
-            _ => Ok(()),
+        on_event: Box::new(move |ev| {
+            let (text, lp) = match ev {
+                Event::Token { text, logprobs, .. } => (text, logprobs),
+                Event::Text(text) => (text, None),
+                Event::Notice(_) => return Ok(()),
+                Event::PromptEnd(end) => {
+                    return text_tx
+                        .blocking_send(Report::PromptEnd(end.to_string()))
+                        .map_err(|_| std::io::Error::other("the client went away"))
+                }
+            };
+            if text.is_empty() && lp.is_none() {
+                return Ok(());
+            }
+            text_tx
+                .blocking_send(Report::Text(text.to_string(), lp.cloned().map(Box::new)))
+                .map_err(|_| std::io::Error::other("the client went away"))
         }),
         on_done: Box::new(move |r| {
             let _ = done_tx.blocking_send(Report::Done(r));

@@ -58,6 +58,7 @@
 //! ```
 #![deny(missing_docs)]
 
+mod caps;
 mod error;
 mod gotmpl;
 mod jinja;
@@ -67,6 +68,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+pub use caps::{model_capabilities, template_capabilities, TemplateCaps, ThinkTags};
 pub use error::{Error, ErrorKind};
 
 /// A result of this crate.

@@ -102,6 +102,7 @@ fn from_doc(doc: protocol::ModelDoc) -> anyhow::Result<(PathBuf, Layers)> {
         system: text(media::SYSTEM),
         params: text(media::PARAMS),
         projector: doc.layer(media::PROJECTOR).is_some(),
+        template_caps: vec![],
     };
     Ok((path, layers))
 }
@@ -125,7 +126,15 @@ fn show_one(
     // while we read it could fault, the accepted risk of mmap.
     let map = unsafe { memmap2::Mmap::map(&file) }.with_context(ctx)?;
     let g = gguf::parse(&map).with_context(ctx)?;
-    inspect(&g, layers, opts).with_context(ctx)
+    let layers = Layers {
+        template_caps: template::model_capabilities(
+            layers.template.as_deref(),
+            g.get_str("tokenizer.chat_template"),
+        )
+        .names(),
+        ..layers.clone()
+    };
+    inspect(&g, &layers, opts).with_context(ctx)
 }
 
 #[cfg(test)]

@@ -225,7 +225,8 @@ fn main() -> std::process::ExitCode {
         let json = a.json;
         let summary = infer(&o, &mut |ev| match ev {
             Event::Notice(n) => writeln!(std::io::stderr(), "{n}"),
-            Event::Token { id, text } if json => writeln!(
+            Event::PromptEnd(_) => Ok(()),
+            Event::Token { id, text, .. } if json => writeln!(
                 out,
                 "{}",
                 serde_json::json!({"type": "token", "data": {"id": id, "text": text}})

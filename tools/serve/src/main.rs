@@ -31,7 +31,10 @@ use runner::EngineChoice;
 /// /api/embeddings, POST /v1/chat/completions, /v1/completions,
 /// /v1/embeddings, GET /v1/models, /v1/models/NAME. Generation takes
 /// `format` ("json" or a JSON schema; OpenAI's `response_format`) for
-/// structured output.
+/// structured output, `logprobs` and `top_logprobs`, and as the model's
+/// template allows (`/api/show`'s capabilities; else 400 in Ollama's words)
+/// `think` (reasoning split into `thinking`), `tools` (calls parsed into
+/// `message.tool_calls`) and `suffix` (fill in the middle).
 /// Pull and push find credentials as fetch-blob and model-push do
 /// (LLPIPE_REGISTRY_USERNAME and LLPIPE_REGISTRY_PASSWORD, else docker's
 /// config.json).

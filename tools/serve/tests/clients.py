@@ -48,6 +48,53 @@ check(r.message.role == "assistant" and r.message.content and r.done, f"chat: {r
 parts = list(c.chat(model=MODEL, messages=msgs, options=OPTS, stream=True))
 check("".join(p.message.content for p in parts) == r.message.content, "streamed chat equals the whole")
 
+# logprobs: one per token, the chosen one the likeliest (greedy)
+r = c.generate(model=MODEL, prompt="Why is the sky blue?", options=OPTS, logprobs=True, top_logprobs=2)
+check(len(r.logprobs) == r.eval_count and all(lp.logprob <= 0 for lp in r.logprobs),
+      "generate logprobs: one per token")
+check(all(len(lp.top_logprobs) == 2 and lp.top_logprobs[0].token == lp.token for lp in r.logprobs),
+      "generate top_logprobs: the chosen token first")
+check("".join(lp.token for lp in r.logprobs) == r.response, "logprob tokens spell the response")
+parts = list(c.chat(model=MODEL, messages=msgs, options=OPTS, stream=True, logprobs=True))
+check(sum(len(p.logprobs or []) for p in parts) == parts[-1].eval_count, "streamed chat logprobs")
+
+# capabilities: thinking and tools are refused, in Ollama's words
+check(c.show(MODEL).capabilities == ["completion"], "show capabilities")
+try:
+    c.chat(model=MODEL, messages=msgs, think=True)
+    check(False, "think on a model without thinking raises")
+except ollama.ResponseError as e:
+    check(e.status_code == 400 and e.error == f'"{MODEL}" does not support thinking', f"think: {e.error}")
+check(c.chat(model=MODEL, messages=msgs, think=False, options=OPTS).done, "think=False is accepted")
+weather = {"type": "function", "function": {"name": "get_weather", "description": "the weather in a city",
+           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+try:
+    c.chat(model=MODEL, messages=msgs, tools=[weather])
+    check(False, "tools on a model without them raise")
+except ollama.ResponseError as e:
+    check(e.status_code == 400 and e.error.endswith("does not support tools"), f"tools: {e.error}")
+# a template with tools: a call (forced by a schema) comes back parsed
+c.create(model="tooly:py", from_=MODEL, template="""{{- if .Tools }}<|im_start|>system
+Tools: {{ range .Tools }}{{ .Function.Name }} {{ end }}<|im_end|>
+{{ end }}{{- range .Messages }}<|im_start|>{{ .Role }}
+{{ if .ToolCalls }}{{ range .ToolCalls }}{"name": "{{ .Function.Name }}", "arguments": {{ json .Function.Arguments }}}{{ end }}
+{{- else }}{{ .Content }}{{ end }}<|im_end|>
+{{ end }}<|im_start|>assistant
+""")
+call = {"type": "object", "additionalProperties": False, "required": ["name", "arguments"],
+        "properties": {"name": {"type": "string", "enum": ["get_weather"]},
+                       "arguments": {"type": "object", "additionalProperties": False, "required": ["city"],
+                                     "properties": {"city": {"type": "string", "maxLength": 12}}}}}
+ask = [{"role": "user", "content": "What is the weather in Paris?"}]
+r = c.chat(model="tooly:py", messages=ask, tools=[weather], format=call,
+           options={"temperature": 0, "num_predict": 40})
+calls = r.message.tool_calls or []
+check(len(calls) == 1 and calls[0].function.name == "get_weather" and "city" in calls[0].function.arguments,
+      f"ollama tool call: {calls}")
+answer = ask + [r.message, {"role": "tool", "content": "18 degrees", "tool_name": "get_weather"}]
+check(c.chat(model="tooly:py", messages=answer, tools=[weather], options=OPTS).done, "a tool result renders")
+c.delete("tooly:py")
+
 # embed: unit vectors, one per input; the legacy route agrees
 def norm(v):
     return sum(x * x for x in v) ** 0.5
@@ -129,6 +176,15 @@ chunks = list(o.chat.completions.create(model=MODEL, messages=msgs, max_tokens=6
 text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
 check(text == whole, "openai streamed chat equals the whole")
 check(chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 6, "include_usage chunk")
+r = o.chat.completions.create(model=MODEL, messages=msgs, max_tokens=6, temperature=0,
+                              logprobs=True, top_logprobs=2)
+lps = r.choices[0].logprobs.content
+check(len(lps) == 6 and all(len(t.top_logprobs) == 2 for t in lps), "openai chat logprobs")
+try:
+    o.chat.completions.create(model=MODEL, messages=msgs, reasoning_effort="high")
+    check(False, "openai reasoning on a model without thinking raises")
+except openai.BadRequestError as e:
+    check("does not support thinking" in str(e), "openai reasoning_effort is refused")
 r = o.completions.create(model=MODEL, prompt="The sky is", max_tokens=4, temperature=0)
 check(r.choices[0].text and r.choices[0].finish_reason == "length", f"openai completion: {r.choices[0].text!r}")
 emb = o.embeddings.create(model=MODEL, input=["Why is the sky blue?", "Bananas are yellow."])

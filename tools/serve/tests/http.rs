@@ -1303,3 +1303,397 @@ fn memory_stays_bounded_over_1000_requests() {
         "RSS grew from {after_100} to {after_1000} bytes"
     );
 }
+
+#[test]
+fn think_tools_suffix_and_logprobs_errors_as_ollama_words_them() {
+    let Some(model) = smol_path("think_tools_suffix_and_logprobs_errors_as_ollama_words_them")
+    else {
+        return;
+    };
+    let s = start(&model, &[]);
+    let (code, show) = s.post("/api/show", json!({"model": "smollm2:135m"}));
+    assert_eq!(code, 200);
+    assert_eq!(show["capabilities"], json!(["completion"]), "{show}");
+    let msgs = json!([{"role": "user", "content": "Hi"}]);
+    let chat = |extra: Value| {
+        let mut b = json!({"model": "smollm2:135m", "messages": msgs, "stream": false,
+                           "options": {"num_predict": 1}});
+        b.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        s.post("/api/chat", b)
+    };
+    let generate = |extra: Value| {
+        let mut b = greedy("Hi", 1);
+        b.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        s.post("/api/generate", b)
+    };
+    let no_think = json!({"error": "\"smollm2:135m\" does not support thinking"});
+    for think in [json!(true), json!("high"), json!("max")] {
+        assert_eq!(chat(json!({"think": think})), (400, no_think.clone()));
+        assert_eq!(generate(json!({"think": think})), (400, no_think.clone()));
+    }
+    // think:false is accepted everywhere; the model's own name form is kept
+    assert_eq!(chat(json!({"think": false})).0, 200);
+    assert_eq!(generate(json!({"think": false})).0, 200);
+    let (code, v) = s.post(
+        "/api/chat",
+        json!({"model": "SmolLM2:135m", "messages": msgs, "think": true}),
+    );
+    assert_eq!(
+        (code, v),
+        (
+            400,
+            json!({"error": "\"SmolLM2:135m\" does not support thinking"})
+        )
+    );
+    let (code, v) = chat(json!({"think": "lots"}));
+    assert_eq!(code, 400);
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("invalid think value: \"lots\""),
+        "{v}"
+    );
+    let tools = json!([{"type": "function", "function": {"name": "f", "parameters": {}}}]);
+    assert_eq!(
+        chat(json!({"tools": tools})),
+        (
+            400,
+            json!({"error": "registry.ollama.ai/library/smollm2:135m does not support tools"})
+        )
+    );
+    // an empty list of tools is no tools (ollama-python always sends one)
+    assert_eq!(chat(json!({"tools": []})).0, 200);
+    assert_eq!(
+        generate(json!({"suffix": "world"})),
+        (
+            400,
+            json!({"error": "registry.ollama.ai/library/smollm2:135m does not support insert"})
+        )
+    );
+    assert_eq!(generate(json!({"suffix": ""})).0, 200);
+    for n in [21, -1] {
+        let top = json!({"logprobs": true, "top_logprobs": n});
+        let want = json!({"error": "top_logprobs must be between 0 and 20"});
+        assert_eq!(chat(top.clone()), (400, want.clone()));
+        assert_eq!(generate(top), (400, want));
+    }
+    // OpenAI's shape, same texts
+    let (code, v) = s.post(
+        "/v1/chat/completions",
+        json!({"model": "smollm2:135m", "messages": msgs, "tools": tools}),
+    );
+    assert_eq!(code, 400);
+    assert_eq!(
+        v["error"]["message"],
+        "registry.ollama.ai/library/smollm2:135m does not support tools"
+    );
+    assert_eq!(v["error"]["type"], "invalid_request_error");
+    let (code, v) = s.post(
+        "/v1/chat/completions",
+        json!({"model": "smollm2:135m", "messages": msgs, "reasoning_effort": "high"}),
+    );
+    assert_eq!((code, &v["error"]["message"]), (400, &no_think["error"]));
+    let (code, v) = s.post(
+        "/v1/chat/completions",
+        json!({"model": "smollm2:135m", "messages": msgs, "reasoning_effort": "none", "max_tokens": 1}),
+    );
+    assert_eq!(code, 200, "{v}");
+    let (code, v) = s.post(
+        "/v1/completions",
+        json!({"model": "smollm2:135m", "prompt": "a", "suffix": "b"}),
+    );
+    assert_eq!(code, 400);
+    assert_eq!(
+        v["error"]["message"],
+        "registry.ollama.ai/library/smollm2:135m does not support insert"
+    );
+}
+
+/// Checks one token's `logprobs` entry of a greedy run with `top`
+/// alternatives; its token text.
+fn check_logprob(lp: &Value, top: usize) -> String {
+    let token = lp["token"].as_str().unwrap().to_string();
+    let p = lp["logprob"].as_f64().unwrap();
+    assert!(p <= 0.0, "{lp}");
+    let bytes: Vec<u8> = serde_json::from_value(lp["bytes"].clone()).unwrap();
+    assert_eq!(String::from_utf8_lossy(&bytes), token, "{lp}");
+    let alts = lp["top_logprobs"].as_array().unwrap();
+    assert_eq!(alts.len(), top, "{lp}");
+    let ps: Vec<f64> = alts
+        .iter()
+        .map(|a| a["logprob"].as_f64().unwrap())
+        .collect();
+    assert!(ps.windows(2).all(|w| w[0] >= w[1]), "sorted: {lp}");
+    assert!(ps.iter().all(|&q| q <= 0.0 && q <= p + 1e-6), "{lp}");
+    // greedy: the chosen token is the most likely one
+    assert!((ps[0] - p).abs() < 1e-5, "{lp}");
+    assert_eq!(alts[0]["token"], lp["token"], "{lp}");
+    token
+}
+
+#[test]
+fn logprobs_of_greedy_runs() {
+    let Some(model) = smol_path("logprobs_of_greedy_runs") else {
+        return;
+    };
+    let s = start(&model, &[]);
+    let mut req = greedy("What is the capital of France?", 8);
+    req["logprobs"] = json!(true);
+    req["top_logprobs"] = json!(3);
+    let (code, v) = s.post("/api/generate", req.clone());
+    assert_eq!(code, 200, "{v}");
+    let lps = v["logprobs"].as_array().unwrap();
+    assert_eq!(lps.len() as u64, v["eval_count"].as_u64().unwrap(), "{v}");
+    let text: String = lps.iter().map(|lp| check_logprob(lp, 3)).collect();
+    assert_eq!(text, v["response"].as_str().unwrap());
+    // streamed: each chunk carries its token's
+    req["stream"] = json!(true);
+    let (code, lines) = s.ndjson("/api/generate", req.clone());
+    assert_eq!(code, 200);
+    let streamed: Vec<&Value> = lines
+        .iter()
+        .filter_map(|l| l["logprobs"].as_array())
+        .flatten()
+        .collect();
+    assert_eq!(streamed.len(), lps.len());
+    for (a, b) in streamed.iter().zip(lps) {
+        assert_eq!(a["token"], b["token"]);
+        assert!((a["logprob"].as_f64().unwrap() - b["logprob"].as_f64().unwrap()).abs() < 1e-4);
+    }
+    // without top_logprobs: no alternatives; without logprobs: none at all
+    req["stream"] = json!(false);
+    req["top_logprobs"] = json!(0);
+    let (_, v) = s.post("/api/generate", req.clone());
+    assert!(v["logprobs"][0].get("top_logprobs").is_none(), "{v}");
+    assert!(v["logprobs"][0]["logprob"].as_f64().unwrap() <= 0.0);
+    let (_, v) = s.post("/api/generate", greedy("Hi", 2));
+    assert!(v.get("logprobs").is_none(), "{v}");
+    // chat, and OpenAI's chat
+    let msgs = json!([{"role": "user", "content": "Say hello."}]);
+    let (code, v) = s.post(
+        "/api/chat",
+        json!({"model": "smollm2:135m", "messages": msgs, "stream": false, "logprobs": true,
+               "top_logprobs": 2, "options": {"temperature": 0, "num_predict": 6}}),
+    );
+    assert_eq!(code, 200, "{v}");
+    let lps = v["logprobs"].as_array().unwrap();
+    assert_eq!(lps.len() as u64, v["eval_count"].as_u64().unwrap());
+    let text: String = lps.iter().map(|lp| check_logprob(lp, 2)).collect();
+    assert_eq!(text, v["message"]["content"].as_str().unwrap());
+    let (code, v) = s.post(
+        "/v1/chat/completions",
+        json!({"model": "smollm2:135m", "messages": msgs, "logprobs": true, "top_logprobs": 2,
+               "max_tokens": 6, "temperature": 0}),
+    );
+    assert_eq!(code, 200, "{v}");
+    let content = v["choices"][0]["logprobs"]["content"].as_array().unwrap();
+    assert_eq!(
+        content.len() as u64,
+        v["usage"]["completion_tokens"].as_u64().unwrap()
+    );
+    let text: String = content.iter().map(|lp| check_logprob(lp, 2)).collect();
+    assert_eq!(
+        text,
+        v["choices"][0]["message"]["content"].as_str().unwrap()
+    );
+}
+
+/// A Go template that renders tools, tool calls and results, thinking, and
+/// a suffix (fill in the middle), over SmolLM2's chat format.
+const TOOLS_TEMPLATE: &str = r#"{{- if .Suffix }}<|im_start|>user
+Fill in the blank: {{ .Prompt }}___{{ .Suffix }}<|im_end|>
+<|im_start|>assistant
+{{ else }}
+{{- if .Tools }}<|im_start|>system
+You may call these tools by answering with JSON: {{ range .Tools }}{{ .Function.Name }} ({{ .Function.Description }}) {{ end }}<|im_end|>
+{{ end }}
+{{- range .Messages }}<|im_start|>{{ .Role }}
+{{ if .ToolCalls }}{{ range .ToolCalls }}{"name": "{{ .Function.Name }}", "arguments": {{ json .Function.Arguments }}}{{ end }}
+{{- else }}{{ if .Thinking }}<think>{{ .Thinking }}</think>{{ end }}{{ .Content }}{{ end }}<|im_end|>
+{{ end }}<|im_start|>assistant
+{{ end }}"#;
+
+#[test]
+fn a_template_with_tools_thinking_and_suffix() {
+    let Some(model) = smol_path("a_template_with_tools_thinking_and_suffix") else {
+        return;
+    };
+    let s = start(&model, &[]);
+    let (code, v) = s.post(
+        "/api/create",
+        json!({"model": "tooly:v1", "from": "smollm2:135m", "template": TOOLS_TEMPLATE, "stream": false}),
+    );
+    assert_eq!(code, 200, "{v}");
+    let (_, show) = s.post("/api/show", json!({"model": "tooly:v1"}));
+    assert_eq!(
+        show["capabilities"],
+        json!(["completion", "tools", "insert", "thinking"]),
+        "{show}"
+    );
+    let tools = json!([{"type": "function", "function": {"name": "get_weather",
+        "description": "the weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]);
+    let chat = |extra: Value| {
+        let mut b = json!({"model": "tooly:v1", "stream": false,
+                           "messages": [{"role": "user", "content": "What is the weather in Paris?"}],
+                           "options": {"temperature": 0, "num_predict": 40}});
+        b.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        let (code, v) = s.post("/api/chat", b);
+        assert_eq!(code, 200, "{v}");
+        v
+    };
+    // the tools are rendered into the prompt
+    let plain = chat(json!({"think": false}));
+    let with_tools = chat(json!({"tools": tools, "think": false}));
+    let count = |v: &Value| v["prompt_eval_count"].as_u64().unwrap();
+    assert!(
+        count(&with_tools) > count(&plain) + 5,
+        "{plain} {with_tools}"
+    );
+    // a thinking model thinks unless told not to; output without the tags
+    // is all content, the same as with think:false
+    let thinking = chat(json!({}));
+    assert_eq!(thinking["message"]["content"], plain["message"]["content"]);
+    assert!(thinking["message"].get("thinking").is_none(), "{thinking}");
+    // a tool call, forced by a schema: parsed into message.tool_calls
+    let call_schema = json!({"type": "object", "additionalProperties": false,
+        "required": ["name", "arguments"],
+        "properties": {"name": {"type": "string", "enum": ["get_weather"]},
+                       "arguments": {"type": "object", "additionalProperties": false, "required": ["city"],
+                                     "properties": {"city": {"type": "string", "maxLength": 12}}}}});
+    let v = chat(json!({"tools": tools, "format": call_schema}));
+    let calls = v["message"]["tool_calls"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{v}"));
+    assert_eq!(calls.len(), 1, "{v}");
+    assert_eq!(calls[0]["function"]["name"], "get_weather");
+    assert_eq!(calls[0]["function"]["index"], 0);
+    assert!(calls[0]["function"]["arguments"]["city"].is_string(), "{v}");
+    let id = calls[0]["id"].as_str().unwrap();
+    assert!(id.starts_with("call_") && id.len() == 13, "{id}");
+    assert_eq!(v["message"]["content"], "");
+    // streamed, the call arrives in a chunk
+    let mut b = json!({"model": "tooly:v1", "tools": tools, "format": call_schema,
+                       "messages": [{"role": "user", "content": "What is the weather in Paris?"}],
+                       "options": {"temperature": 0, "num_predict": 40}});
+    let (code, lines) = s.ndjson("/api/chat", b.clone());
+    assert_eq!(code, 200);
+    let streamed: Vec<&Value> = lines
+        .iter()
+        .filter_map(|l| l["message"]["tool_calls"].as_array())
+        .flatten()
+        .collect();
+    assert_eq!(streamed.len(), 1, "{lines:?}");
+    assert_eq!(streamed[0]["function"], calls[0]["function"]);
+    // OpenAI: tool_calls with arguments as a string, finish_reason tool_calls
+    b["stream"] = json!(false);
+    b["response_format"] =
+        json!({"type": "json_schema", "json_schema": {"name": "call", "schema": call_schema}});
+    b.as_object_mut().unwrap().remove("format");
+    b["max_tokens"] = json!(40);
+    b["temperature"] = json!(0);
+    let (code, v) = s.post("/v1/chat/completions", b);
+    assert_eq!(code, 200, "{v}");
+    let choice = &v["choices"][0];
+    assert_eq!(choice["finish_reason"], "tool_calls", "{v}");
+    let call = &choice["message"]["tool_calls"][0];
+    assert_eq!(call["type"], "function");
+    assert_eq!(call["function"]["name"], "get_weather");
+    let args: Value =
+        serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+    assert_eq!(args, calls[0]["function"]["arguments"]);
+    // a call and its result render as the next turn's history
+    let history = json!([
+        {"role": "user", "content": "What is the weather in Paris?"},
+        {"role": "assistant", "content": "", "tool_calls": [{"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
+        {"role": "tool", "content": "18 degrees and sunny", "tool_name": "get_weather"}]);
+    let v = chat(json!({"tools": tools, "messages": history, "think": false}));
+    assert!(count(&v) > count(&with_tools) + 10, "{v}");
+    let (code, v) = s.post(
+        "/v1/chat/completions",
+        json!({"model": "tooly:v1", "tools": tools, "max_tokens": 4, "messages": [
+            {"role": "user", "content": "What is the weather in Paris?"},
+            {"role": "assistant", "tool_calls": [{"id": "call_1", "type": "function",
+                "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "18 degrees"}]}),
+    );
+    assert_eq!(code, 200, "{v}");
+    let (code, v) = s.post(
+        "/v1/chat/completions",
+        json!({"model": "tooly:v1", "messages": [
+            {"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": "{bad"}}]}]}),
+    );
+    assert_eq!(
+        (code, &v["error"]["message"]),
+        (400, &json!("invalid tool call arguments"))
+    );
+    // fill in the middle: the suffix goes through the template
+    let fim = |suffix: Value| {
+        let mut b = greedy("def add(a, b):", 4);
+        b["model"] = json!("tooly:v1");
+        b["suffix"] = suffix;
+        let (code, v) = s.post("/api/generate", b);
+        assert_eq!(code, 200, "{v}");
+        count(&v)
+    };
+    assert!(
+        fim(json!("    return c")) > fim(json!("")),
+        "the suffix is rendered"
+    );
+    let (code, v) = s.post(
+        "/v1/completions",
+        json!({"model": "tooly:v1", "prompt": "def add(a, b):", "suffix": "    return c", "max_tokens": 2}),
+    );
+    assert_eq!(code, 200, "{v}");
+    // a template whose prompt opens the reasoning: the output is thinking
+    // until the closing tag (SmolLM2 never writes it), split as it streams
+    let opens = "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ if .Thinking }}<think>{{ .Thinking }}</think>{{ end }}\
+                 {{ .Content }}<|im_end|>\n{{ end }}<|im_start|>assistant\n<think>\n";
+    let (code, v) = s.post(
+        "/api/create",
+        json!({"model": "opens:v1", "from": "smollm2:135m", "template": opens, "stream": false}),
+    );
+    assert_eq!(code, 200, "{v}");
+    let ask = |think: Value, stream: bool| {
+        json!({"model": "opens:v1", "think": think, "stream": stream,
+               "messages": [{"role": "user", "content": "Why is the sky blue?"}],
+               "options": {"temperature": 0, "num_predict": 12}})
+    };
+    let (_, plain) = s.post("/api/chat", ask(json!(false), false));
+    let text = plain["message"]["content"].as_str().unwrap();
+    assert!(
+        !text.trim().is_empty() && !text.contains("</think>"),
+        "{plain}"
+    );
+    let (_, v) = s.post("/api/chat", ask(Value::Null, false));
+    assert_eq!(
+        v["message"]["thinking"].as_str(),
+        Some(text.trim_start()),
+        "{v}"
+    );
+    assert_eq!(v["message"]["content"], "");
+    let (_, lines) = s.ndjson("/api/chat", ask(json!(true), true));
+    let streamed: String = lines
+        .iter()
+        .filter_map(|l| l["message"]["thinking"].as_str())
+        .collect();
+    assert_eq!(streamed, text.trim_start());
+    let (code, v) = s.post(
+        "/v1/chat/completions",
+        json!({"model": "opens:v1", "max_tokens": 12, "temperature": 0,
+               "messages": [{"role": "user", "content": "Why is the sky blue?"}]}),
+    );
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(
+        v["choices"][0]["message"]["reasoning"].as_str(),
+        Some(text.trim_start()),
+        "{v}"
+    );
+}

@@ -18,7 +18,7 @@
 
 mod exec;
 mod lex;
-mod parse;
+pub(crate) mod parse;
 
 use std::rc::Rc;
 
