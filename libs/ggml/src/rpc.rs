@@ -198,7 +198,11 @@ fn rpc_reg() -> Result<sys::ggml_backend_reg_t, Error> {
     let reg = unsafe { sys::ggml_backend_reg_by_name(c"RPC".as_ptr()) };
     if reg.is_null() {
         return Err(Error {
-            kind: ErrorKind::Backend("RPC (not in this build: GGML_RPC=ON)".into()),
+            kind: ErrorKind::Backend(
+                "RPC (not in this build: a ggml built before .cargo/config.toml set \
+                 GGML_RPC=ON stays without it; run `cargo clean -p llama-cpp-sys-2` and build again)"
+                    .into(),
+            ),
         });
     }
     Ok(reg)
