@@ -292,13 +292,18 @@ fn parameters_text(params: Option<&str>) -> Option<String> {
     Some(lines.join("\n"))
 }
 
-/// A parameter's value as Go's `%#v` prints it: a string quoted with its
-/// quotes, backslashes and control characters escaped (a `stop` of `"\n"`
-/// stays on its line), anything else as JSON.
+/// A parameter's value as Go's `%#v` prints it: a string as [`go_quote`]
+/// (a `stop` of `"\n"` stays on its line), anything else as JSON.
 fn plain(v: &Value) -> String {
-    let Value::String(s) = v else {
-        return v.to_string();
-    };
+    match v {
+        Value::String(s) => go_quote(s),
+        _ => v.to_string(),
+    }
+}
+
+/// `s` quoted as Go's `%q` (and `%#v`) quote a string: its quotes,
+/// backslashes and control characters escaped, so it stays on one line.
+pub(crate) fn go_quote(s: &str) -> String {
     let mut out = String::from("\"");
     for c in s.chars() {
         match c {

@@ -4,7 +4,7 @@
 use serde_json::Value;
 use template::TemplateCaps;
 
-use crate::api::Found;
+use crate::api::{go_quote, Found};
 use crate::http::ApiError;
 
 /// What a model can do.
@@ -65,7 +65,7 @@ pub(crate) fn parse_think(v: Option<&Value>) -> Result<Option<bool>, ApiError> {
         }
         Some(Value::String(s)) => Err(ApiError::bad(format!(
             "invalid think value: {} (must be \"high\", \"medium\", \"low\", \"max\", true, or false)",
-            quote(s)
+            go_quote(s)
         ))),
         Some(_) => Err(ApiError::bad(
             "think must be a boolean or string (\"high\", \"medium\", \"low\", \"max\", true, or false)",
@@ -100,7 +100,7 @@ pub(crate) fn check(found: &Found, caps: &Caps, asks: &Asks) -> Result<Option<bo
     } else if asks.think == Some(true) {
         return Err(ApiError::bad(format!(
             "{} does not support thinking",
-            quote(asks.model)
+            go_quote(asks.model)
         )));
     } else {
         asks.think
@@ -108,7 +108,7 @@ pub(crate) fn check(found: &Found, caps: &Caps, asks: &Asks) -> Result<Option<bo
     if !caps.has("completion") {
         return Err(ApiError::bad(format!(
             "{} does not support {}",
-            quote(asks.model),
+            go_quote(asks.model),
             asks.verb
         )));
     }
@@ -154,11 +154,6 @@ pub(crate) fn parse_logprobs(req: &Value) -> Result<Option<usize>, ApiError> {
         }
         _ => None,
     })
-}
-
-/// `s` quoted as Go's `%q` quotes a plain name.
-fn quote(s: &str) -> String {
-    serde_json::to_string(s).unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -15,8 +15,8 @@ use runner::{InferOptions, RunResult};
 use serde_json::{json, Value};
 
 use crate::api::{
-    collect, done_reason, find, keep_alive, parse_messages, required_model, run_options, shaper,
-    start_chat, str_field, tools, Found, Piece, Run, RunSpec,
+    collect, done_reason, find, go_quote, keep_alive, parse_messages, required_model, run_options,
+    shaper, start_chat, str_field, tools, Found, Piece, Run, RunSpec,
 };
 use crate::caps::{self, parse_logprobs, Asks};
 use crate::http::{json, json_route, read_json, stream_response, ApiError};
@@ -176,7 +176,7 @@ fn think_from_effort(req: &Value) -> Result<Option<bool>, ApiError> {
         "minimal" | "low" | "medium" | "high" | "max" | "xhigh" | "ultra" => Ok(Some(true)),
         e => Err(ApiError::bad(format!(
             "invalid reasoning value: {} (must be \"minimal\", \"low\", \"medium\", \"high\", \"xhigh\", \"ultra\", \"max\", or \"none\")",
-            serde_json::to_string(e).unwrap_or_default()
+            go_quote(e)
         ))),
     }
 }
