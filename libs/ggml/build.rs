@@ -1,6 +1,7 @@
 //! Compiles our own CPU kernels (src/kernels.c) for the instruction sets rustc
-//! compiles this build for (the kernel is empty where AVX-512 VNNI is not
-//! among them, and ggml's own product is used instead), and reads the RPC
+//! compiles this build for (empty without AVX2, FMA and F16C, and the prompt
+//! kernel without AVX-512 F, BW, VL and VNNI: ggml's own products are used
+//! instead), and reads the RPC
 //! protocol version from the ggml-rpc.h that llama-cpp-sys-2 installed
 //! (`rpc.rs` speaks its hello handshake).
 

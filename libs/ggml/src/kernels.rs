@@ -1,7 +1,8 @@
 //! Our own CPU kernels, as ggml custom ops: the matrix products of
-//! generation (a few activation columns) for Q4_1, Q8_0 and Q5_0 weights, equal to
-//! ggml's bit for bit but doing less per weight block, with software
-//! prefetch (src/kernels.c).
+//! generation (a few activation columns) for Q4_1, Q8_0 and Q5_0 weights, and
+//! of prompts (many columns) for Q4_1 and, where AVX-512 VNNI is compiled in,
+//! Q8_0 and Q5_0; equal to ggml's bit for bit but doing less per weight block
+//! (src/kernels.c).
 
 use std::cell::RefCell;
 use std::ffi::{c_int, c_void};
@@ -10,11 +11,14 @@ use crate::{sys, Context, Tensor, Type};
 
 extern "C" {
     fn llpipe_kernels_available() -> c_int;
+    fn llpipe_gemm_available() -> c_int;
+    /// Bytes of scratch `llpipe_rows` needs.
+    fn llpipe_scratch_bytes(kind: c_int, nb: c_int, n_cols: c_int) -> usize;
     /// `dst[c * dst_stride + r]` = row `r` of `w` (`kind`: 0 Q4_1, 1 Q8_0,
     /// 2 Q5_0) · column `c` of `y` (quantized to the matching type), rows
     /// `r0..r1`, columns `0..n_cols`, `nb` blocks of 32 a row; strides in
-    /// bytes except `dst_stride`, in floats; `scales` is room for
-    /// `n_cols * nb * 2` floats.
+    /// bytes except `dst_stride`, in floats; `scratch` is room for
+    /// `llpipe_scratch_bytes` bytes.
     fn llpipe_rows(
         kind: c_int,
         w: *const c_void,
@@ -27,21 +31,20 @@ extern "C" {
         n_cols: c_int,
         dst: *mut f32,
         dst_stride: usize,
-        scales: *mut f32,
+        scratch: *mut c_void,
     );
 }
 
-/// Most activation columns (tokens) the Q8_0 and Q5_0 kernels take: for
-/// more rows ggml uses tinyBLAS, which adds in another order (a prompt batch
-/// then stays ggml's). Q4_1 has no such kernel in ggml (vec_dot for any
-/// batch), so ours takes every batch.
+/// Most activation columns (tokens) the Q8_0 and Q5_0 kernels take where
+/// the prompt kernel is not compiled in (then ggml's tinyBLAS does prompts).
 const MAX_COLS_Q8_0: i64 = 8;
 
 thread_local! {
     /// Activations quantized for the dot products, per ggml worker thread.
     static QUANTIZED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-    /// Room for the activations' block scales as floats, per thread.
-    static SCALES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// Room for the activations' block scales as floats, and the prompt
+    /// kernel's packed blocks, per thread (u64s: aligned for the floats).
+    static SCRATCH: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Whether the kernels were compiled in (x86-64 with AVX2, FMA and F16C).
@@ -50,12 +53,19 @@ pub(crate) fn available() -> bool {
     unsafe { llpipe_kernels_available() != 0 }
 }
 
+/// Whether Q8_0 and Q5_0 matrices times more than [`MAX_COLS_Q8_0`]
+/// columns go to our prompt kernel (AVX-512 VNNI, VL and BW compiled in).
+pub(crate) fn gemm_available() -> bool {
+    // SAFETY: no arguments; returns a constant.
+    unsafe { llpipe_gemm_available() != 0 }
+}
+
 /// Whether `a · bᵀ` goes to our kernels: a plain (not repacked, 2-D) Q4_1
-/// matrix, or a Q8_0 or Q5_0 one times at most [`MAX_COLS_Q8_0`] columns, times
-/// contiguous f32 columns.
+/// matrix, or a Q8_0 or Q5_0 one (times at most [`MAX_COLS_Q8_0`] columns
+/// without the prompt kernel), times contiguous f32 columns.
 pub(crate) fn takes(a: Tensor, b: Tensor) -> bool {
     let (an, bn) = (a.ne(), b.ne());
-    let max_cols = if a.ty() == Type::Q4_1 {
+    let max_cols = if a.ty() == Type::Q4_1 || gemm_available() {
         i64::MAX
     } else {
         MAX_COLS_Q8_0
@@ -133,8 +143,9 @@ unsafe extern "C" fn mul_mat_op(
             return;
         }
         QUANTIZED.with_borrow_mut(|q| {
-            SCALES.with_borrow_mut(|scales| {
-                scales.resize(n as usize * (k / 32) as usize * 2, 0.0);
+            SCRATCH.with_borrow_mut(|scratch| {
+                let bytes = llpipe_scratch_bytes(kind, (k / 32) as c_int, n as c_int);
+                scratch.resize(bytes.div_ceil(8), 0);
                 q.resize(row * n as usize, 0);
                 let xd = (*x).data as *const u8;
                 for c in 0..n as usize {
@@ -153,7 +164,7 @@ unsafe extern "C" fn mul_mat_op(
                     n as c_int,
                     (*dst).data as *mut f32,
                     (*dst).nb[1] / 4,
-                    scales.as_mut_ptr(),
+                    scratch.as_mut_ptr() as *mut c_void,
                 );
             })
         });

@@ -381,6 +381,80 @@ fn mul_mat_with(own: bool, ty: Type, k: usize, m: usize, n: usize) -> (Vec<f32>,
     (out, own && used)
 }
 
+/// A prompt-sized product (Gemma 3 270M's FFN: 640 x 2048 times 512 columns)
+/// by our prompt kernel equals ggml's (tinyBLAS) bit for bit; prints the
+/// best of 5 times of each (the kernel's speed claim in kernels.c).
+#[test]
+fn prompt_kernel_equals_tinyblas_at_model_size() {
+    if !kernels::gemm_available() {
+        println!(
+            "prompt kernel: SKIPPED: not compiled for this CPU (needs AVX-512 F, BW, VL, VNNI)"
+        );
+        return;
+    }
+    let (k, m, n) = (640usize, 2048usize, 512usize);
+    for ty in [Type::Q5_0, Type::Q8_0] {
+        // SAFETY: pure size computation.
+        let row = unsafe { sys::ggml_row_size(ty.0, k as i64) };
+        let wf: Vec<f32> = (0..k * m)
+            .map(|i| (i * 2654435761usize % 1000) as f32 / 500.0 - 1.0)
+            .collect();
+        let mut wq = vec![0u8; row * m];
+        // SAFETY: `wf` holds m rows of k floats, `wq` m quantized rows.
+        unsafe {
+            sys::ggml_quantize_chunk(
+                ty.0,
+                wf.as_ptr(),
+                wq.as_mut_ptr().cast(),
+                0,
+                m as i64,
+                k as i64,
+                std::ptr::null(),
+            );
+        }
+        let xf: Vec<f32> = (0..k * n)
+            .map(|i| (i * 40503usize % 997) as f32 / 498.5 - 1.0)
+            .collect();
+        let mut plans = vec![];
+        for own in [false, true] {
+            let mut plan = Plan::new(Backend::cpu(2).unwrap(), 64, ());
+            plan.use_own_kernels(own);
+            plan.build(|ctx, _, _, _| {
+                let w = ctx.input(ty, &[k as i64, m as i64]);
+                let x = ctx.input(Type::F32, &[k as i64, n as i64]);
+                Built {
+                    inputs: vec![Some(w), Some(x)],
+                    outputs: vec![ctx.mul_mat(w, x)],
+                }
+            });
+            plan.alloc().unwrap();
+            plan.input(0).unwrap().set_bytes(&wq);
+            plan.input(1).unwrap().set_f32(&xf);
+            plans.push(plan);
+        }
+        let mut best = [f64::MAX; 2];
+        for _ in 0..5 {
+            for (i, p) in plans.iter_mut().enumerate() {
+                let t = std::time::Instant::now();
+                p.compute().unwrap();
+                best[i] = best[i].min(t.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+        let (want, got) = (plans[0].output(0).to_f32(), plans[1].output(0).to_f32());
+        assert_eq!(want.len(), m * n);
+        let differ = want
+            .iter()
+            .zip(&got)
+            .filter(|(a, b)| a.to_bits() != b.to_bits())
+            .count();
+        assert_eq!(differ, 0, "{ty:?}: {differ} of {} values differ", m * n);
+        println!(
+            "{ty:?} {k}x{m}x{n}: tinyBLAS {:.2} ms, ours {:.2} ms (best of 5, 2 threads)",
+            best[0], best[1]
+        );
+    }
+}
+
 #[test]
 fn own_kernels_equal_ggml_bit_for_bit() {
     if !kernels::available() {
@@ -390,7 +464,7 @@ fn own_kernels_equal_ggml_bit_for_bit() {
     // odd row counts, 1 to 8 columns (Q4_1: up to 64, across column blocks), two threads
     for ty in [Type::Q4_1, Type::Q8_0, Type::Q5_0] {
         for (k, m) in [(96, 37), (576, 64), (1536, 129)] {
-            let ns: &[usize] = if ty == Type::Q4_1 {
+            let ns: &[usize] = if ty == Type::Q4_1 || kernels::gemm_available() {
                 &[1, 2, 3, 4, 5, 7, 8, 9, 17, 33, 64]
             } else {
                 &[1, 2, 3, 4, 5, 6, 7, 8]
