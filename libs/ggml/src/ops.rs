@@ -21,8 +21,9 @@ impl Context {
         self.wrap(unsafe { sys::ggml_get_rows(self.ptr(), a.raw(), idx.raw()) })
     }
     /// `a · bᵀ` in ggml's convention: `a [k, m]`, `b [k, n]` → `[m, n]`.
-    /// With [`Context::use_own_kernels`], a Q4_1 or Q8_0 matrix times a few columns
-    /// (generation) goes to our kernel, which gives ggml's result bit for bit.
+    /// With [`Context::use_own_kernels`], a Q4_1, Q8_0 or Q5_0 matrix goes to
+    /// our kernels (for Q8_0 and Q5_0 times many columns only where the
+    /// prompt kernel is compiled in), which give ggml's result bit for bit.
     pub fn mul_mat<'c>(&'c self, a: impl Into<T<'c>>, b: impl Into<T<'c>>) -> Tensor<'c> {
         let (a, b) = (a.into(), b.into());
         if self.own_kernels.get() && crate::kernels::takes(a, b) {
