@@ -18,7 +18,7 @@ use serde_json::{json, Map, Value};
 use crate::caps::{self, parse_logprobs, parse_think, Asks, Caps};
 use crate::http::{empty_ok, json, json_route, now, read_json, rfc3339, stream_response, ApiError};
 use crate::log::Log;
-use crate::options::{apply_options, parse_keep_alive, random_seed};
+use crate::options::{apply_load_options, apply_options, parse_keep_alive, random_seed};
 use crate::reply::{Delta, Shaper};
 use crate::sched::{KeepAlive, Lease, LoadRequest, ModelInfo, Report, SchedError, Work};
 use crate::App;
@@ -543,6 +543,9 @@ pub(crate) fn run_options(app: &App, f: &Found, options: &Value) -> Result<Infer
     o.sampler.seed = random_seed();
     if let Some(p) = &f.params {
         o.apply_params(p).map_err(ApiError::internal)?;
+        if let Ok(Value::Object(obj)) = serde_json::from_str::<Value>(p) {
+            apply_load_options(&mut o, &obj)?;
+        }
     }
     apply_options(&mut o, options)?;
     Ok(o)

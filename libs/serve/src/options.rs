@@ -104,8 +104,51 @@ pub(crate) fn apply_options(o: &mut runner::InferOptions, opts: &Value) -> Resul
     if let Some(Value::String(s)) = clean.get("stop") {
         clean.insert("stop".into(), Value::from(vec![s.clone()]));
     }
-    o.apply_params(&Value::Object(clean).to_string())
-        .map_err(|e| ApiError::internal(e.replace("params ", "option ")))
+    o.apply_params(&Value::Object(clean.clone()).to_string())
+        .map_err(|e| ApiError::internal(e.replace("params ", "option ")))?;
+    apply_load_options(o, &clean)
+}
+
+/// The load-time options runner's params leave alone: `num_thread` (0: the
+/// server's; at most the CPUs there are), `num_batch` (below 1: the
+/// server's; at most the context), `num_gpu` (negative: the server's; in a
+/// GPU build its layers, else ignored, as Ollama ignores it on a CPU) and `use_mmap`. A model with other values than the loaded one's
+/// loads again (`sched`). `obj`: a request's cleaned `options` or a
+/// model's params layer.
+pub(crate) fn apply_load_options(
+    o: &mut runner::InferOptions,
+    obj: &Map<String, Value>,
+) -> Result<(), ApiError> {
+    let int = |k: &str| -> Result<Option<i64>, ApiError> {
+        match obj.get(k) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v.as_f64().map(|n| Some(n.trunc() as i64)).ok_or_else(|| {
+                ApiError::internal(format!("option \"{k}\" must be of type integer"))
+            }),
+        }
+    };
+    if let Some(n) = int("num_thread")?.filter(|&n| n > 0) {
+        let cpus = std::thread::available_parallelism().map_or(1, |c| c.get());
+        o.n_threads = (n as u64).min(cpus as u64) as usize;
+    }
+    if let Some(n) = int("num_batch")?.filter(|&n| n > 0) {
+        o.n_batch = (n as u64).min(o.n_ctx.max(1) as u64) as usize;
+    }
+    if let Some(n) = int("num_gpu")?.filter(|&n| n >= 0) {
+        if engine::llama_cpp::supports_gpu_offload() {
+            o.gpu_layers = i32::try_from(n).unwrap_or(i32::MAX);
+        }
+    }
+    match obj.get("use_mmap") {
+        None | Some(Value::Null) => {}
+        Some(Value::Bool(b)) => o.no_mmap = !b,
+        Some(_) => {
+            return Err(ApiError::internal(
+                "option \"use_mmap\" must be of type boolean",
+            ))
+        }
+    }
+    Ok(())
 }
 
 /// A seed from the clock, for requests that give none (Ollama's -1).
@@ -155,5 +198,41 @@ mod tests {
         let e = apply_options(&mut o, &json!({"top_k": "x"})).unwrap_err();
         assert_eq!(e.status, 500);
         assert_eq!(e.msg, "option \"top_k\" must be of type integer");
+    }
+
+    #[test]
+    fn load_time_options_bounded_and_typed() {
+        let cpus = std::thread::available_parallelism().map_or(1, |c| c.get());
+        let server = runner::InferOptions {
+            n_ctx: 1024,
+            n_threads: 1,
+            ..Default::default()
+        };
+        let mut o = server.clone();
+        apply_options(
+            &mut o,
+            &json!({"num_thread": 1e12, "num_batch": 100000, "use_mmap": false, "num_gpu": 99}),
+        )
+        .unwrap();
+        assert_eq!((o.n_threads, o.n_batch, o.no_mmap), (cpus, 1024, true));
+        if !engine::llama_cpp::supports_gpu_offload() {
+            assert_eq!(o.gpu_layers, 0, "num_gpu ignored without a GPU build");
+        }
+        // 0, negative or absent: the server's
+        let mut o = server.clone();
+        apply_options(
+            &mut o,
+            &json!({"num_thread": 0, "num_batch": -1, "num_gpu": -1, "use_mmap": null}),
+        )
+        .unwrap();
+        assert_eq!(
+            (o.n_threads, o.n_batch, o.gpu_layers, o.no_mmap),
+            (1, server.n_batch, 0, false)
+        );
+        let e = apply_options(&mut o, &json!({"use_mmap": "no"})).unwrap_err();
+        assert_eq!(e.status, 500);
+        assert_eq!(e.msg, "option \"use_mmap\" must be of type boolean");
+        let e = apply_options(&mut o, &json!({"num_thread": "2"})).unwrap_err();
+        assert_eq!(e.status, 500);
     }
 }

@@ -86,8 +86,31 @@ pub struct LoadRequest {
     pub keep_alive: KeepAlive,
 }
 
-/// A loaded model's identity: the same file with the same context.
-type Key = (PathBuf, usize);
+/// A loaded model's identity: the same file with the same load-time
+/// options (Ollama reloads its one runner when they change; here a request
+/// with other values gets a copy of its own, as with another context).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Key {
+    model: PathBuf,
+    n_ctx: usize,
+    n_batch: usize,
+    n_threads: usize,
+    gpu_layers: i32,
+    no_mmap: bool,
+}
+
+impl Key {
+    fn of(load: &InferOptions) -> Key {
+        Key {
+            model: load.model.clone(),
+            n_ctx: load.n_ctx,
+            n_batch: load.n_batch,
+            n_threads: load.n_threads,
+            gpu_layers: load.gpu_layers,
+            no_mmap: load.no_mmap,
+        }
+    }
+}
 
 /// What a worker reports about a job.
 #[derive(Debug)]
@@ -148,7 +171,7 @@ impl Runner {
     pub fn n_ctx(&self) -> usize {
         match &*self.ready.borrow() {
             Some(Ok(n)) => *n,
-            _ => self.key.1,
+            _ => self.key.n_ctx,
         }
     }
 }
@@ -218,7 +241,7 @@ impl Scheduler {
         let keys: Vec<Key> = st
             .runners
             .iter()
-            .filter(|(k, r)| k.0 == model && self.inner.idle(r))
+            .filter(|(k, r)| k.model == model && self.inner.idle(r))
             .map(|(k, _)| k.clone())
             .collect();
         for k in keys {
@@ -239,7 +262,7 @@ impl Scheduler {
             return Err(SchedError::Busy);
         }
         let _pending = Pending(&inner.pending);
-        let key: Key = (req.load.model.clone(), req.load.n_ctx);
+        let key = Key::of(&req.load);
         loop {
             let t0 = Instant::now();
             let Some(runner) = self.find_or_spawn(&req, &key) else {

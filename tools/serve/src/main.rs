@@ -46,8 +46,8 @@ use runner::EngineChoice;
 )]
 struct Args {
     /// Context length of each loaded model, capped at the model's; a
-    /// request's num_ctx option loads another copy [default: 4096, or
-    /// OLLAMA_CONTEXT_LENGTH].
+    /// request's num_ctx (or num_thread, num_batch, num_gpu, use_mmap)
+    /// option loads another copy [default: 4096, or OLLAMA_CONTEXT_LENGTH].
     #[arg(long)]
     ctx: Option<usize>,
     /// CPU threads per model [default: physical cores].

@@ -1697,3 +1697,35 @@ fn a_template_with_tools_thinking_and_suffix() {
         "{v}"
     );
 }
+
+#[test]
+fn load_time_options_load_a_copy_of_their_own() {
+    let Some(model) = smol_path("load_time_options_load_a_copy_of_their_own") else {
+        return;
+    };
+    let s = start(&model, &[]);
+    let (code, a) = s.post("/api/generate", greedy("The capital of France is", 8));
+    assert_eq!(code, 200, "{a}");
+    // the server runs 1 thread, mapped: these load a second copy, once
+    let mut req = greedy("The capital of France is", 8);
+    req["options"]["num_thread"] = json!(2);
+    req["options"]["use_mmap"] = json!(false);
+    for _ in 0..2 {
+        let (code, b) = s.post("/api/generate", req.clone());
+        assert_eq!(code, 200, "{b}");
+        assert_eq!(b["response"], a["response"], "threads change no bits");
+        assert_eq!(s.get("/api/ps")["models"].as_array().unwrap().len(), 2);
+    }
+    // out of range or absent values are the server's: the first copy
+    let mut req = greedy("The capital of France is", 8);
+    req["options"]["num_thread"] = json!(0);
+    req["options"]["num_gpu"] = json!(-1);
+    let (code, _) = s.post("/api/generate", req);
+    assert_eq!(code, 200);
+    assert_eq!(s.get("/api/ps")["models"].as_array().unwrap().len(), 2);
+    let mut req = greedy("Hi", 2);
+    req["options"]["use_mmap"] = json!("yes");
+    let (code, v) = s.post("/api/generate", req);
+    assert_eq!(code, 500, "{v}");
+    assert_eq!(v["error"], "option \"use_mmap\" must be of type boolean");
+}
