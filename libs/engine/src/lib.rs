@@ -2,6 +2,7 @@
 #![deny(missing_docs)]
 
 pub mod llama_cpp;
+pub mod quantize;
 pub mod tokenizer;
 
 pub mod generate;

@@ -131,7 +131,7 @@ unsafe extern "C" fn quiet_log(
 }
 
 /// Initializes the llama.cpp backend once per process and installs the log filter.
-fn init_backend() {
+pub(crate) fn init_backend() {
     INIT.call_once(|| {
         let verbose = std::env::var("LLPIPE_LLAMA_LOG").is_ok_and(|v| !v.is_empty() && v != "0");
         // SAFETY: plain global initialisation of llama.cpp, run exactly once; the callback

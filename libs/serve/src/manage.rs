@@ -14,6 +14,7 @@
 //! place, so the store never names a missing blob.
 
 use std::collections::BTreeSet;
+use std::path::Path;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -238,6 +239,8 @@ struct CreateReq {
     from: Option<(Name, Option<String>)>,
     /// Whether the source is an uploaded GGUF (`files`).
     gguf: bool,
+    /// `quantize`: the type to quantize the weights to.
+    quantize: Option<engine::quantize::QuantType>,
 }
 
 pub(crate) async fn create(
@@ -253,7 +256,11 @@ pub(crate) async fn create(
             log.model(&m);
         }
         let c = create_request(&req, &store)?;
-        Ok(progress(stream_flag(&req), move |st| create_job(&store, c, st)).await)
+        let threads = app.opts.load.n_threads;
+        Ok(progress(stream_flag(&req), move |st| {
+            create_job(&store, c, threads, st)
+        })
+        .await)
     };
     r.await.unwrap_or_else(ApiError::native)
 }
@@ -263,15 +270,14 @@ pub(crate) async fn create(
 fn create_request(req: &Value, store: &Store) -> Result<CreateReq, ApiError> {
     let model = model_field(req)?;
     let name = Name::parse(&model).map_err(|_| ApiError::bad("invalid model name"))?;
-    if req
-        .get("quantize")
-        .and_then(Value::as_str)
-        .is_some_and(|q| !q.is_empty())
-    {
-        return Err(ApiError::bad(
-            "quantize is not supported: create from a GGUF file that is already quantized",
-        ));
-    }
+    let quantize = match req.get("quantize") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(q)) if q.is_empty() => None,
+        Some(Value::String(q)) => {
+            Some(engine::quantize::QuantType::parse(q).map_err(ApiError::bad)?)
+        }
+        Some(_) => return Err(ApiError::bad("quantize must be a string")),
+    };
     if req
         .get("adapters")
         .and_then(Value::as_object)
@@ -401,6 +407,7 @@ fn create_request(req: &Value, store: &Store) -> Result<CreateReq, ApiError> {
         modelfile,
         from,
         gguf,
+        quantize,
     })
 }
 
@@ -415,7 +422,7 @@ fn blob_set(store: &Store) -> BTreeSet<String> {
         .unwrap_or_default()
 }
 
-fn create_job(store: &Store, c: CreateReq, st: &Status) -> Result<(), ApiError> {
+fn create_job(store: &Store, c: CreateReq, threads: usize, st: &Status) -> Result<(), ApiError> {
     if let Some((from, base)) = c.from {
         match store.find_manifest(&from) {
             Ok(Some(_)) => {}
@@ -430,14 +437,31 @@ fn create_job(store: &Store, c: CreateReq, st: &Status) -> Result<(), ApiError> 
     let before = blob_set(store);
     // relative paths are taken from blobs/, where only sha256-* files live:
     // a model name never reads as a file
+    let quantize = c.quantize.map(|to| {
+        let st = st.clone();
+        store::Quantize {
+            to: to.name().into(),
+            run: Arc::new(move |src: &Path, dst: &Path, from: &str| {
+                st.say(format!("quantizing {from} model to {}", to.name()));
+                let opts = engine::quantize::QuantizeOptions {
+                    to,
+                    threads,
+                    allow_requantize: false,
+                };
+                engine::quantize::quantize(src, dst, &opts)
+            }),
+        }
+    });
     let opts = store::CreateOptions {
         base_dir: Some(store.blobs_dir()),
+        quantize,
     };
     let doc = store::create(store, &c.name, &c.modelfile, &opts).map_err(|e| match e {
         store::Error::NotFound { .. } => ApiError::not_found(e.to_string()),
-        store::Error::Gguf { .. } | store::Error::Modelfile { .. } | store::Error::Protocol(_) => {
-            ApiError::bad(e.to_string())
-        }
+        store::Error::Gguf { .. }
+        | store::Error::Modelfile { .. }
+        | store::Error::Protocol(_)
+        | store::Error::Unsupported(_) => ApiError::bad(e.to_string()),
         e => ApiError::internal(e.to_string()),
     })?;
     for b in doc.layers.iter() {
@@ -520,7 +544,10 @@ mod tests {
             ]
         );
         let bad = |req: Value| create_request(&req, &store).err().unwrap().msg;
-        assert!(bad(json!({"model": "m", "from": "b", "quantize": "q8_0"})).contains("quantize"));
+        assert_eq!(
+            bad(json!({"model": "m", "from": "b", "quantize": "q9_9"})),
+            "unsupported quantization type q9_9"
+        );
         assert_eq!(
             bad(json!({"model": "m"})),
             "neither 'from' or 'files' was specified"

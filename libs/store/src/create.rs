@@ -15,7 +15,31 @@ use crate::{fsutil, io_err, Digest, Error, Name, Result, Store};
 pub struct CreateOptions {
     /// Relative paths in the Modelfile (FROM, ADAPTER) are taken from here.
     pub base_dir: Option<PathBuf>,
+    /// Quantize the weights (an F16, BF16 or F32 model's) on the way in.
+    pub quantize: Option<Quantize>,
 }
+
+/// A quantizer for [`CreateOptions::quantize`] (the store does not know
+/// how: `engine::quantize` does).
+#[derive(Clone)]
+pub struct Quantize {
+    /// The target type's name (`Q4_K_M`).
+    pub to: String,
+    /// Writes a quantized copy of the GGUF at the first path to the second,
+    /// given the source's file type (`F16`); an error is one line.
+    #[allow(clippy::type_complexity)]
+    pub run:
+        std::sync::Arc<dyn Fn(&Path, &Path, &str) -> std::result::Result<(), String> + Send + Sync>,
+}
+
+impl std::fmt::Debug for Quantize {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Quantize").field("to", &self.to).finish()
+    }
+}
+
+/// File types [`Quantize`] starts from.
+const QUANTIZABLE: &[&str] = &["F32", "F16", "BF16"];
 
 /// Creates `name` from a Modelfile: the GGUF (or the base model's layers),
 /// then one layer per text (template, system, each license, params,
@@ -41,14 +65,7 @@ pub fn create(
     };
     let from_path = resolve_path(from);
     let (mut layers, mut config) = if from_path.is_file() {
-        let info = GgufInfo::read(&from_path)?;
-        let digest = import_file(store, &from_path)?;
-        let layer = Descriptor {
-            media_type: media::MODEL.into(),
-            digest,
-            size: info.size,
-            extra: Map::new(),
-        };
+        let (layer, info) = model_layer(store, &from_path, opts.quantize.as_ref())?;
         (vec![layer], info.config())
     } else if looks_like_path(from) {
         return Err(Error::Other(format!("FROM {from}: no such GGUF file")));
@@ -61,7 +78,21 @@ pub fn create(
             path: format!("config of {}", stored.short()),
             why: e.to_string(),
         })?;
-        (m.layers, cfg)
+        match &opts.quantize {
+            None => (m.layers, cfg),
+            Some(q) => {
+                // the base's weights, quantized, in place of its model layer
+                let at = m.layers.iter().position(|l| l.media_type == media::MODEL);
+                let at = at.ok_or_else(|| {
+                    Error::Other(format!("model {} has no weights layer", stored.short()))
+                })?;
+                let mut layers = m.layers;
+                let (layer, info) =
+                    model_layer(store, &store.blob_path(&layers[at].digest), Some(q))?;
+                layers[at] = layer;
+                (layers, info.config())
+            }
+        }
     };
 
     let set =
@@ -157,6 +188,44 @@ pub fn create(
     let bytes = manifest.to_bytes();
     store.write_manifest(name, &bytes)?;
     store.model_doc(name, &bytes)
+}
+
+/// The model layer of the GGUF at `src`: the file itself, or a quantized
+/// copy of it (written beside the blobs, imported, removed).
+fn model_layer(
+    store: &Store,
+    src: &Path,
+    quantize: Option<&Quantize>,
+) -> Result<(Descriptor, GgufInfo)> {
+    let info = GgufInfo::read(src)?;
+    let (digest, info) = match quantize {
+        None => (import_file(store, src)?, info),
+        Some(q) => {
+            if !QUANTIZABLE.contains(&info.file_type.as_str()) {
+                // Ollama's words
+                return Err(Error::Unsupported(
+                    "quantization is only supported for F16 and F32 models".into(),
+                ));
+            }
+            fsutil::create_dirs_safely(store.root(), &store.blobs_dir())?;
+            let tmp = fsutil::temp_path_for(&store.blobs_dir().join("quantize"));
+            let _ = std::fs::remove_file(&tmp);
+            let result = (|| -> Result<(Digest, GgufInfo)> {
+                (q.run)(src, &tmp, &info.file_type).map_err(Error::Other)?;
+                let out = GgufInfo::read(&tmp)?;
+                Ok((import_file(store, &tmp)?, out))
+            })();
+            let _ = std::fs::remove_file(&tmp);
+            result?
+        }
+    };
+    let layer = Descriptor {
+        media_type: media::MODEL.into(),
+        digest,
+        size: info.size,
+        extra: Map::new(),
+    };
+    Ok((layer, info))
 }
 
 fn looks_like_path(s: &str) -> bool {

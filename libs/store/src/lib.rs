@@ -42,7 +42,7 @@ use std::path::{Path, PathBuf};
 pub use archive::{
     export, export_file, import, ExportReport, ImportOptions, ImportReport, REF_NAME,
 };
-pub use create::{create, CreateOptions};
+pub use create::{create, CreateOptions, Quantize};
 pub use fsutil::atomic_write;
 pub use manage::{copy, list, remove, ListEntry, RemoveReport};
 pub use manifest::{ConfigV2, Descriptor, Manifest, RootFs};
@@ -112,6 +112,9 @@ pub enum Error {
     /// An export archive that is malformed, truncated or does not check out.
     #[error("refusing archive: {0}")]
     Archive(String),
+    /// A request this input cannot satisfy (quantizing a quantized model).
+    #[error("{0}")]
+    Unsupported(String),
     /// Anything else worth one line.
     #[error("{0}")]
     Other(String),

@@ -87,6 +87,7 @@ fn create_writes_ollama_layout_and_shapes() {
         &mf,
         &CreateOptions {
             base_dir: Some(t.root().to_path_buf()),
+            ..Default::default()
         },
     )
     .unwrap();

@@ -78,3 +78,42 @@ fn creates_from_a_modelfile_and_prints_the_document() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("unknown parameter \"bogus\""));
 }
+
+#[test]
+fn quantize_refuses_unknown_types_and_quantized_models() {
+    let t = TestStore::new();
+    let gguf = t.root().join("m.gguf");
+    std::fs::write(&gguf, tiny_llama()).unwrap();
+    let o = t.run(
+        bin("model-create"),
+        &["m", "--gguf", gguf.to_str().unwrap(), "--quantize", "q9_9"],
+        b"",
+    );
+    let (code, _, stderr) = out3(&o);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("unsupported quantization type q9_9"),
+        "{stderr}"
+    );
+    // a Q4_1 model: Ollama's words, and nothing written
+    let smol = pipeline_tests::models_dir().join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    if !smol.exists() {
+        println!(
+            "quantize of a quantized model: SKIPPED: {} missing",
+            smol.display()
+        );
+        return;
+    }
+    let o = t.run(
+        bin("model-create"),
+        &["m", "--gguf", smol.to_str().unwrap(), "-q", "q8_0"],
+        b"",
+    );
+    let (code, _, stderr) = out3(&o);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("quantization is only supported for F16 and F32 models"),
+        "{stderr}"
+    );
+    assert_eq!(t.files(), vec!["m.gguf".to_string()]);
+}

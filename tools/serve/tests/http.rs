@@ -1729,3 +1729,87 @@ fn load_time_options_load_a_copy_of_their_own() {
     assert_eq!(code, 500, "{v}");
     assert_eq!(v["error"], "option \"use_mmap\" must be of type boolean");
 }
+
+#[test]
+fn create_with_quantize() {
+    let Some(model) = smol_path("create_with_quantize") else {
+        return;
+    };
+    let s = start(&model, &[]);
+    let refused = |body: Value| {
+        let (code, v) = s.post("/api/create", body);
+        assert_eq!(code, 400, "{v}");
+        v["error"].as_str().unwrap().to_string()
+    };
+    assert_eq!(
+        refused(
+            json!({"model": "q:1", "from": "smollm2:135m", "quantize": "q8_0", "stream": false})
+        ),
+        "quantization is only supported for F16 and F32 models"
+    );
+    assert_eq!(
+        refused(json!({"model": "q:1", "from": "smollm2:135m", "quantize": "q9_9"})),
+        "unsupported quantization type q9_9"
+    );
+    assert_eq!(s.get("/api/tags")["models"].as_array().unwrap().len(), 1);
+
+    // an F16 model (SmolLM2's Q4_1 weights widened), uploaded, quantized to Q8_0
+    let dir = tempfile::tempdir().unwrap();
+    let f16 = dir.path().join("f16.gguf");
+    let opts = engine::quantize::QuantizeOptions {
+        to: engine::quantize::QuantType::parse("f16").unwrap(),
+        threads: 2,
+        allow_requantize: true,
+    };
+    engine::quantize::quantize(&model, &f16, &opts).unwrap();
+    let bytes = std::fs::read(&f16).unwrap();
+    let digest = protocol::Digest::of_bytes(&bytes).to_string();
+    assert_eq!(blob_post(&s, &digest, &bytes).0, 201);
+    drop(bytes);
+    let (code, lines) = s.ndjson(
+        "/api/create",
+        json!({"model": "smol:q8", "files": {"f16.gguf": digest}, "quantize": "q8_0"}),
+    );
+    assert_eq!(code, 200, "{lines:?}");
+    let st = statuses(&lines);
+    assert_eq!(
+        st[..2],
+        ["parsing GGUF", "quantizing F16 model to Q8_0"],
+        "{st:?}"
+    );
+    assert_eq!(
+        st[st.len() - 2..],
+        ["writing manifest", "success"],
+        "{st:?}"
+    );
+    let (code, show) = s.post("/api/show", json!({"model": "smol:q8"}));
+    assert_eq!(code, 200, "{show}");
+    assert_eq!(show["details"]["quantization_level"], "Q8_0", "{show}");
+    let mut req = greedy("The capital of France is", 4);
+    req["model"] = json!("smol:q8");
+    req["raw"] = json!(true);
+    let (code, v) = s.post("/api/generate", req);
+    assert_eq!(code, 200, "{v}");
+    assert!(v["response"].as_str().unwrap().contains("Paris"), "{v}");
+
+    // from a model: its other layers stay, its weights are quantized
+    let (code, lines) = s.ndjson(
+        "/api/create",
+        json!({"model": "smol:f16", "files": {"f16.gguf": digest}, "system": "Be brief."}),
+    );
+    assert_eq!(code, 200, "{lines:?}");
+    let (code, v) = s.post(
+        "/api/create",
+        json!({"model": "smol:q4", "from": "smol:f16", "quantize": "Q4_K_M", "stream": false}),
+    );
+    assert_eq!((code, v["status"].as_str()), (200, Some("success")), "{v}");
+    let (code, show) = s.post("/api/show", json!({"model": "smol:q4"}));
+    assert_eq!(code, 200, "{show}");
+    assert_eq!(show["details"]["quantization_level"], "Q4_K_M", "{show}");
+    assert_eq!(show["system"], "Be brief.");
+    // nothing but blobs left behind
+    for e in std::fs::read_dir(s.store.root().join("blobs")).unwrap() {
+        let name = e.unwrap().file_name().into_string().unwrap();
+        assert!(name.starts_with("sha256-"), "{name} left in blobs/");
+    }
+}
