@@ -27,7 +27,7 @@ use runner::EngineChoice;
 /// /api/generate, /api/chat, GET /api/ps, POST /api/copy, DELETE
 /// /api/delete, HEAD|POST /api/blobs/sha256:HEX, POST /api/pull, /api/push
 /// (to and from OCI registries; NDJSON progress), /api/create (from a model,
-/// or from an uploaded GGUF blob named by digest), /api/embed,
+/// or from an uploaded GGUF blob named by digest; `quantize` for an F16/F32 one), /api/embed,
 /// /api/embeddings, POST /v1/chat/completions, /v1/completions,
 /// /v1/embeddings, GET /v1/models, /v1/models/NAME. Generation takes
 /// `format` ("json" or a JSON schema; OpenAI's `response_format`) for
