@@ -414,6 +414,113 @@ static void i8_gemm(const void *w, size_t w_stride, int64_t r0, int64_t r1, int 
         }
     }
 }
+
+// Q4_1 weights times many Q8_1 columns, ggml's vec_dot_q4_1_q8_1 per
+// output bit for bit (as dotn): acc += (d·d') · sum4(q · q') per block (q
+// unsigned already: no sign trick to undo), summs += m · s' in block order,
+// then hsum(acc) + summs; in the same 8-row tiles, two rows per register,
+// the summs of a column's 8 rows in one 256-bit register. 4 columns a
+// tile: the summs take the registers a fifth and sixth column would.
+#define Q41_TILE_N 4
+
+// Row group: nibbles (32 bytes) per row and block, a pair in 64 bytes; d
+// as 8 floats per row (a pair's 16 lanes); m of the 8 rows as 8 floats.
+static void pack_rows_q4_1(const void *w, size_t w_stride, int64_t r, int rm, int nb,
+                           uint8_t *ap, float *ad, float *am) {
+    for (int l = 0; l < nb; l++)
+        for (int i = 0; i < TILE_M; i++) {
+            uint8_t *dst = ap + ((size_t)l * TILE_M + i) * 32;
+            float *d = ad + ((size_t)l * TILE_M + i) * 8;
+            if (i >= rm) {
+                memset(dst, 0, 32);
+                _mm256_storeu_ps(d, _mm256_setzero_ps());
+                am[l * TILE_M + i] = 0;
+                continue;
+            }
+            const block_q4_1 *b = &((const block_q4_1 *)((const char *)w + (r + i) * w_stride))[l];
+            _mm256_storeu_si256((__m256i *)dst, nibbles(b->qs));
+            const __m128 dm = dm_of(b);
+            _mm256_storeu_ps(d, _mm256_set1_ps(_mm_cvtss_f32(dm)));
+            am[l * TILE_M + i] = _mm_cvtss_f32(_mm_movehdup_ps(dm));
+        }
+}
+
+static inline __attribute__((always_inline)) void q4_1_tile(
+    const uint8_t *ap, const float *ad, const float *am, const void *y, size_t y_stride,
+    const float *ys, int nb, int c, int rn, int np, int rm, int64_t r, float *dst,
+    size_t dst_stride) {
+    __m512 acc[Q41_TILE_N][TILE_M / 2];
+    __m256 summs[Q41_TILE_N];
+    for (int j = 0; j < rn; j++) {
+        summs[j] = _mm256_setzero_ps();
+        for (int p = 0; p < np; p++) acc[j][p] = _mm512_setzero_ps();
+    }
+    for (int l = 0; l < nb; l++) {
+        __m512i a[TILE_M / 2];
+        __m512 da[TILE_M / 2];
+        for (int p = 0; p < np; p++) {
+            a[p] = _mm512_loadu_si512(ap + ((size_t)l * TILE_M + 2 * p) * 32);
+            da[p] = _mm512_loadu_ps(ad + ((size_t)l * TILE_M + 2 * p) * 8);
+        }
+        const __m256 m = _mm256_loadu_ps(am + l * TILE_M);
+        for (int j = 0; j < rn; j++) {
+            const block_q8_1 *b = &((const block_q8_1 *)((const char *)y + (c + j) * y_stride))[l];
+            const __m512i q = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)b->qs));
+            const float *s = ys + ((size_t)(c + j) * nb + l) * 2;  // [d', s']
+            const __m512 db = _mm512_set1_ps(s[0]);
+            summs[j] = _mm256_fmadd_ps(m, _mm256_set1_ps(s[1]), summs[j]);
+            for (int p = 0; p < np; p++) {
+                const __m512i sum = _mm512_dpbusd_epi32(_mm512_setzero_si512(), a[p], q);
+                acc[j][p] = _mm512_fmadd_ps(_mm512_mul_ps(da[p], db), _mm512_cvtepi32_ps(sum),
+                                            acc[j][p]);
+            }
+        }
+    }
+    for (int j = 0; j < rn; j++) {
+        float sm[8];
+        _mm256_storeu_ps(sm, summs[j]);
+        for (int p = 0; p < np; p++) {
+            float lo, hi;
+            hsum_halves(acc[j][p], &lo, &hi);
+            dst[(c + j) * dst_stride + r + 2 * p] = lo + sm[2 * p];
+            if (2 * p + 1 < rm) dst[(c + j) * dst_stride + r + 2 * p + 1] = hi + sm[2 * p + 1];
+        }
+    }
+}
+
+#define Q41_CASE(P, N)                                                                       \
+    case (P) * 8 + (N):                                                                      \
+        q4_1_tile(ap, ad, am, y, y_stride, ys, nb, c, N, P, rm, r, dst, dst_stride);         \
+        break;
+#define Q41_ROW(P) Q41_CASE(P, 1) Q41_CASE(P, 2) Q41_CASE(P, 3) Q41_CASE(P, 4)
+
+// Bytes of scratch q4_1_gemm needs besides the columns' scales.
+static size_t q4_1_gemm_scratch(int nb) {
+    return 64 + (size_t)nb * TILE_M * (32 + 8 * sizeof(float) + sizeof(float));
+}
+
+// As llpipe_q4_1_rows, for many columns; ys holds each column's [d, s]
+// per block as floats.
+static void q4_1_gemm(const void *w, size_t w_stride, int64_t r0, int64_t r1, int nb,
+                      const void *y, size_t y_stride, int n_cols, float *dst, size_t dst_stride,
+                      const float *ys, void *scratch) {
+    char *p = (char *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63);
+    uint8_t *ap = (uint8_t *)p;
+    p += (size_t)nb * TILE_M * 32;
+    float *ad = (float *)p;
+    p += (size_t)nb * TILE_M * 8 * sizeof(float);
+    float *am = (float *)p;
+    for (int64_t r = r0; r < r1; r += TILE_M) {
+        const int rm = r1 - r < TILE_M ? (int)(r1 - r) : TILE_M;
+        pack_rows_q4_1(w, w_stride, r, rm, nb, ap, ad, am);
+        for (int c = 0; c < n_cols; c += Q41_TILE_N) {
+            const int rn = n_cols - c < Q41_TILE_N ? n_cols - c : Q41_TILE_N;
+            switch ((rm + 1) / 2 * 8 + rn) {
+                Q41_ROW(1) Q41_ROW(2) Q41_ROW(3) Q41_ROW(4)
+            }
+        }
+    }
+}
 #endif
 
 // dst[c * dst_stride + r] = row r of w · column c of y, for rows r0..r1 and
@@ -491,6 +598,7 @@ size_t llpipe_scratch_bytes(int type, int nb, int n_cols) {
     size_t bytes = (size_t)n_cols * nb * 2 * sizeof(float);
 #ifdef GEMM
     if ((type == 1 || type == 2) && n_cols > GEMM_MIN_COLS) bytes = gemm_scratch(nb, n_cols);
+    if (type == 0 && n_cols > GEMM_MIN_COLS) bytes += q4_1_gemm_scratch(nb);
 #else
     (void)type;
 #endif
@@ -514,8 +622,24 @@ void llpipe_rows(int type, const void *w, size_t w_stride, int64_t r0, int64_t r
         i8_rows(w, w_stride, r0, r1, nb, y, y_stride, n_cols, dst, dst_stride, scales, 0);
     else if (type == 2)
         i8_rows(w, w_stride, r0, r1, nb, y, y_stride, n_cols, dst, dst_stride, scales, 1);
-    else
+    else {
+#ifdef GEMM
+        if (n_cols > GEMM_MIN_COLS) {
+            // the columns' scales first, as llpipe_q4_1_rows keeps them
+            for (int c = 0; c < n_cols; c++) {
+                const block_q8_1 *yc = (const block_q8_1 *)((const char *)y + c * y_stride);
+                for (int i = 0; i < nb; i++) {
+                    scales[(c * nb + i) * 2] = f16(yc[i].d);
+                    scales[(c * nb + i) * 2 + 1] = f16(yc[i].s);
+                }
+            }
+            q4_1_gemm(w, w_stride, r0, r1, nb, y, y_stride, n_cols, dst, dst_stride, scales,
+                      scales + (size_t)n_cols * nb * 2);
+            return;
+        }
+#endif
         llpipe_q4_1_rows(w, w_stride, r0, r1, nb, y, y_stride, n_cols, dst, dst_stride, scales);
+    }
 #else
     (void)type, (void)w, (void)w_stride, (void)r0, (void)r1, (void)nb, (void)y;
     (void)y_stride, (void)n_cols, (void)dst, (void)dst_stride, (void)scratch;

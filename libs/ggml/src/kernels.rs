@@ -1,8 +1,9 @@
 //! Our own CPU kernels, as ggml custom ops: the matrix products of
 //! generation (a few activation columns) for Q4_1, Q8_0 and Q5_0 weights, and
-//! of prompts (many columns) for Q4_1 and, where AVX-512 VNNI is compiled in,
-//! Q8_0 and Q5_0; equal to ggml's bit for bit but doing less per weight block
-//! (src/kernels.c).
+//! of prompts (many columns) for Q4_1, Q8_0 and Q5_0 (tiles of two rows per
+//! 512-bit register where AVX-512 VNNI is compiled in; else Q4_1 four columns
+//! at a time and ggml's tinyBLAS for the others); equal to ggml's bit for bit
+//! but doing less per weight block (src/kernels.c).
 
 use std::cell::RefCell;
 use std::ffi::{c_int, c_void};
