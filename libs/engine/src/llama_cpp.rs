@@ -592,7 +592,10 @@ impl<'m> LlamaContext<'m> {
     /// `steps` lists `(sequence, position, token)`, each sequence at most
     /// once. Row `i` of the logits ([`LlamaContext::logits_ith`]) is the one
     /// after `steps[i]`. With a cache per sequence and the CPU's kernels a
-    /// row equals what decoding that token alone gives (tested below).
+    /// row equals what decoding that token alone gives (tested below),
+    /// except with weights repacked for the CPU (`ModelOptions::repack`:
+    /// Q4_K and a few other types), whose kernel for four or more rows
+    /// rounds apart from the one-row kernel.
     pub fn step(&mut self, steps: &[(usize, usize, i32)]) -> Result<()> {
         if steps.is_empty() {
             return Err(ErrorKind::EmptyBatch.into());
@@ -1091,6 +1094,58 @@ mod tests {
         let bad = |e: Error| matches!(e.kind(), ErrorKind::BadSequence { .. });
         assert!(bad(ctx.step(&[(0, 20, 1), (0, 21, 1)]).unwrap_err()));
         assert!(bad(ctx.decode_seq(3, &[1], 0).unwrap_err()));
+    }
+
+    /// Gemma 3 (Q4_K) on four sequences, with the weights as the file has
+    /// them: each sequence's greedy tokens equal its run alone. With
+    /// `repack` (llama.cpp's CPU repacking of Q4_K and a few other types)
+    /// a step of four or more rows runs the repacked gemm kernel, which
+    /// rounds apart from the one-row gemv: on this model one of these four
+    /// prompts then leaves its lone path within 12 tokens (a near-tie; with
+    /// flash attention too), so that case is not pinned.
+    #[test]
+    fn gemma3_steps_of_four_sequences_equal_runs_alone_unrepacked() {
+        let m = LlamaModel::load(
+            &model_path("gemma-3-270m-q4_k_m.gguf"),
+            &ModelOptions {
+                repack: false,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let prompts: Vec<Vec<i32>> = ["Paris", "Water", "Cats", "Music"]
+            .iter()
+            .map(|p| {
+                let text = format!("{p} is one of the most interesting topics because");
+                m.tokenize(&text, true, false).unwrap()
+            })
+            .collect();
+        let one = ContextOptions {
+            n_ctx: 256,
+            n_threads: 2,
+            ..Default::default()
+        };
+        let mut alone = LlamaContext::new(&m, &one).unwrap();
+        let want: Vec<Vec<i32>> = prompts
+            .iter()
+            .map(|p| alone.greedy(p, 12).unwrap())
+            .collect();
+        let mut ctx = LlamaContext::new(&m, &ContextOptions { n_seq: 4, ..one }).unwrap();
+        let mut got: Vec<Vec<i32>> = vec![vec![]; 4];
+        for (s, p) in prompts.iter().enumerate() {
+            ctx.decode_seq(s, p, 0).unwrap();
+            got[s].push(argmax(ctx.logits_last().unwrap()));
+        }
+        for _ in 1..12 {
+            let steps: Vec<(usize, usize, i32)> = (0..4)
+                .map(|s| (s, ctx.n_past_of(s), *got[s].last().unwrap()))
+                .collect();
+            ctx.step(&steps).unwrap();
+            for (i, &(s, _, _)) in steps.iter().enumerate() {
+                got[s].push(argmax(ctx.logits_ith(i).unwrap()));
+            }
+        }
+        assert_eq!(got, want);
     }
 
     /// Embeddings mode: one row of `n_embd` per token, the same whether

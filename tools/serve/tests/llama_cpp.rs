@@ -164,7 +164,9 @@ fn endless_then_gone(port: u16, chunks: usize) {
 /// (one request at a time), exactly: the context keeps a cache per
 /// sequence (`kv_unified` off), so a sequence attends over its own cells
 /// as it would alone, and on the CPU a row of a batched matrix product
-/// does not depend on the other rows. The prompts start with different
+/// does not depend on the other rows (SmolLM2's Q4_1 weights are not
+/// repacked; repacked ones, such as Q4_K, round apart in steps of four
+/// rows or more: see engine's `llama_cpp` tests). The prompts start with different
 /// words (no cached prefix changes how a prompt is split into batches).
 /// The streams overlap, and the gone client's slot serves the next request.
 #[test]
