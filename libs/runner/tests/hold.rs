@@ -249,3 +249,38 @@ fn llama_cpp_batched_turns_reuse_their_slot_and_match_one_at_a_time() {
     )
     .unwrap();
 }
+
+/// llama.cpp's engine batching two runs longer than their context: each
+/// sequence makes room on its own (keeps `num_keep`, drops half the rest)
+/// and both runs reach `num_predict`.
+#[test]
+fn llama_cpp_batched_runs_shift_their_own_context() {
+    let o = InferOptions {
+        engine: runner::EngineChoice::LlamaCpp,
+        n_ctx: 256,
+        n_seq: 2,
+        num_predict: Some(400),
+        raw: true,
+        ..options()
+    };
+    let jobs: Vec<(InferOptions, bool)> = ["1 2 3 4 5 6 7 8", "Once upon a time"]
+        .iter()
+        .map(|p| {
+            let opts = InferOptions {
+                prompt: p.to_string(),
+                num_keep: 4,
+                ..o.clone()
+            };
+            (opts, false)
+        })
+        .collect();
+    hold(&o, &mut |h| {
+        assert_eq!(h.n_ctx(), 256);
+        for (text, r) in batched(h, jobs.clone()) {
+            assert_eq!(r.summary.stats.eval_count, 400, "{text}");
+            assert!(r.tokens.len() > 400);
+        }
+        Ok(())
+    })
+    .unwrap();
+}
