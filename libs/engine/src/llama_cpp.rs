@@ -6,6 +6,11 @@
 //! It is also the oracle tests compare our tokens and logits with, and benchmarks time
 //! both engines with it in one process on the same machine.
 //!
+//! A context may hold several sequences (`ContextOptions::n_seq`), each with a
+//! cache of its own: `serve` runs one request in each and decodes one token of
+//! every running request per `llama_decode` ([`LlamaContext::step`]). Embeddings
+//! mode gives the final hidden state of every token ([`LlamaContext::hidden`]).
+//!
 //! llama.cpp's vocabulary functions index `std::vector`s with `at()`, which throws a C++
 //! exception for an unknown token id, and an exception must not cross `extern "C"`
 //! into Rust (that aborts the process). So every token id and output row is checked
