@@ -3,10 +3,11 @@
 # `llama-server` (built by scripts/build-peers.sh from the llama.cpp tree of
 # the llama-cpp-python sdist, same instruction sets), on SmolLM2:
 #
-#   bash scripts/bench-serve.sh [ROUNDS] [THREADS] [N_GEN]
+#   bash scripts/bench-serve.sh [ROUNDS] [THREADS] [N_GEN] [ENGINE]
 #
 # serve: OLLAMA_NUM_PARALLEL=4 (continuous batching), --ctx 2048 per
-# sequence; llama-server: -np 4 -c 8192 (2048 per slot, as Ollama starts it),
+# sequence, --engine ENGINE (native, the default, or llama.cpp: its engine
+# in process, batching the same way); llama-server: -np 4 -c 8192 (2048 per slot, as Ollama starts it),
 # continuous batching on (its default); both with THREADS threads and flash
 # attention (both defaults on the CPU). Each round, alternating which server
 # goes first: the aggregate tokens/s of 4 streaming greedy requests of N_GEN
@@ -18,10 +19,12 @@ cd "$(dirname "$0")/.."
 ROUNDS=${1:-10}
 THREADS=${2:-2}
 N_GEN=${3:-128}
+ENGINE=${4:-native}
 mapfile -t MODELS < <(bash scripts/fetch-models.sh)
 GGUF=${MODELS[0]}
 PEERS=$(bash scripts/build-peers.sh)
 cargo build -q --release -p serve-tool -p model-create
+rel=${CARGO_TARGET_DIR:-target}/release
 work=$(mktemp -d)
 pids=()
 cleanup() {
@@ -41,10 +44,10 @@ wait_port() {
 }
 
 export OLLAMA_MODELS="$work/models"
-target/release/model-create smollm2:135m --gguf "$GGUF" >/dev/null
+"$rel"/model-create smollm2:135m --gguf "$GGUF" >/dev/null
 OURS=$(free_port)
 OLLAMA_HOST="127.0.0.1:$OURS" OLLAMA_NUM_PARALLEL=4 OLLAMA_KEEP_ALIVE=-1 \
-  target/release/serve --threads "$THREADS" --ctx 2048 2>"$work/serve.log" &
+  "$rel"/serve --threads "$THREADS" --ctx 2048 --engine "$ENGINE" 2>"$work/serve.log" &
 pids+=($!)
 PEER=$(free_port)
 LD_LIBRARY_PATH="$PEERS" "$PEERS/llama-server" -m "$GGUF" -np 4 -c 8192 -t "$THREADS" \
@@ -58,5 +61,5 @@ for _ in $(seq 600); do
   sleep 0.1
 done
 
-echo "machine: $(lscpu | sed -n 's/^Model name: *//p' | head -1), $(nproc) cores; threads $THREADS; $ROUNDS rounds"
+echo "machine: $(lscpu | sed -n 's/^Model name: *//p' | head -1), $(nproc) cores; threads $THREADS; $ROUNDS rounds; serve --engine $ENGINE"
 python3 scripts/bench_serve.py "$OURS" "$PEER" "$ROUNDS" "$N_GEN"

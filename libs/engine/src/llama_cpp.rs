@@ -6,6 +6,11 @@
 //! It is also the oracle tests compare our tokens and logits with, and benchmarks time
 //! both engines with it in one process on the same machine.
 //!
+//! A context may hold several sequences (`ContextOptions::n_seq`), each with a
+//! cache of its own: `serve` runs one request in each and decodes one token of
+//! every running request per `llama_decode` ([`LlamaContext::step`]). Embeddings
+//! mode gives the final hidden state of every token ([`LlamaContext::hidden`]).
+//!
 //! llama.cpp's vocabulary functions index `std::vector`s with `at()`, which throws a C++
 //! exception for an unknown token id, and an exception must not cross `extern "C"`
 //! into Rust (that aborts the process). So every token id and output row is checked
@@ -83,6 +88,19 @@ pub enum ErrorKind {
     /// Decoding was asked for an empty token list.
     #[error("cannot decode an empty batch")]
     EmptyBatch,
+    /// A sequence id outside the context's sequences, or one sequence
+    /// twice in one [`LlamaContext::step`].
+    #[error("sequence {seq} is not free in a context of {n_seq} sequences")]
+    BadSequence {
+        /// The id.
+        seq: usize,
+        /// Sequences the context holds.
+        n_seq: usize,
+    },
+    /// The context's pooling is not per token (an embedding model's own
+    /// pooling), which [`LlamaContext::hidden`] does not read.
+    #[error("llama.cpp pools this model's embeddings itself (pooling type {0})")]
+    Pooled(i32),
     /// A token id outside the vocabulary.
     #[error("token id {token} is out of range (vocabulary of {n_vocab})")]
     TokenOutOfRange {
@@ -428,8 +446,12 @@ impl Drop for LlamaModel {
 /// How to create a llama.cpp context.
 #[derive(Debug, Clone)]
 pub struct ContextOptions {
-    /// Context length in tokens.
+    /// Context length in tokens, of each sequence.
     pub n_ctx: u32,
+    /// Sequences the cache holds (llama.cpp's `n_seq_max`), each with `n_ctx`
+    /// cells of its own (`kv_unified` off: a sequence attends over its own
+    /// cells only, as it would alone).
+    pub n_seq: u32,
     /// Logical batch size (tokens per `llama_decode`).
     pub n_batch: u32,
     /// Threads for generation and prompt processing.
@@ -446,6 +468,7 @@ impl Default for ContextOptions {
     fn default() -> Self {
         ContextOptions {
             n_ctx: 4096,
+            n_seq: 1,
             n_batch: 512,
             n_threads: default_threads(),
             type_k: KvType::F16,
@@ -477,10 +500,11 @@ pub struct LlamaContext<'m> {
     /// (without one, every graph computation starts and joins its threads).
     threadpool: *mut sys::ggml_threadpool,
     model: &'m LlamaModel,
+    /// Context length of each sequence.
     n_ctx: u32,
     n_batch: u32,
-    /// Number of positions filled in the KV cache.
-    n_past: i32,
+    /// Positions filled in the KV cache, per sequence.
+    n_past: Vec<usize>,
     /// Number of logits rows available from the last decode.
     n_outputs: usize,
 }
@@ -488,10 +512,13 @@ pub struct LlamaContext<'m> {
 impl<'m> LlamaContext<'m> {
     /// Creates a context.
     pub fn new(model: &'m LlamaModel, opts: &ContextOptions) -> Result<LlamaContext<'m>> {
+        let n_seq = opts.n_seq.max(1);
         // SAFETY: params are plain data; the model is valid and outlives the context ('m).
         let ctx = unsafe {
             let mut p = sys::llama_context_default_params();
-            p.n_ctx = opts.n_ctx;
+            p.n_ctx = opts.n_ctx.saturating_mul(n_seq);
+            p.n_seq_max = n_seq;
+            p.kv_unified = false;
             p.n_batch = opts.n_batch;
             p.n_ubatch = opts.n_batch;
             p.n_threads = opts.n_threads;
@@ -515,7 +542,8 @@ impl<'m> LlamaContext<'m> {
             if !tp.is_null() {
                 sys::llama_attach_threadpool(ctx.as_ptr(), tp, tp);
             }
-            (sys::llama_n_ctx(ctx.as_ptr()), tp)
+            // llama.cpp rounds each sequence's share up to 256 cells
+            (sys::llama_n_ctx_seq(ctx.as_ptr()), tp)
         };
         Ok(LlamaContext {
             ctx,
@@ -523,7 +551,7 @@ impl<'m> LlamaContext<'m> {
             model,
             n_ctx,
             n_batch: opts.n_batch.max(1),
-            n_past: 0,
+            n_past: vec![0; n_seq as usize],
             n_outputs: 0,
         })
     }
@@ -533,20 +561,160 @@ impl<'m> LlamaContext<'m> {
         self.model
     }
 
-    /// Context length actually allocated.
+    /// Context length actually allocated, of each sequence.
     pub fn n_ctx(&self) -> u32 {
         self.n_ctx
     }
 
-    /// Positions filled so far.
+    /// Sequences the cache holds.
+    pub fn n_seq(&self) -> usize {
+        self.n_past.len()
+    }
+
+    /// Positions filled so far (sequence 0).
     pub fn n_past(&self) -> usize {
-        self.n_past as usize
+        self.n_past[0]
+    }
+
+    /// Positions filled so far in sequence `seq` (0 outside the context's).
+    pub fn n_past_of(&self, seq: usize) -> usize {
+        self.n_past.get(seq).copied().unwrap_or(0)
     }
 
     /// Runs `tokens` at positions `pos0..`, in chunks of `n_batch`, keeping the logits of
     /// the last token (see [`LlamaContext::logits_last`]).
     pub fn decode(&mut self, tokens: &[i32], pos0: usize) -> Result<()> {
-        self.decode_impl(tokens, pos0, false)
+        self.decode_impl(0, tokens, pos0, false)
+    }
+
+    /// [`LlamaContext::decode`] in sequence `seq`.
+    pub fn decode_seq(&mut self, seq: usize, tokens: &[i32], pos0: usize) -> Result<()> {
+        self.check_seq(seq)?;
+        self.decode_impl(seq, tokens, pos0, false)
+    }
+
+    /// One token in each of several sequences, in one `llama_decode`:
+    /// `steps` lists `(sequence, position, token)`, each sequence at most
+    /// once. Row `i` of the logits ([`LlamaContext::logits_ith`]) is the one
+    /// after `steps[i]`. With a cache per sequence and the CPU's kernels a
+    /// row equals what decoding that token alone gives (tested below),
+    /// except with weights repacked for the CPU (`ModelOptions::repack`:
+    /// Q4_K and a few other types), whose kernel for four or more rows
+    /// rounds apart from the one-row kernel.
+    pub fn step(&mut self, steps: &[(usize, usize, i32)]) -> Result<()> {
+        if steps.is_empty() {
+            return Err(ErrorKind::EmptyBatch.into());
+        }
+        if steps.len() > self.n_batch as usize {
+            return Err(ErrorKind::BatchTooLarge {
+                n_tokens: steps.len(),
+                n_batch: self.n_batch,
+            }
+            .into());
+        }
+        let mut seen = vec![false; self.n_seq()];
+        for &(seq, pos, tok) in steps {
+            self.check_seq(seq)?;
+            if std::mem::replace(&mut seen[seq], true) {
+                return Err(self.bad_seq(seq));
+            }
+            self.model.check_token(tok)?;
+            if pos + 1 > self.n_ctx as usize {
+                return Err(ErrorKind::ContextFull {
+                    needed: pos + 1,
+                    n_ctx: self.n_ctx,
+                }
+                .into());
+            }
+        }
+        self.n_outputs = 0;
+        // SAFETY: llama_batch_init allocates arrays for steps.len() tokens with one seq id
+        // each; we write only within those bounds and free it below.
+        let status = unsafe {
+            let b = sys::llama_batch_init(steps.len() as i32, 0, 1);
+            let mut bb = b;
+            bb.n_tokens = steps.len() as i32;
+            for (i, &(seq, pos, tok)) in steps.iter().enumerate() {
+                *bb.token.add(i) = tok;
+                *bb.pos.add(i) = pos as i32;
+                *bb.n_seq_id.add(i) = 1;
+                **bb.seq_id.add(i) = seq as i32;
+                *bb.logits.add(i) = 1;
+            }
+            let status = sys::llama_decode(self.ctx.as_ptr(), bb);
+            sys::llama_batch_free(b);
+            status
+        };
+        if status != 0 {
+            return Err(ErrorKind::Decode {
+                status,
+                pos: steps[0].1 as i32,
+            }
+            .into());
+        }
+        for &(seq, pos, _) in steps {
+            self.n_past[seq] = pos + 1;
+        }
+        self.n_outputs = steps.len();
+        Ok(())
+    }
+
+    /// The final hidden states (after the output norm) of `tokens` run at
+    /// positions `pos0..` in sequence `seq`, `[n_embd] × tokens.len()` row
+    /// after row: llama.cpp's embeddings mode, without its pooling (the
+    /// caller pools). The tokens stay in the cache; no logits are readable
+    /// afterwards.
+    pub fn hidden(&mut self, seq: usize, tokens: &[i32], pos0: usize) -> Result<Vec<f32>> {
+        self.check_seq(seq)?;
+        // SAFETY: ctx is valid.
+        let pooling = unsafe { sys::llama_pooling_type(self.ctx.as_ptr()) };
+        if pooling != sys::LLAMA_POOLING_TYPE_NONE {
+            return Err(ErrorKind::Pooled(pooling as i32).into());
+        }
+        let n_embd = self.model.n_embd();
+        // every token of an embeddings batch is an output, with its logits:
+        // smaller batches keep llama.cpp's output buffer (n_vocab floats a
+        // row) small
+        let chunk = (self.n_batch as usize).min(128);
+        let mut out = Vec::with_capacity(tokens.len() * n_embd);
+        // SAFETY: ctx is valid; embeddings mode is switched off again below.
+        unsafe { sys::llama_set_embeddings(self.ctx.as_ptr(), true) };
+        let mut r = Ok(());
+        for (i, part) in tokens.chunks(chunk).enumerate() {
+            r = self.decode_impl(seq, part, pos0 + i * chunk, true);
+            if r.is_err() {
+                break;
+            }
+            // SAFETY: the decode above kept part.len() output rows of n_embd
+            // floats (pooling none), alive until the next decode.
+            unsafe {
+                let p = sys::llama_get_embeddings(self.ctx.as_ptr());
+                if p.is_null() {
+                    r = Err(self.no_logits(0));
+                    break;
+                }
+                out.extend_from_slice(std::slice::from_raw_parts(p, part.len() * n_embd));
+            }
+        }
+        // SAFETY: as above.
+        unsafe { sys::llama_set_embeddings(self.ctx.as_ptr(), false) };
+        self.n_outputs = 0;
+        r.map(|()| out)
+    }
+
+    fn check_seq(&self, seq: usize) -> Result<()> {
+        match seq < self.n_seq() {
+            true => Ok(()),
+            false => Err(self.bad_seq(seq)),
+        }
+    }
+
+    fn bad_seq(&self, seq: usize) -> Error {
+        ErrorKind::BadSequence {
+            seq,
+            n_seq: self.n_seq(),
+        }
+        .into()
     }
 
     /// Like [`LlamaContext::decode`] but keeps the logits of every token; all tokens must fit
@@ -559,10 +727,10 @@ impl<'m> LlamaContext<'m> {
             }
             .into());
         }
-        self.decode_impl(tokens, pos0, true)
+        self.decode_impl(0, tokens, pos0, true)
     }
 
-    fn decode_impl(&mut self, tokens: &[i32], pos0: usize, all: bool) -> Result<()> {
+    fn decode_impl(&mut self, seq: usize, tokens: &[i32], pos0: usize, all: bool) -> Result<()> {
         if tokens.is_empty() {
             return Err(ErrorKind::EmptyBatch.into());
         }
@@ -595,7 +763,7 @@ impl<'m> LlamaContext<'m> {
                     *b.token.add(i) = t;
                     *b.pos.add(i) = (start + i) as i32;
                     *b.n_seq_id.add(i) = 1;
-                    **b.seq_id.add(i) = 0;
+                    **b.seq_id.add(i) = seq as i32;
                     *b.logits.add(i) = (all || (last_chunk && i + 1 == part.len())) as i8;
                 }
                 sys::llama_decode(self.ctx.as_ptr(), b)
@@ -615,7 +783,7 @@ impl<'m> LlamaContext<'m> {
         // the last chunk's outputs: all its tokens, or its last one
         let last = (tokens.len() - 1) % chunk + 1;
         self.n_outputs = if all { last } else { 1 };
-        self.n_past = needed as i32;
+        self.n_past[seq] = needed;
         Ok(())
     }
 
@@ -681,14 +849,23 @@ impl<'m> LlamaContext<'m> {
     /// Keeps the first `n` positions of the KV cache and removes the rest,
     /// so the next decode may continue at position `n`.
     pub fn truncate(&mut self, n: usize) {
-        let n = n.min(self.n_past());
+        self.truncate_seq(0, n);
+    }
+
+    /// [`LlamaContext::truncate`] for sequence `seq` (nothing outside the
+    /// context's sequences).
+    pub fn truncate_seq(&mut self, seq: usize, n: usize) {
+        if seq >= self.n_seq() {
+            return;
+        }
+        let n = n.min(self.n_past[seq]);
         // SAFETY: ctx is valid; the memory handle belongs to it. Removing a
         // tail of one sequence from a non-recurrent cache does not fail.
         unsafe {
             let mem = sys::llama_get_memory(self.ctx.as_ptr());
-            sys::llama_memory_seq_rm(mem, 0, n as i32, -1);
+            sys::llama_memory_seq_rm(mem, seq as i32, n as i32, -1);
         }
-        self.n_past = n as i32;
+        self.n_past[seq] = n;
         self.n_outputs = 0;
     }
 
@@ -704,17 +881,17 @@ impl<'m> LlamaContext<'m> {
             sys::llama_memory_seq_rm(mem, 0, keep as i32, (keep + discard) as i32);
             sys::llama_memory_seq_add(mem, 0, (keep + discard) as i32, -1, -(discard as i32));
         }
-        self.n_past = (n - discard) as i32; // the last logits stay readable
+        self.n_past[0] = n - discard; // the last logits stay readable
     }
 
-    /// Empties the KV cache.
+    /// Empties the KV cache (every sequence).
     pub fn clear(&mut self) {
         // SAFETY: ctx is valid; the memory handle belongs to it.
         unsafe {
             let mem = sys::llama_get_memory(self.ctx.as_ptr());
             sys::llama_memory_clear(mem, true);
         }
-        self.n_past = 0;
+        self.n_past.fill(0);
         self.n_outputs = 0;
     }
 
@@ -862,6 +1039,150 @@ mod tests {
         let mut ctx = LlamaContext::new(&m, &q8).unwrap();
         let out = ctx.greedy(&p, 8).unwrap();
         assert_eq!(out[..4], [506, 5279, 529, 506]);
+    }
+
+    /// Several sequences in one context, one token of each per decode:
+    /// every sequence's greedy tokens equal its run alone, and cutting one
+    /// back leaves the others be.
+    #[test]
+    fn steps_of_several_sequences_equal_runs_alone() {
+        let m = LlamaModel::load(
+            &model_path("SmolLM2-135M-Instruct.Q4_1.gguf"),
+            &ModelOptions::default(),
+        )
+        .unwrap();
+        let prompts: Vec<Vec<i32>> = [
+            "The capital of France is",
+            "Water boils at a temperature of",
+            "My favourite animal is the",
+        ]
+        .iter()
+        .map(|p| m.tokenize(p, true, false).unwrap())
+        .collect();
+        let one = ContextOptions {
+            n_ctx: 256,
+            n_threads: 2,
+            ..Default::default()
+        };
+        let mut alone = LlamaContext::new(&m, &one).unwrap();
+        let want: Vec<Vec<i32>> = prompts
+            .iter()
+            .map(|p| alone.greedy(p, 8).unwrap())
+            .collect();
+        let mut ctx = LlamaContext::new(&m, &ContextOptions { n_seq: 3, ..one }).unwrap();
+        assert_eq!((ctx.n_seq(), ctx.n_ctx()), (3, 256));
+        let mut got: Vec<Vec<i32>> = vec![vec![]; 3];
+        for (s, p) in prompts.iter().enumerate() {
+            ctx.decode_seq(s, p, 0).unwrap();
+            got[s].push(argmax(ctx.logits_last().unwrap()));
+        }
+        for _ in 1..8 {
+            let steps: Vec<(usize, usize, i32)> = (0..3)
+                .rev() // rows follow the order given, not the sequences'
+                .map(|s| (s, ctx.n_past_of(s), *got[s].last().unwrap()))
+                .collect();
+            ctx.step(&steps).unwrap();
+            for (i, &(s, _, _)) in steps.iter().enumerate() {
+                got[s].push(argmax(ctx.logits_ith(i).unwrap()));
+            }
+        }
+        assert_eq!(got, want);
+        // sequence 1 cut back to its prompt and run again; 0 and 2 untouched
+        let n1 = prompts[1].len();
+        ctx.truncate_seq(1, n1 - 1);
+        ctx.decode_seq(1, &prompts[1][n1 - 1..], n1 - 1).unwrap();
+        assert_eq!(argmax(ctx.logits_last().unwrap()), want[1][0]);
+        let (s0, s2) = (ctx.n_past_of(0), ctx.n_past_of(2));
+        ctx.step(&[(0, s0, want[0][7]), (2, s2, want[2][7])])
+            .unwrap();
+        // a sequence twice, or one outside the context, is refused
+        let bad = |e: Error| matches!(e.kind(), ErrorKind::BadSequence { .. });
+        assert!(bad(ctx.step(&[(0, 20, 1), (0, 21, 1)]).unwrap_err()));
+        assert!(bad(ctx.decode_seq(3, &[1], 0).unwrap_err()));
+    }
+
+    /// Gemma 3 (Q4_K) on four sequences, with the weights as the file has
+    /// them: each sequence's greedy tokens equal its run alone. With
+    /// `repack` (llama.cpp's CPU repacking of Q4_K and a few other types)
+    /// a step of four or more rows runs the repacked gemm kernel, which
+    /// rounds apart from the one-row gemv: on this model one of these four
+    /// prompts then leaves its lone path within 12 tokens (a near-tie; with
+    /// flash attention too), so that case is not pinned.
+    #[test]
+    fn gemma3_steps_of_four_sequences_equal_runs_alone_unrepacked() {
+        let m = LlamaModel::load(
+            &model_path("gemma-3-270m-q4_k_m.gguf"),
+            &ModelOptions {
+                repack: false,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let prompts: Vec<Vec<i32>> = ["Paris", "Water", "Cats", "Music"]
+            .iter()
+            .map(|p| {
+                let text = format!("{p} is one of the most interesting topics because");
+                m.tokenize(&text, true, false).unwrap()
+            })
+            .collect();
+        let one = ContextOptions {
+            n_ctx: 256,
+            n_threads: 2,
+            ..Default::default()
+        };
+        let mut alone = LlamaContext::new(&m, &one).unwrap();
+        let want: Vec<Vec<i32>> = prompts
+            .iter()
+            .map(|p| alone.greedy(p, 12).unwrap())
+            .collect();
+        let mut ctx = LlamaContext::new(&m, &ContextOptions { n_seq: 4, ..one }).unwrap();
+        let mut got: Vec<Vec<i32>> = vec![vec![]; 4];
+        for (s, p) in prompts.iter().enumerate() {
+            ctx.decode_seq(s, p, 0).unwrap();
+            got[s].push(argmax(ctx.logits_last().unwrap()));
+        }
+        for _ in 1..12 {
+            let steps: Vec<(usize, usize, i32)> = (0..4)
+                .map(|s| (s, ctx.n_past_of(s), *got[s].last().unwrap()))
+                .collect();
+            ctx.step(&steps).unwrap();
+            for (i, &(s, _, _)) in steps.iter().enumerate() {
+                got[s].push(argmax(ctx.logits_ith(i).unwrap()));
+            }
+        }
+        assert_eq!(got, want);
+    }
+
+    /// Embeddings mode: one row of `n_embd` per token, the same whether
+    /// read in one batch or in pieces; generation carries on afterwards.
+    #[test]
+    fn hidden_states_per_token() {
+        let m = LlamaModel::load(
+            &model_path("SmolLM2-135M-Instruct.Q4_1.gguf"),
+            &ModelOptions::default(),
+        )
+        .unwrap();
+        let opts = ContextOptions {
+            n_ctx: 256,
+            n_seq: 2,
+            n_threads: 2,
+            ..Default::default()
+        };
+        let mut ctx = LlamaContext::new(&m, &opts).unwrap();
+        let p = m.tokenize("The capital of France is", true, false).unwrap();
+        let h = ctx.hidden(1, &p, 0).unwrap();
+        assert_eq!(h.len(), p.len() * m.n_embd());
+        assert!(h.iter().all(|x| x.is_finite()));
+        assert_eq!(ctx.n_past_of(1), p.len());
+        assert!(ctx.logits_last().is_err(), "no logits after embeddings");
+        ctx.truncate_seq(1, 2);
+        let tail = ctx.hidden(1, &p[2..], 2).unwrap();
+        let n = m.n_embd();
+        for (a, b) in h[2 * n..].iter().zip(&tail) {
+            assert!((a - b).abs() < 1e-3, "{a} vs {b}");
+        }
+        ctx.decode_seq(0, &p, 0).unwrap();
+        assert_eq!(argmax(ctx.logits_last().unwrap()), 7042);
     }
 
     #[test]

@@ -132,6 +132,7 @@ fn main() {
         let m = LlamaModel::load(&model, &mo).expect("load");
         let co = ContextOptions {
             n_ctx: 1024,
+            n_seq: 1,
             n_batch: 512,
             n_threads: threads as i32,
             type_k: kv,

@@ -82,6 +82,7 @@ fn check_on(
     let rm = LlamaModel::load(&path, &mo).unwrap();
     let co = ContextOptions {
         n_ctx: 1024,
+        n_seq: 1,
         n_batch: 512,
         n_threads: THREADS as i32,
         type_k: ref_kv,
@@ -259,6 +260,7 @@ fn context_shift_matches_llama_cpp(model: &str, first_tolerance: f32) {
     let n_ctx = 256;
     let co = ContextOptions {
         n_ctx: n_ctx as u32,
+        n_seq: 1,
         n_batch: 256,
         n_threads: THREADS as i32,
         type_k: KvType::F16,

@@ -4,15 +4,20 @@
 //! cache's sequences are running. A job joining decodes its prompt on its
 //! own (in the slot whose cached tokens share the longest prefix with it,
 //! so a chat's next turn reuses its cells); then every step runs one token
-//! of each running job in a single forward pass ([`engine::session::Session::step`]),
+//! of each running job in a single forward pass ([`engine::session::Session::step`],
+//! or one `llama_decode`: [`engine::llama_cpp::LlamaContext::step`]),
 //! samples each job's next token with its own sampler, and streams it.
 //! A job that ends (end token, `num_predict`, a stop string, its client
 //! gone) frees its slot for the next one at once. Each job's tokens are the
 //! ones it would get alone: a step's logits equal a one-sequence run's bit
-//! for bit (tested in `models/tests/batched.rs`).
+//! for bit (tested in `models/tests/batched.rs`). llama.cpp's context keeps
+//! a cache per sequence, and its rows equal lone runs' too, except where
+//! llama.cpp repacked the weights for the CPU (Q4_K, …): its kernel for
+//! four rows or more rounds apart from the one-row kernel, so a near-tie
+//! may go the other way (`engine`'s `llama_cpp` tests).
 //!
-//! Engines without several sequences (llama.cpp's, or a cache of one) run
-//! the jobs one after another with [`Held::run`].
+//! A cache of one sequence runs the jobs one after another with
+//! [`Held::run`].
 
 use std::time::Instant;
 
@@ -114,7 +119,9 @@ impl Held<'_> {
     /// The embedding of each of `inputs`: the mean of its tokens' final
     /// hidden states (the model's output norm applied), scaled to unit
     /// length, as Ollama returns them. Runs in the cells of sequence `seq`,
-    /// which it leaves empty. Native engine only.
+    /// which it leaves empty. On llama.cpp's engine the hidden states come
+    /// from its embeddings mode (per token, unpooled) and are pooled here
+    /// the same way.
     pub fn embed(
         &mut self,
         inputs: &[String],
@@ -123,9 +130,7 @@ impl Held<'_> {
     ) -> Result<Embedded, String> {
         let tok = self.tok;
         let Some(m) = self.dec.multi() else {
-            return Err(
-                "embeddings need the native engine (this model runs on llama.cpp's)".into(),
-            );
+            return Err("this engine gives no embeddings".into());
         };
         let n_ctx = m.n_ctx();
         let mut out = Embedded::default();

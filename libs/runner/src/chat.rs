@@ -196,7 +196,7 @@ impl Cache for Session<'_> {
 
 impl Cache for LlamaDecode<'_> {
     fn tokens(&self) -> &[i32] {
-        &self.history
+        self.history_of(0)
     }
 }
 

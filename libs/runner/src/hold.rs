@@ -108,8 +108,8 @@ impl CacheDecode for Session<'_> {
     }
 }
 
-/// A decoder of several sequences at once (the native [`Session`]; see
-/// its methods of the same names).
+/// A decoder of several sequences at once: the native [`Session`] (see
+/// its methods of the same names) and llama.cpp's context ([`LlamaDecode`]).
 pub(crate) trait MultiDecode {
     fn n_seq(&self) -> usize;
     fn n_ctx(&self) -> usize;
@@ -150,7 +150,39 @@ impl MultiDecode for Session<'_> {
 
 impl CacheDecode for LlamaDecode<'_> {
     fn tokens(&self) -> &[i32] {
-        &self.history
+        self.history_of(0)
+    }
+    fn multi(&mut self) -> Option<&mut dyn MultiDecode> {
+        Some(self)
+    }
+}
+
+/// llama.cpp's context of several sequences (`n_seq_max`, a cache per
+/// sequence), driven the same way.
+impl MultiDecode for LlamaDecode<'_> {
+    fn n_seq(&self) -> usize {
+        self.seqs.len()
+    }
+    fn n_ctx(&self) -> usize {
+        Decode::n_ctx(self)
+    }
+    fn history_of(&self, seq: usize) -> &[i32] {
+        LlamaDecode::history_of(self, seq)
+    }
+    fn truncate_seq(&mut self, seq: usize, n: usize) {
+        LlamaDecode::truncate_seq(self, seq, n)
+    }
+    fn decode_seq(&mut self, seq: usize, tokens: &[i32]) -> engine::Result<&[f32]> {
+        LlamaDecode::decode_seq(self, seq, tokens)
+    }
+    fn step(&mut self, steps: &[(usize, i32)]) -> engine::Result<&[f32]> {
+        LlamaDecode::step(self, steps)
+    }
+    fn shift_seq(&mut self, seq: usize, num_keep: usize) -> engine::Result<()> {
+        LlamaDecode::shift_seq(self, seq, num_keep)
+    }
+    fn hidden_seq(&mut self, seq: usize, tokens: &[i32]) -> engine::Result<Vec<f32>> {
+        LlamaDecode::hidden_seq(self, seq, tokens)
     }
 }
 

@@ -230,19 +230,25 @@ pub(crate) fn session_options(opts: &InferOptions) -> SessionOptions {
 
 // ---- llama.cpp behind `Decode` ----
 
-/// llama.cpp's engine behind [`Decode`].
+/// llama.cpp's engine behind [`Decode`] (sequence 0) and, through
+/// `hold`'s `MultiDecode`, several sequences at once.
 pub(crate) struct LlamaDecode<'m> {
     pub(crate) ctx: LlamaContext<'m>,
-    pub(crate) history: Vec<i32>,
+    /// The tokens in each sequence's cells.
+    pub(crate) seqs: Vec<Vec<i32>>,
+    /// The last decode's logits: one row, or one per step.
     pub(crate) logits: Vec<f32>,
 }
 
 impl<'m> LlamaDecode<'m> {
-    /// A llama.cpp context for `m` as `opts` asks.
+    /// A llama.cpp context for `m` as `opts` asks: `opts.n_seq` sequences,
+    /// each with the whole context (as the native session's).
     pub(crate) fn new(m: &'m LlamaModel, opts: &InferOptions) -> Result<LlamaDecode<'m>, String> {
         let kv = opts.kv_type;
+        let n_seq = opts.n_seq.max(1);
         let co = ContextOptions {
             n_ctx: opts.n_ctx.min(m.n_ctx_train()) as u32,
+            n_seq: n_seq as u32,
             n_batch: opts.n_batch as u32,
             n_threads: opts.n_threads as i32,
             type_k: kv,
@@ -251,10 +257,76 @@ impl<'m> LlamaDecode<'m> {
         };
         Ok(LlamaDecode {
             ctx: LlamaContext::new(m, &co).map_err(|e| e.to_string())?,
-            history: vec![],
+            seqs: vec![vec![]; n_seq],
             logits: vec![],
         })
     }
+
+    /// The tokens in the cells of sequence `seq`.
+    pub(crate) fn history_of(&self, seq: usize) -> &[i32] {
+        &self.seqs[seq]
+    }
+
+    /// Runs `tokens` after those of sequence `seq`; the logits of the last.
+    pub(crate) fn decode_seq(&mut self, seq: usize, tokens: &[i32]) -> engine::Result<&[f32]> {
+        let pos = self.seqs[seq].len();
+        self.ctx.decode_seq(seq, tokens, pos).map_err(ctx_err)?;
+        self.seqs[seq].extend_from_slice(tokens);
+        self.logits.clear();
+        self.logits
+            .extend_from_slice(self.ctx.logits_last().map_err(ctx_err)?);
+        Ok(&self.logits)
+    }
+
+    /// One token after each of several sequences, in one decode; the
+    /// logits after each, in the order of `steps`.
+    pub(crate) fn step(&mut self, steps: &[(usize, i32)]) -> engine::Result<&[f32]> {
+        let items: Vec<(usize, usize, i32)> = steps
+            .iter()
+            .map(|&(s, t)| (s, self.seqs.get(s).map_or(0, Vec::len), t))
+            .collect();
+        self.ctx.step(&items).map_err(ctx_err)?;
+        self.logits.clear();
+        for (i, &(s, t)) in steps.iter().enumerate() {
+            self.seqs[s].push(t);
+            self.logits
+                .extend_from_slice(self.ctx.logits_ith(i).map_err(ctx_err)?);
+        }
+        Ok(&self.logits)
+    }
+
+    /// Makes room in sequence `seq`: keeps `num_keep` tokens and the later
+    /// half of the rest, decoded again.
+    pub(crate) fn shift_seq(&mut self, seq: usize, num_keep: usize) -> engine::Result<()> {
+        let h = &self.seqs[seq];
+        let n = h.len();
+        let keep = num_keep.min(n.saturating_sub(1));
+        let mut kept = h[..keep].to_vec();
+        kept.extend_from_slice(&h[keep + (n - keep) / 2..]);
+        self.truncate_seq(seq, 0);
+        self.decode_seq(seq, &kept).map(|_| ())
+    }
+
+    /// Forgets the tokens of sequence `seq` after the first `n`.
+    pub(crate) fn truncate_seq(&mut self, seq: usize, n: usize) {
+        if let Some(h) = self.seqs.get_mut(seq) {
+            h.truncate(n);
+            self.ctx.truncate_seq(seq, h.len());
+        }
+    }
+
+    /// The final hidden states of `tokens` run after those of sequence
+    /// `seq`, `[n_embd] × tokens.len()`.
+    pub(crate) fn hidden_seq(&mut self, seq: usize, tokens: &[i32]) -> engine::Result<Vec<f32>> {
+        let pos = self.seqs.get(seq).map_or(0, Vec::len);
+        let h = self.ctx.hidden(seq, tokens, pos).map_err(ctx_err)?;
+        self.seqs[seq].extend_from_slice(tokens);
+        Ok(h)
+    }
+}
+
+fn ctx_err(e: engine::llama_cpp::Error) -> engine::Error {
+    engine::Error::invalid(e.to_string())
 }
 
 impl Decode for LlamaDecode<'_> {
@@ -262,30 +334,15 @@ impl Decode for LlamaDecode<'_> {
         self.ctx.n_ctx() as usize
     }
     fn n_past(&self) -> usize {
-        self.history.len()
+        self.seqs[0].len()
     }
     fn decode(&mut self, tokens: &[i32]) -> engine::Result<&[f32]> {
-        let ctx_err = |e: engine::llama_cpp::Error| engine::Error::invalid(e.to_string());
-        self.ctx
-            .decode(tokens, self.history.len())
-            .map_err(ctx_err)?;
-        self.history.extend_from_slice(tokens);
-        self.logits.clear();
-        self.logits
-            .extend_from_slice(self.ctx.logits_last().map_err(ctx_err)?);
-        Ok(&self.logits)
+        self.decode_seq(0, tokens)
     }
     fn shift(&mut self, num_keep: usize) -> engine::Result<()> {
-        let n = self.history.len();
-        let keep = num_keep.min(n.saturating_sub(1));
-        let mut kept = self.history[..keep].to_vec();
-        kept.extend_from_slice(&self.history[keep + (n - keep) / 2..]);
-        self.ctx.clear();
-        self.history.clear();
-        self.decode(&kept).map(|_| ())
+        self.shift_seq(0, num_keep)
     }
     fn truncate(&mut self, n: usize) {
-        self.history.truncate(n);
-        self.ctx.truncate(self.history.len());
+        self.truncate_seq(0, n)
     }
 }

@@ -108,3 +108,179 @@ fn held_runs_reuse_the_cache_and_match_one_shot_runs() {
     })
     .unwrap();
 }
+
+/// Runs `jobs` together with [`runner::Held::run_batched`]; each one's
+/// text and result, in the order given.
+fn batched(
+    h: &mut runner::Held,
+    jobs: Vec<(InferOptions, bool)>,
+) -> Vec<(String, runner::RunResult)> {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+    /// A job's text so far, and its result once it ends.
+    type Slot = Rc<RefCell<(String, Option<runner::RunResult>)>>;
+    let out: Vec<Slot> = jobs
+        .iter()
+        .map(|_| Rc::new(RefCell::new((String::new(), None))))
+        .collect();
+    let mut tasks: std::collections::VecDeque<runner::Task> = jobs
+        .into_iter()
+        .zip(&out)
+        .map(|((opts, chat), o)| {
+            let (text, done) = (o.clone(), o.clone());
+            runner::Task::Generate(Box::new(runner::BatchJob {
+                opts,
+                chat,
+                context: vec![],
+                cancel: Box::new(|| false),
+                on_event: Box::new(move |ev| {
+                    if let Event::Token { text: t, .. } | Event::Text(t) = ev {
+                        text.borrow_mut().0.push_str(t);
+                    }
+                    Ok(())
+                }),
+                on_done: Box::new(move |r| done.borrow_mut().1 = Some(r.unwrap())),
+            }))
+        })
+        .collect();
+    h.run_batched(&mut |_| tasks.pop_front());
+    out.into_iter()
+        .map(|o| {
+            let (t, r) = o.take();
+            (t, r.expect("the job ended"))
+        })
+        .collect()
+}
+
+/// llama.cpp's engine batching two sequences: a chat's next turn goes to
+/// the slot holding its first turn and reuses those cells, and each
+/// answer equals the one-sequence context's, turn for turn (the same
+/// prompts split into the same batches: turn one, then what turn two adds).
+#[test]
+fn llama_cpp_batched_turns_reuse_their_slot_and_match_one_at_a_time() {
+    let o = InferOptions {
+        engine: runner::EngineChoice::LlamaCpp,
+        batch_invariant: false,
+        ..options()
+    };
+    let first = InferOptions {
+        messages: vec![Message::user("Hi!")],
+        ..o.clone()
+    };
+    let other = InferOptions {
+        prompt: "Volcanoes are interesting because".into(),
+        raw: true,
+        num_predict: Some(16),
+        ..o.clone()
+    };
+    let second = |a: &str| InferOptions {
+        messages: vec![
+            Message::user("Hi!"),
+            Message::assistant(a),
+            Message::user("What is 2+2?"),
+        ],
+        ..o.clone()
+    };
+    // one sequence, one run after another
+    let never = || false;
+    let mut want = vec![];
+    hold(&o, &mut |h| {
+        for (opts, chat) in [(first.clone(), true), (other.clone(), false)] {
+            let mut t = String::new();
+            h.run(
+                &Job {
+                    chat,
+                    ..Job::new(&opts, &never)
+                },
+                &mut |ev| {
+                    if let Event::Token { text, .. } | Event::Text(text) = ev {
+                        t.push_str(text);
+                    }
+                    Ok(())
+                },
+            )?;
+            want.push(t);
+        }
+        Ok(())
+    })
+    .unwrap();
+    hold(
+        &InferOptions {
+            n_seq: 2,
+            ..o.clone()
+        },
+        &mut |h| {
+            assert_eq!(h.n_seq(), 2);
+            let r = batched(h, vec![(first.clone(), true), (other.clone(), false)]);
+            assert_eq!(r[0].0, want[0]);
+            assert_eq!(r[1].0, want[1]);
+            assert_eq!((r[0].1.cached, r[1].1.cached), (0, 0));
+            let next = second(&r[0].0);
+            let r2 = batched(h, vec![(other.clone(), false), (next.clone(), true)]);
+            assert!(r2[1].1.cached > 10, "cached {}", r2[1].1.cached);
+            // the same turn on one sequence, after the same first turn
+            let mut alone = String::new();
+            hold(&o, &mut |h1| {
+                for (opts, i) in [(&first, 0), (&next, 1)] {
+                    let mut t = String::new();
+                    let r = h1.run(
+                        &Job {
+                            chat: true,
+                            ..Job::new(opts, &never)
+                        },
+                        &mut |ev| {
+                            if let Event::Token { text, .. } | Event::Text(text) = ev {
+                                t.push_str(text);
+                            }
+                            Ok(())
+                        },
+                    )?;
+                    assert_eq!(r.cached > 10, i == 1);
+                    alone = t;
+                }
+                Ok(())
+            })?;
+            assert_eq!(r2[1].0, alone);
+            // embeddings on a free slot, between runs
+            let e = h.embed(&["Why is the sky blue?".into()], true, 1)?;
+            assert_eq!(e.embeddings[0].len(), 576);
+            Ok(())
+        },
+    )
+    .unwrap();
+}
+
+/// llama.cpp's engine batching two runs longer than their context: each
+/// sequence makes room on its own (keeps `num_keep`, drops half the rest)
+/// and both runs reach `num_predict`.
+#[test]
+fn llama_cpp_batched_runs_shift_their_own_context() {
+    let o = InferOptions {
+        engine: runner::EngineChoice::LlamaCpp,
+        n_ctx: 256,
+        n_seq: 2,
+        num_predict: Some(400),
+        raw: true,
+        ..options()
+    };
+    let jobs: Vec<(InferOptions, bool)> = ["1 2 3 4 5 6 7 8", "Once upon a time"]
+        .iter()
+        .map(|p| {
+            let opts = InferOptions {
+                prompt: p.to_string(),
+                num_keep: 4,
+                ..o.clone()
+            };
+            (opts, false)
+        })
+        .collect();
+    hold(&o, &mut |h| {
+        assert_eq!(h.n_ctx(), 256);
+        for (text, r) in batched(h, jobs.clone()) {
+            assert_eq!(r.summary.stats.eval_count, 400, "{text}");
+            assert!(r.tokens.len() > 400);
+        }
+        Ok(())
+    })
+    .unwrap();
+}

@@ -8,10 +8,10 @@
 //! the lease frees the slot and starts the model's `keep_alive` timer.
 //!
 //! A runner's thread serves up to `num_parallel` requests together: the
-//! native engine holds that many sequences in its cache and runs one token
-//! of each per forward pass (continuous batching, [`runner::Held::run_batched`]);
-//! a request that ends frees its sequence for the next at once. On
-//! llama.cpp's engine the requests run one after another.
+//! engine (native or llama.cpp's) holds that many sequences in its cache
+//! and runs one token of each per forward pass (continuous batching,
+//! [`runner::Held::run_batched`]); a request that ends frees its sequence
+//! for the next at once.
 
 use std::collections::HashMap;
 use std::path::PathBuf;

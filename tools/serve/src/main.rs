@@ -16,9 +16,10 @@ use runner::EngineChoice;
 /// the loaded models, the least recently used idle one is unloaded first;
 /// OLLAMA_MAX_QUEUE (default 512) bounds the waiting requests, beyond which
 /// they get 503. OLLAMA_NUM_PARALLEL (default 1) requests to one model run
-/// together, one token of each per forward pass (continuous batching; each
-/// with the whole context; llama.cpp's engine runs them one at a time); more
-/// wait. Bound to
+/// together, one token of each per forward pass (continuous batching, on
+/// either engine; each with the whole context); more wait. Embeddings
+/// (/api/embed) are the mean of the final hidden states, unit length, on
+/// either engine. Bound to
 /// loopback, requests whose Host header is not local get 403; browser
 /// origins are allowed as in Ollama, plus OLLAMA_ORIGINS (comma-separated,
 /// `*` wildcards). One log line per request goes to stderr.
