@@ -15,7 +15,7 @@ use futures_util::StreamExt;
 use runner::{InferOptions, Message, RunResult};
 use serde_json::{json, Map, Value};
 
-use crate::caps::{self, parse_logprobs, parse_think, Asks, Granted};
+use crate::caps::{self, parse_logprobs, parse_think, think_level, Asks, Granted};
 use crate::http::{empty_ok, json, json_route, now, read_json, rfc3339, stream_response, ApiError};
 use crate::log::Log;
 use crate::options::{apply_options, parse_keep_alive, random_seed};
@@ -779,6 +779,7 @@ async fn generate_inner(
         model: &name,
         verb: "generate",
         think: parse_think(req.get("think"))?,
+        think_level: think_level(req.get("think")),
         tools: None,
         suffix: str_field(&req, "suffix").filter(|s| !s.is_empty()),
         logprobs,
@@ -975,6 +976,7 @@ async fn chat_inner(
         model: &name,
         verb: "chat",
         think: parse_think(req.get("think"))?,
+        think_level: think_level(req.get("think")),
         tools: tools(&req),
         suffix: None,
         logprobs,

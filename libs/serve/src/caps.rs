@@ -82,6 +82,12 @@ pub(crate) fn parse_think(v: Option<&Value>) -> Result<Option<bool>, ApiError> {
     }
 }
 
+/// The level of a request's `think` when it is one (`"low"` …), for the
+/// template's `.ThinkLevel`; call after [`parse_think`] accepted it.
+pub(crate) fn think_level(v: Option<&Value>) -> Option<String> {
+    v.and_then(Value::as_str).map(str::to_string)
+}
+
 /// What a request asks of a model beyond plain text.
 pub(crate) struct Asks<'a> {
     /// The model as the request named it (Ollama quotes it in some errors).
@@ -90,6 +96,8 @@ pub(crate) struct Asks<'a> {
     pub(crate) verb: &'static str,
     /// The request's `think`.
     pub(crate) think: Option<bool>,
+    /// The level it names, if any (`"high"` …).
+    pub(crate) think_level: Option<String>,
     /// A non-empty `tools`.
     pub(crate) tools: Option<&'a Value>,
     /// A non-empty `suffix`.
@@ -105,6 +113,7 @@ pub(crate) struct Granted {
     pub(crate) found: Found,
     caps: Caps,
     think: Option<bool>,
+    think_level: Option<String>,
     tools: Option<Value>,
     suffix: Option<String>,
     logprobs: Option<usize>,
@@ -119,6 +128,7 @@ impl Granted {
             found,
             caps,
             think,
+            think_level: asks.think_level,
             tools: asks.tools.cloned(),
             suffix: asks.suffix,
             logprobs: asks.logprobs,
@@ -142,6 +152,7 @@ impl Granted {
                 .map(|t| runner::tools::ToolParser::new(&self.caps.template.tool_tag, t)),
         };
         opts.think = self.think;
+        opts.think_level = self.think_level.filter(|_| self.think == Some(true));
         opts.tools = self.tools;
         opts.suffix = self.suffix;
         opts.logprobs = self.logprobs;
@@ -243,6 +254,7 @@ mod tests {
             model: "m",
             verb: "chat",
             think,
+            think_level: None,
             tools: tools.then_some(&TOOLS),
             suffix: suffix.then(|| "s".to_string()),
             logprobs: None,

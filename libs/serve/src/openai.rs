@@ -161,19 +161,23 @@ fn id(prefix: &str) -> String {
 
 json_route!(chat => chat_inner, ApiError::openai);
 
-/// OpenAI's `reasoning.effort` or `reasoning_effort` as Ollama's `think`:
-/// `none` is off, the others on (Ollama clamps them to its levels); absent
-/// leaves the model's default; anything else is 400.
-fn think_from_effort(req: &Value) -> Result<Option<bool>, ApiError> {
+/// OpenAI's `reasoning.effort` or `reasoning_effort` as Ollama's `think`
+/// and its level: `none` is off, the others on, clamped to Ollama's levels
+/// (`minimal` is `low`, `xhigh` and `ultra` are `max`); absent leaves the
+/// model's default; anything else is 400.
+fn think_from_effort(req: &Value) -> Result<(Option<bool>, Option<String>), ApiError> {
     let effort = req
         .pointer("/reasoning/effort")
         .or_else(|| req.get("reasoning_effort"))
         .and_then(Value::as_str)
         .unwrap_or_default();
+    let on = |level: &str| Ok((Some(true), Some(level.to_string())));
     match effort {
-        "" => Ok(None),
-        "none" => Ok(Some(false)),
-        "minimal" | "low" | "medium" | "high" | "max" | "xhigh" | "ultra" => Ok(Some(true)),
+        "" => Ok((None, None)),
+        "none" => Ok((Some(false), None)),
+        "minimal" => on("low"),
+        "xhigh" | "ultra" => on("max"),
+        "low" | "medium" | "high" | "max" => on(effort),
         e => Err(ApiError::bad(format!(
             "invalid reasoning value: {} (must be \"minimal\", \"low\", \"medium\", \"high\", \"xhigh\", \"ultra\", \"max\", or \"none\")",
             go_quote(e)
@@ -219,7 +223,7 @@ async fn chat_inner(
     if messages.is_empty() {
         return Err(ApiError::bad("[] is too short - 'messages'"));
     }
-    let think = think_from_effort(&req)?;
+    let (think, think_level) = think_from_effort(&req)?;
     let logprobs = parse_logprobs(&req)?;
     let f = find(
         &app,
@@ -230,6 +234,7 @@ async fn chat_inner(
         model: &name,
         verb: "chat",
         think,
+        think_level,
         tools: tools(&req),
         suffix: None,
         logprobs,
@@ -377,6 +382,7 @@ async fn completions_inner(
         model: &name,
         verb: "generate",
         think: None,
+        think_level: None,
         tools: None,
         suffix: str_field(&req, "suffix").filter(|s| !s.is_empty()),
         logprobs,

@@ -1781,3 +1781,48 @@ fn a_template_with_tools_thinking_and_suffix() {
         "{v}"
     );
 }
+
+/// `think` as a level (native) and `reasoning_effort` (OpenAI, clamped to
+/// Ollama's levels) reach the template's `.ThinkLevel`; plain `true` is
+/// "medium". Each request unloads the model, so no prompt cache hides a
+/// difference in the prompt's length.
+#[test]
+fn think_levels_reach_the_template() {
+    let Some(model) = smol_path("think_levels_reach_the_template") else {
+        return;
+    };
+    let s = start(&model, &[]);
+    let template = "{{ if eq .ThinkLevel \"high\" }}Think hard, very hard, about every word of \
+        this question before you answer it. {{ end }}{{ range .Messages }}{{ if .Thinking }}<think>\
+        {{ .Thinking }}</think>{{ end }}{{ .Content }}{{ end }}";
+    let (code, v) = s.post(
+        "/api/create",
+        json!({"model": "levels:v1", "from": "smollm2:135m", "template": template, "stream": false}),
+    );
+    assert_eq!(code, 200, "{v}");
+    let native = |think: Value| {
+        let (code, v) = s.post(
+            "/api/chat",
+            json!({"model": "levels:v1", "stream": false, "think": think, "keep_alive": 0,
+                   "messages": [{"role": "user", "content": "Why is the sky blue?"}],
+                   "options": {"num_predict": 1}}),
+        );
+        assert_eq!(code, 200, "{v}");
+        v["prompt_eval_count"].as_u64().unwrap()
+    };
+    let openai = |effort: &str| {
+        let (code, v) = s.post(
+            "/v1/chat/completions",
+            json!({"model": "levels:v1", "reasoning_effort": effort, "keep_alive": 0,
+                   "max_tokens": 1,
+                   "messages": [{"role": "user", "content": "Why is the sky blue?"}]}),
+        );
+        assert_eq!(code, 200, "{v}");
+        v["usage"]["prompt_tokens"].as_u64().unwrap()
+    };
+    let (high, low) = (native(json!("high")), native(json!("low")));
+    assert!(high > low + 10, "high {high}, low {low}");
+    assert_eq!(native(json!(true)), low, "true is medium");
+    assert_eq!(openai("high"), high);
+    assert_eq!(openai("xhigh"), low, "xhigh is max");
+}
