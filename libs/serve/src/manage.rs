@@ -33,8 +33,8 @@ use crate::App;
 
 type AppState = State<Arc<App>>;
 
-/// Where a job's status lines go; a client that has gone is ignored, but
-/// sets `cancel`.
+/// Where a job's status lines go (a client that has gone is ignored), and
+/// the flag its going sets ([`CancelOnDrop`]).
 #[derive(Clone)]
 struct Status {
     tx: UnboundedSender<Value>,
