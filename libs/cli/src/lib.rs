@@ -20,6 +20,7 @@ use std::process::ExitCode;
 pub use protocol;
 
 pub mod cpu;
+pub mod placement;
 
 /// How a tool's run ended, when it did not fail.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -11,7 +11,9 @@
 //! never claim more than was written; a restart resumes each part from its
 //! counter and re-hashes what is there. The trailer is cut off before the
 //! rename. An exclusive `flock` on the partial file makes concurrent
-//! fetchers of the same blob wait for one download.
+//! fetchers of the same blob wait for one download. A fetch cancelled by
+//! its caller ([`crate::Cancel`]) removes the partial file: it is no
+//! resume point then, just a leftover.
 //!
 //! ## Hashing without reading twice
 //!
@@ -166,6 +168,11 @@ pub(crate) fn download(
                     );
                 }
                 (part_size, done) = fresh_state(&file, &partial, job.size, job.size)?;
+            }
+            Err(e @ Error::Canceled { .. }) => {
+                // a cancelled pull leaves nothing behind (not even for a resume)
+                let _ = fs::remove_file(&partial);
+                return Err(e);
             }
             Err(e) => return Err(e),
         }
@@ -477,6 +484,17 @@ impl Shared<'_> {
         let _ = self.tx.try_send(Msg::Wake);
     }
 
+    /// Whether to stop: a failure elsewhere, or the caller's cancel (which
+    /// becomes the error).
+    fn stopped(&self) -> bool {
+        if self.opts.canceled() && !self.failed.load(Ordering::SeqCst) {
+            self.fail(Error::Canceled {
+                what: self.job.what.clone(),
+            });
+        }
+        self.failed.load(Ordering::SeqCst)
+    }
+
     fn buffer(&self) -> Vec<u8> {
         self.pool
             .lock()
@@ -500,7 +518,7 @@ impl Shared<'_> {
             ))
         };
         while pos < self.job.size {
-            if self.failed.load(Ordering::SeqCst) {
+            if self.stopped() {
                 return None;
             }
             if let Some(c) = early.remove(&pos) {
@@ -566,7 +584,7 @@ impl Shared<'_> {
     fn work(&self, pending: &[usize]) {
         let mut buf = self.buffer();
         loop {
-            if self.failed.load(Ordering::SeqCst) {
+            if self.stopped() {
                 return;
             }
             let k = self.next.fetch_add(1, Ordering::SeqCst);
@@ -586,7 +604,7 @@ impl Shared<'_> {
             if before >= len {
                 return Ok(());
             }
-            if self.failed.load(Ordering::SeqCst) {
+            if self.stopped() {
                 return Ok(());
             }
             match self.fetch_range(i, before, len, buf) {
@@ -612,7 +630,7 @@ impl Shared<'_> {
                         .min(Duration::from_secs(60));
                     let until = std::time::Instant::now() + wait;
                     while std::time::Instant::now() < until {
-                        if self.failed.load(Ordering::SeqCst) {
+                        if self.stopped() {
                             return Ok(());
                         }
                         std::thread::sleep(Duration::from_millis(10).min(wait));
@@ -734,7 +752,7 @@ impl Shared<'_> {
             detail,
         };
         while pos <= to {
-            if self.failed.load(Ordering::Relaxed) {
+            if self.stopped() {
                 return Ok(());
             }
             let n = buf
@@ -746,6 +764,9 @@ impl Shared<'_> {
             let mut k = 0;
             let mut failure = None;
             while k < n {
+                if self.stopped() {
+                    return Ok(());
+                }
                 match body.read(&mut buf[k..n]) {
                     Ok(0) => {
                         failure = Some(format!(

@@ -10,7 +10,7 @@ use store::Store;
 
 use crate::download::{download, BlobJob};
 use crate::resolve::{check_manifest, session_for};
-use crate::{Error, Progress, RemoteOptions, Result};
+use crate::{Cancel, Error, Progress, RemoteOptions, Result};
 
 /// How often [`FetchOptions::on_progress`] hears about a download.
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);
@@ -41,6 +41,9 @@ pub struct FetchOptions {
     /// present; for one downloaded, at its start, about every 250 ms while
     /// bytes arrive, and with completed = total when it is in place.
     pub on_progress: Option<Progress>,
+    /// Stops the fetch when set: the blob being downloaded loses its
+    /// partial file and the manifest is not written ([`Error::Canceled`]).
+    pub cancel: Option<Cancel>,
 }
 
 impl Default for FetchOptions {
@@ -55,6 +58,23 @@ impl Default for FetchOptions {
             progress: false,
             verbose: false,
             on_progress: None,
+            cancel: None,
+        }
+    }
+}
+
+impl FetchOptions {
+    /// Whether [`FetchOptions::cancel`] is set.
+    pub(crate) fn canceled(&self) -> bool {
+        self.cancel.as_ref().is_some_and(Cancel::is_canceled)
+    }
+    /// [`Error::Canceled`] for `what` when [`FetchOptions::cancel`] is set.
+    pub(crate) fn check_canceled(&self, what: &str) -> Result<()> {
+        match self.canceled() {
+            true => Err(Error::Canceled {
+                what: what.to_string(),
+            }),
+            false => Ok(()),
         }
     }
 }
@@ -102,6 +122,7 @@ pub fn fetch_blob(doc: &mut ModelDoc, store: &Store, opts: &FetchOptions) -> Res
         let session = session_for(&doc.parts, base.as_deref(), &remote, scope)?;
         let bars = opts.progress.then(MultiProgress::new);
         for (d, size) in &missing {
+            opts.check_canceled(&what_model)?;
             let pb = bars.as_ref().map(|m| {
                 let pb = m.add(ProgressBar::new(*size));
                 pb.set_style(
@@ -156,6 +177,7 @@ pub fn fetch_blob(doc: &mut ModelDoc, store: &Store, opts: &FetchOptions) -> Res
         }
         b.path = Some(path);
     }
+    opts.check_canceled(&what_model)?;
     if let Some(text) = doc.manifest_text.take() {
         store.write_manifest(&doc.parts, text.as_bytes())?;
         doc.manifest_path = Some(store.manifest_path(&doc.parts));

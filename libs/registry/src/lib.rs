@@ -83,6 +83,7 @@ mod resolve;
 
 use std::io;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -229,6 +230,12 @@ pub enum Error {
     /// A bad name or digest.
     #[error(transparent)]
     Name(#[from] protocol::Error),
+    /// The caller's [`Cancel`] was set; the download's partial file is removed.
+    #[error("{what}: canceled")]
+    Canceled {
+        /// What was being fetched.
+        what: String,
+    },
 }
 
 impl Error {
@@ -273,6 +280,27 @@ impl Progress {
 impl std::fmt::Debug for Progress {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Progress(..)")
+    }
+}
+
+/// A flag the caller sets to stop a [`fetch_blob`] (a client that went
+/// away). Workers look at it between reads, so a download stops within one
+/// read of the socket; its partial file is removed and no manifest is written.
+#[derive(Clone, Debug, Default)]
+pub struct Cancel(Arc<AtomicBool>);
+
+impl Cancel {
+    /// A flag not yet set.
+    pub fn new() -> Cancel {
+        Cancel::default()
+    }
+    /// Sets the flag.
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::SeqCst)
+    }
+    /// Whether the flag is set.
+    pub fn is_canceled(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
     }
 }
 

@@ -294,6 +294,68 @@ fn stall_is_detected_and_retried() {
     assert!(store.blob_path(&m.big).exists());
 }
 
+/// A cancel set mid-download (here from the progress callback, as serve
+/// sets it when its client goes away) stops the workers between reads: the
+/// registry is not read further, the partial file is removed and no
+/// manifest is written.
+#[test]
+fn cancel_stops_the_download_and_leaves_nothing() {
+    let m = Arc::new(model(4_000_000));
+    let big = m.big.to_string();
+    let gone = Arc::new(AtomicUsize::new(0));
+    let g = gone.clone();
+    // the big blob trickles out, 10 KB every 10 ms, as one whole GET
+    let srv = registry_server(m.clone(), move |req, c, d, data| {
+        if d == big {
+            let mut conn = c.take().unwrap();
+            assert_eq!(req.range(), None);
+            conn.head(200, &[("Content-Length", data.len().to_string())]);
+            for piece in data.chunks(10_000) {
+                if !conn.body(piece) {
+                    g.fetch_add(1, Ordering::SeqCst);
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path());
+    let mut o = opts(&store, &srv.url());
+    o.part_size = None;
+    let cancel = registry::Cancel::new();
+    let at = Arc::new(Mutex::new(None));
+    let (c, want, at2) = (cancel.clone(), m.big.clone(), at.clone());
+    o.on_progress = Some(registry::Progress::new(move |d, done, _| {
+        if *d == want && done > 0 && !c.is_canceled() {
+            *at2.lock().unwrap() = Some(Instant::now());
+            c.cancel();
+        }
+    }));
+    o.cancel = Some(cancel);
+    let e = pull(&m, &store, &o).unwrap_err();
+    let took = at.lock().unwrap().expect("never canceled").elapsed();
+    assert!(matches!(e, Error::Canceled { .. }), "{e}");
+    assert!(e.to_string().ends_with(": canceled"), "{e}");
+    assert!(
+        took < Duration::from_millis(500),
+        "stopped {took:?} after the cancel"
+    );
+    assert_nothing_stored(&store, &m);
+    let partial: Vec<_> = files_under(&store.blobs_dir())
+        .into_iter()
+        .filter(|f| f.to_string_lossy().ends_with(registry::PARTIAL_SUFFIX))
+        .collect();
+    assert!(partial.is_empty(), "{partial:?}");
+    // the registry sees the connection closed long before the end of the blob
+    let t0 = Instant::now();
+    while gone.load(Ordering::SeqCst) == 0 {
+        assert!(t0.elapsed() < Duration::from_secs(3), "still sending");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(srv.sent() < 3_000_000, "{} bytes sent", srv.sent());
+}
+
 #[test]
 fn server_errors_are_retried_then_given_up() {
     let m = Arc::new(model(100_000));

@@ -54,6 +54,9 @@ pub struct InferOptions {
     /// Whether the model is asked to think (the template's `.Think`,
     /// Jinja's `enable_thinking`); `None` leaves it unset.
     pub think: Option<bool>,
+    /// The thinking level asked for (`"low"`, `"medium"`, `"high"`,
+    /// `"max"`): the template's `.ThinkLevel`; `None` leaves the default.
+    pub think_level: Option<String>,
     /// Tool definitions for the template (`[{"type":"function",…}]`).
     pub tools: Option<serde_json::Value>,
     /// Text after the cursor: fill in the middle (the template's `.Suffix`).
@@ -117,6 +120,7 @@ impl Default for InferOptions {
             ignore_eos: false,
             format: None,
             think: None,
+            think_level: None,
             tools: None,
             suffix: None,
             logprobs: None,

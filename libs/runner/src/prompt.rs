@@ -56,6 +56,7 @@ pub(crate) fn request(tok: &Tokenizer, opts: &InferOptions, messages: Vec<Messag
         tools: opts.tools.clone(),
         suffix: opts.suffix.clone(),
         think: opts.think,
+        think_level: opts.think_level.clone(),
         bos_token: text(tok.bos()),
         eos_token: text(tok.eos()),
         ..Request::default()

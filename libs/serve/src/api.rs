@@ -15,7 +15,7 @@ use futures_util::StreamExt;
 use runner::{InferOptions, Message, RunResult};
 use serde_json::{json, Map, Value};
 
-use crate::caps::{self, parse_logprobs, parse_think, Asks, Caps};
+use crate::caps::{self, parse_logprobs, parse_think, think_level, Asks, Granted};
 use crate::http::{empty_ok, json, json_route, now, read_json, rfc3339, stream_response, ApiError};
 use crate::log::Log;
 use crate::options::{apply_load_options, apply_options, parse_keep_alive, random_seed};
@@ -778,22 +778,23 @@ async fn generate_inner(
             "raw mode does not support template, system, or context",
         ));
     }
-    let suffix = str_field(&req, "suffix").filter(|s| !s.is_empty());
     let asks = Asks {
         model: &name,
         verb: "generate",
         think: parse_think(req.get("think"))?,
-        tools: false,
-        suffix: suffix.is_some(),
+        think_level: think_level(req.get("think")),
+        tools: None,
+        suffix: str_field(&req, "suffix").filter(|s| !s.is_empty()),
+        logprobs,
     };
-    let (caps, think) = caps::checked(&f, &asks)?;
-    let mut opts = run_options(&app, &f, req.get("options").unwrap_or(&Value::Null))?;
+    let g = Granted::check(f, asks)?;
+    let mut opts = run_options(&app, &g.found, req.get("options").unwrap_or(&Value::Null))?;
     opts.format = format(req.get("format"))?;
     let ka = keep_alive(&app, &req)?;
     let prompt = str_field(&req, "prompt").unwrap_or_default();
-    let model = f.name.clone();
+    let model = g.found.name.clone();
     if prompt.is_empty() && context.is_empty() {
-        let reason = load_only(&app, &f, &opts, ka).await?;
+        let reason = load_only(&app, &g.found, &opts, ka).await?;
         return Ok(json(
             StatusCode::OK,
             &json!({"model": model, "created_at": now(), "response": "", "done": true, "done_reason": reason}),
@@ -801,24 +802,13 @@ async fn generate_inner(
     }
     opts.prompt = prompt;
     opts.raw = raw;
-    opts.think = think;
-    opts.suffix = suffix;
-    opts.logprobs = logprobs;
     if system.is_some() {
         opts.system = system;
     }
     if template.is_some() {
         opts.template = template;
     }
-    let spec = RunSpec {
-        shaper: shaper(&caps, think, None),
-        found: f,
-        opts,
-        chat: false,
-        context,
-        keep_alive: ka,
-    };
-    let run = Run::start(&app, spec, log, t0).await?;
+    let run = Run::start(&app, g.apply(opts, false, context, ka), log, t0).await?;
     let m2 = model.clone();
     let finish = move |run: &Run, r: &RunResult, d: &Delta| {
         let mut m = Map::new();
@@ -844,21 +834,6 @@ async fn generate_inner(
         Value::Object(m)
     };
     respond(run, stream_flag(&req), chunk, finish).await
-}
-
-/// How a run's output becomes a reply: reasoning split off when it thinks
-/// (`think`) and the template has thinking tags; tool calls parsed when the
-/// request has `tools`.
-pub(crate) fn shaper(caps: &Caps, think: Option<bool>, tools: Option<&Value>) -> Shaper {
-    Shaper {
-        think: caps
-            .template
-            .think
-            .clone()
-            .filter(|_| think == Some(true))
-            .map(runner::ThinkSplitter::new),
-        tools: tools.map(|t| runner::tools::ToolParser::new(&caps.template.tool_tag, t)),
-    }
 }
 
 /// `stop` or `length` (a canceled run never reports).
@@ -1004,29 +979,27 @@ async fn chat_inner(
         model: &name,
         verb: "chat",
         think: parse_think(req.get("think"))?,
-        tools: tools(&req).is_some(),
-        suffix: false,
+        think_level: think_level(req.get("think")),
+        tools: tools(&req),
+        suffix: None,
+        logprobs,
     };
-    let (caps, think) = caps::checked(&f, &asks)?;
-    let mut opts = run_options(&app, &f, req.get("options").unwrap_or(&Value::Null))?;
+    let g = Granted::check(f, asks)?;
+    let mut opts = run_options(&app, &g.found, req.get("options").unwrap_or(&Value::Null))?;
     opts.format = format(req.get("format"))?;
     let ka = keep_alive(&app, &req)?;
     let messages = parse_messages(req.get("messages"))?;
-    let model = f.name.clone();
+    let model = g.found.name.clone();
     if messages.is_empty() {
-        let reason = load_only(&app, &f, &opts, ka).await?;
+        let reason = load_only(&app, &g.found, &opts, ka).await?;
         return Ok(json(
             StatusCode::OK,
             &json!({"model": model, "created_at": now(),
                     "message": {"role": "assistant", "content": ""}, "done": true, "done_reason": reason}),
         ));
     }
-    opts.messages = f.messages.iter().cloned().chain(messages).collect();
-    opts.think = think;
-    opts.tools = tools(&req).cloned();
-    opts.logprobs = logprobs;
-    let shaper = shaper(&caps, think, tools(&req));
-    let run = start_chat(&app, f, opts, shaper, ka, log, t0).await?;
+    opts.messages = g.found.messages.iter().cloned().chain(messages).collect();
+    let run = Run::start(&app, g.apply(opts, true, vec![], ka), log, t0).await?;
     let m2 = model.clone();
     let message = |d: &Delta| {
         let mut msg = Map::new();
@@ -1055,27 +1028,6 @@ async fn chat_inner(
         Value::Object(m)
     };
     respond(run, stream_flag(&req), chunk, finish).await
-}
-
-/// Starts a chat run of `opts.messages` on `f`.
-pub(crate) async fn start_chat(
-    app: &App,
-    f: Found,
-    opts: InferOptions,
-    shaper: Shaper,
-    ka: KeepAlive,
-    log: Log,
-    t0: Instant,
-) -> Result<Run, ApiError> {
-    let spec = RunSpec {
-        found: f,
-        opts,
-        chat: true,
-        context: vec![],
-        keep_alive: ka,
-        shaper,
-    };
-    Run::start(app, spec, log, t0).await
 }
 
 #[cfg(test)]

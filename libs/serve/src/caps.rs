@@ -1,11 +1,20 @@
 //! A model's capabilities (`/api/show`'s `capabilities`) and the checks a
 //! request makes against them before it runs, with Ollama's texts.
+//!
+//! Generate, chat and OpenAI's two routes admit a request the same way:
+//! they parse what it [`Asks`], find the model, [`Granted::check`] the asks
+//! against its capabilities, build the run's options, then
+//! [`Granted::apply`] what was granted to them (thinking, tools, suffix,
+//! log-probs and the reply's shaper).
 
+use runner::InferOptions;
 use serde_json::Value;
 use template::TemplateCaps;
 
-use crate::api::{go_quote, Found};
+use crate::api::{go_quote, Found, RunSpec};
 use crate::http::ApiError;
+use crate::reply::Shaper;
+use crate::sched::KeepAlive;
 
 /// What a model can do.
 pub(crate) struct Caps {
@@ -73,6 +82,12 @@ pub(crate) fn parse_think(v: Option<&Value>) -> Result<Option<bool>, ApiError> {
     }
 }
 
+/// The level of a request's `think` when it is one (`"low"` …), for the
+/// template's `.ThinkLevel`; call after [`parse_think`] accepted it.
+pub(crate) fn think_level(v: Option<&Value>) -> Option<String> {
+    v.and_then(Value::as_str).map(str::to_string)
+}
+
 /// What a request asks of a model beyond plain text.
 pub(crate) struct Asks<'a> {
     /// The model as the request named it (Ollama quotes it in some errors).
@@ -81,10 +96,75 @@ pub(crate) struct Asks<'a> {
     pub(crate) verb: &'static str,
     /// The request's `think`.
     pub(crate) think: Option<bool>,
+    /// The level it names, if any (`"high"` …).
+    pub(crate) think_level: Option<String>,
     /// A non-empty `tools`.
-    pub(crate) tools: bool,
+    pub(crate) tools: Option<&'a Value>,
     /// A non-empty `suffix`.
-    pub(crate) suffix: bool,
+    pub(crate) suffix: Option<String>,
+    /// Log-probs: how many alternatives per token ([`parse_logprobs`]).
+    pub(crate) logprobs: Option<usize>,
+}
+
+/// A request admitted on its model: what [`check`] granted, kept until
+/// the run's options are built.
+pub(crate) struct Granted {
+    /// The model.
+    pub(crate) found: Found,
+    caps: Caps,
+    think: Option<bool>,
+    think_level: Option<String>,
+    tools: Option<Value>,
+    suffix: Option<String>,
+    logprobs: Option<usize>,
+}
+
+impl Granted {
+    /// [`capabilities`] of `found`, then [`check`] of `asks` against them.
+    pub(crate) fn check(found: Found, asks: Asks) -> Result<Granted, ApiError> {
+        let caps = capabilities(&found)?;
+        let think = check(&found, &caps, &asks)?;
+        Ok(Granted {
+            found,
+            caps,
+            think,
+            think_level: asks.think_level,
+            tools: asks.tools.cloned(),
+            suffix: asks.suffix,
+            logprobs: asks.logprobs,
+        })
+    }
+
+    /// The run: `opts` with what was granted, and a shaper that splits the
+    /// reasoning off when it thinks and parses tool calls when it has tools.
+    pub(crate) fn apply(
+        self,
+        mut opts: InferOptions,
+        chat: bool,
+        context: Vec<i32>,
+        keep_alive: KeepAlive,
+    ) -> RunSpec {
+        let shaper = Shaper {
+            think: (self.caps.template.think)
+                .filter(|_| self.think == Some(true))
+                .map(runner::ThinkSplitter::new),
+            tools: (self.tools.as_ref())
+                .map(|t| runner::tools::ToolParser::new(&self.caps.template.tool_tag, t)),
+        };
+        opts.think = self.think;
+        opts.think_level = self.think_level.filter(|_| self.think == Some(true));
+        opts.tools = self.tools;
+        opts.suffix = self.suffix;
+        opts.logprobs = self.logprobs;
+        RunSpec {
+            found: self.found,
+            opts,
+            chat,
+            context,
+            keep_alive,
+            shaper,
+        }
+    }
 }
 
 /// Checks `asks` against `caps` in Ollama's order and words; the run's
@@ -112,11 +192,14 @@ pub(crate) fn check(found: &Found, caps: &Caps, asks: &Asks) -> Result<Option<bo
             asks.verb
         )));
     }
-    let missing: Vec<&str> = [(asks.tools, "tools"), (asks.suffix, "insert")]
-        .into_iter()
-        .filter(|&(want, c)| want && !caps.has(c))
-        .map(|(_, c)| c)
-        .collect();
+    let missing: Vec<&str> = [
+        (asks.tools.is_some(), "tools"),
+        (asks.suffix.is_some(), "insert"),
+    ]
+    .into_iter()
+    .filter(|&(want, c)| want && !caps.has(c))
+    .map(|(_, c)| c)
+    .collect();
     if !missing.is_empty() {
         return Err(ApiError::bad(format!(
             "{} does not support {}",
@@ -125,13 +208,6 @@ pub(crate) fn check(found: &Found, caps: &Caps, asks: &Asks) -> Result<Option<bo
         )));
     }
     Ok(think)
-}
-
-/// [`capabilities`] of `found`, then [`check`] of `asks` against them.
-pub(crate) fn checked(found: &Found, asks: &Asks) -> Result<(Caps, Option<bool>), ApiError> {
-    let caps = capabilities(found)?;
-    let think = check(found, &caps, asks)?;
-    Ok((caps, think))
 }
 
 /// A request's `logprobs` and `top_logprobs`: `None` without log-probs,
@@ -173,12 +249,15 @@ mod tests {
     }
 
     fn asks(think: Option<bool>, tools: bool, suffix: bool) -> Asks<'static> {
+        static TOOLS: Value = Value::Null;
         Asks {
             model: "m",
             verb: "chat",
             think,
-            tools,
-            suffix,
+            think_level: None,
+            tools: tools.then_some(&TOOLS),
+            suffix: suffix.then(|| "s".to_string()),
+            logprobs: None,
         }
     }
 

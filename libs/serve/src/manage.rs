@@ -9,9 +9,10 @@
 //! Pull and push lines per blob:
 //! `{"status":"pulling <12 hex>","digest":"sha256:…","total":N,"completed":M}`
 //! (about every 250 ms while bytes arrive; a blob already present once, with
-//! completed = total). A client that goes away does not stop a pull: it
-//! runs to its end, and the manifest is written only once every blob is in
-//! place, so the store never names a missing blob.
+//! completed = total). A client that goes away cancels a pull (also one
+//! that `/api/create` starts for its `from`): the download stops within a
+//! read, its partial file is removed and no manifest is written; blobs
+//! already complete stay. Push and create run to their end.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -33,13 +34,28 @@ use crate::App;
 
 type AppState = State<Arc<App>>;
 
-/// Where a job's status lines go; a client that has gone is ignored.
+/// Where a job's status lines go (a client that has gone is ignored), and
+/// the flag its going sets ([`CancelOnDrop`]).
 #[derive(Clone)]
-struct Status(UnboundedSender<Value>);
+struct Status {
+    tx: UnboundedSender<Value>,
+    cancel: registry::Cancel,
+}
+
+/// Sets the flag when dropped: the response holds it (in its body stream,
+/// or in the future awaiting the job), so hyper dropping the response for
+/// a client that went away cancels the job.
+struct CancelOnDrop(registry::Cancel);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.cancel()
+    }
+}
 
 impl Status {
     fn send(&self, v: Value) {
-        let _ = self.0.send(v);
+        let _ = self.tx.send(v);
     }
     fn say(&self, s: impl Into<String>) {
         self.send(json!({ "status": s.into() }));
@@ -65,7 +81,9 @@ async fn progress(
     job: impl FnOnce(&Status) -> Result<(), ApiError> + Send + 'static,
 ) -> Response {
     let (tx, rx) = unbounded_channel();
-    let st = Status(tx);
+    let cancel = registry::Cancel::new();
+    let guard = CancelOnDrop(cancel.clone());
+    let st = Status { tx, cancel };
     let last = st.clone();
     let handle = tokio::task::spawn_blocking(move || job(&st));
     let finish = |r: Result<Result<(), ApiError>, tokio::task::JoinError>| match r {
@@ -75,7 +93,10 @@ async fn progress(
     };
     if !stream {
         drop((rx, last));
-        return match finish(handle.await) {
+        // `guard` lives in this future until the job is done
+        let r = finish(handle.await);
+        drop(guard);
+        return match r {
             Ok(()) => json(StatusCode::OK, &json!({"status": "success"})),
             Err(e) => e.native(),
         };
@@ -86,9 +107,9 @@ async fn progress(
             Err(e) => last.send(json!({ "error": e.msg })),
         }
     });
-    let s = futures_util::stream::unfold(rx, |mut rx| async move {
+    let s = futures_util::stream::unfold((rx, guard), |(mut rx, guard)| async move {
         let v = rx.recv().await?;
-        Some((Ok(line(&v)), rx))
+        Some((Ok(line(&v)), (rx, guard)))
     });
     stream_response("application/x-ndjson", s)
 }
@@ -181,9 +202,15 @@ fn pull_job(
     o.remote.store = Some(store.clone());
     let mut doc = registry::resolve_remote(&name, &o.remote).map_err(registry_error)?;
     o.on_progress = Some(st.blobs("pulling"));
+    o.cancel = Some(st.cancel.clone());
     // digests are checked as each blob lands and the manifest is written
     // last, inside fetch_blob; the two lines below name those steps
-    registry::fetch_blob(&mut doc, store, &o).map_err(registry_error)?;
+    registry::fetch_blob(&mut doc, store, &o).map_err(|e| {
+        if let registry::Error::Canceled { .. } = e {
+            eprintln!("serve: pull of {name} canceled: the client went away");
+        }
+        registry_error(e)
+    })?;
     st.say("verifying sha256 digest");
     st.say("writing manifest");
     Ok(())

@@ -16,9 +16,9 @@ use serde_json::{json, Value};
 
 use crate::api::{
     collect, done_reason, find, go_quote, keep_alive, parse_messages, required_model, run_options,
-    shaper, start_chat, str_field, tools, Found, Piece, Run, RunSpec,
+    str_field, tools, Found, Piece, Run,
 };
-use crate::caps::{self, parse_logprobs, Asks};
+use crate::caps::{parse_logprobs, Asks, Granted};
 use crate::http::{json, json_route, read_json, stream_response, ApiError};
 use crate::log::Log;
 use crate::reply::Delta;
@@ -161,19 +161,23 @@ fn id(prefix: &str) -> String {
 
 json_route!(chat => chat_inner, ApiError::openai);
 
-/// OpenAI's `reasoning.effort` or `reasoning_effort` as Ollama's `think`:
-/// `none` is off, the others on (Ollama clamps them to its levels); absent
-/// leaves the model's default; anything else is 400.
-fn think_from_effort(req: &Value) -> Result<Option<bool>, ApiError> {
+/// OpenAI's `reasoning.effort` or `reasoning_effort` as Ollama's `think`
+/// and its level: `none` is off, the others on, clamped to Ollama's levels
+/// (`minimal` is `low`, `xhigh` and `ultra` are `max`); absent leaves the
+/// model's default; anything else is 400.
+fn think_from_effort(req: &Value) -> Result<(Option<bool>, Option<String>), ApiError> {
     let effort = req
         .pointer("/reasoning/effort")
         .or_else(|| req.get("reasoning_effort"))
         .and_then(Value::as_str)
         .unwrap_or_default();
+    let on = |level: &str| Ok((Some(true), Some(level.to_string())));
     match effort {
-        "" => Ok(None),
-        "none" => Ok(Some(false)),
-        "minimal" | "low" | "medium" | "high" | "max" | "xhigh" | "ultra" => Ok(Some(true)),
+        "" => Ok((None, None)),
+        "none" => Ok((Some(false), None)),
+        "minimal" => on("low"),
+        "xhigh" | "ultra" => on("max"),
+        "low" | "medium" | "high" | "max" => on(effort),
         e => Err(ApiError::bad(format!(
             "invalid reasoning value: {} (must be \"minimal\", \"low\", \"medium\", \"high\", \"xhigh\", \"ultra\", \"max\", or \"none\")",
             go_quote(e)
@@ -219,7 +223,7 @@ async fn chat_inner(
     if messages.is_empty() {
         return Err(ApiError::bad("[] is too short - 'messages'"));
     }
-    let think = think_from_effort(&req)?;
+    let (think, think_level) = think_from_effort(&req)?;
     let logprobs = parse_logprobs(&req)?;
     let f = find(
         &app,
@@ -230,19 +234,17 @@ async fn chat_inner(
         model: &name,
         verb: "chat",
         think,
-        tools: tools(&req).is_some(),
-        suffix: false,
+        think_level,
+        tools: tools(&req),
+        suffix: None,
+        logprobs,
     };
-    let (caps, think) = caps::checked(&f, &asks)?;
-    let mut opts = sampling(&app, &f, &req)?;
-    opts.messages = f.messages.iter().cloned().chain(messages).collect();
-    opts.think = think;
-    opts.tools = tools(&req).cloned();
-    opts.logprobs = logprobs;
+    let g = Granted::check(f, asks)?;
+    let mut opts = sampling(&app, &g.found, &req)?;
+    opts.messages = g.found.messages.iter().cloned().chain(messages).collect();
     let ka = keep_alive(&app, &req)?;
-    let model = f.name.clone();
-    let shaper = shaper(&caps, think, tools(&req));
-    let mut run = start_chat(&app, f, opts, shaper, ka, log, t0).await?;
+    let model = g.found.name.clone();
+    let mut run = Run::start(&app, g.apply(opts, true, vec![], ka), log, t0).await?;
     let created = unix(SystemTime::now());
     let cid = id("chatcmpl");
     let stream = req.get("stream").and_then(Value::as_bool).unwrap_or(false);
@@ -376,31 +378,21 @@ async fn completions_inner(
         &name,
         format!("model \"{name}\" not found, try pulling it first"),
     )?;
-    let suffix = str_field(&req, "suffix").filter(|s| !s.is_empty());
     let asks = Asks {
         model: &name,
         verb: "generate",
         think: None,
-        tools: false,
-        suffix: suffix.is_some(),
+        think_level: None,
+        tools: None,
+        suffix: str_field(&req, "suffix").filter(|s| !s.is_empty()),
+        logprobs,
     };
-    let (caps, think) = caps::checked(&f, &asks)?;
-    let mut opts = sampling(&app, &f, &req)?;
+    let g = Granted::check(f, asks)?;
+    let mut opts = sampling(&app, &g.found, &req)?;
     opts.prompt = prompt;
-    opts.suffix = suffix;
-    opts.think = think;
-    opts.logprobs = logprobs;
     let ka = keep_alive(&app, &req)?;
-    let model = f.name.clone();
-    let spec = RunSpec {
-        shaper: shaper(&caps, think, None),
-        found: f,
-        opts,
-        chat: false,
-        context: vec![],
-        keep_alive: ka,
-    };
-    let mut run = Run::start(&app, spec, log, t0).await?;
+    let model = g.found.name.clone();
+    let mut run = Run::start(&app, g.apply(opts, false, vec![], ka), log, t0).await?;
     let created = unix(SystemTime::now());
     let cid = id("cmpl");
     let stream = req.get("stream").and_then(Value::as_bool).unwrap_or(false);

@@ -52,6 +52,9 @@ pub(crate) fn render(src: &str, req: &Request) -> Result<Rendered> {
     if let Some(think) = req.think {
         ctx.insert("enable_thinking".into(), Json::Bool(think));
     }
+    if let Some(level) = &req.think_level {
+        ctx.insert("reasoning_effort".into(), Json::String(taint::wrap(level)));
+    }
 
     let mut w = CappedWriter {
         buf: Vec::new(),

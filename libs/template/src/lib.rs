@@ -157,6 +157,11 @@ pub struct Request {
     /// Whether thinking was asked for: `.Think`/`.IsThinkSet` in Go,
     /// `enable_thinking` in Jinja. `None` leaves it unset.
     pub think: Option<bool>,
+    /// The thinking level asked for (`"low"`, `"medium"`, `"high"`, `"max"`):
+    /// `.ThinkLevel` in Go, `reasoning_effort` in Jinja. `None` renders
+    /// `.ThinkLevel` as `"medium"` when `think` is `Some(true)` and `""`
+    /// otherwise, as Ollama does.
+    pub think_level: Option<String>,
     /// The BOS token text from the GGUF (`tokenizer.ggml.bos_token_id` looked
     /// up in `tokenizer.ggml.tokens`), e.g. `<bos>`; Jinja's `bos_token`.
     pub bos_token: String,
@@ -179,6 +184,7 @@ impl Default for Request {
             continue_final_message: false,
             suffix: None,
             think: None,
+            think_level: None,
             bos_token: String::new(),
             eos_token: String::new(),
             now: None,
@@ -375,6 +381,33 @@ mod tests {
         );
         assert_eq!(ChatTemplate::choose(None, Some("")), go(DEFAULT_TEMPLATE));
         assert_eq!(ChatTemplate::choose(None, None).source(), "{{ .Prompt }}");
+    }
+
+    #[test]
+    fn think_level_reaches_go_and_jinja() {
+        let go = ChatTemplate::Go(
+            "{{ if .Think }}<think>{{ end }}[{{ .ThinkLevel }}]{{ range .Messages }}{{ .Content }}{{ end }}".into(),
+        );
+        let render = |t: &ChatTemplate, think: Option<bool>, level: Option<&str>| {
+            let r = Request {
+                messages: vec![Message::user("u")],
+                think,
+                think_level: level.map(str::to_string),
+                ..Request::default()
+            };
+            render_chat_string(t, &r).unwrap()
+        };
+        assert_eq!(render(&go, Some(true), Some("high")), "<think>[high]u");
+        assert_eq!(render(&go, Some(true), Some("low")), "<think>[low]u");
+        // plain `true` is Ollama's "medium"; off or unset, no level
+        assert_eq!(render(&go, Some(true), None), "<think>[medium]u");
+        assert_eq!(render(&go, Some(false), None), "[]u");
+        assert_eq!(render(&go, None, None), "[]u");
+        let jinja = ChatTemplate::Jinja(
+            "{{ reasoning_effort | default('none') }}{{ messages[0].content }}".into(),
+        );
+        assert_eq!(render(&jinja, Some(true), Some("high")), "highu");
+        assert_eq!(render(&jinja, Some(true), None), "noneu");
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use clap::Parser;
+use cli::placement::Engine;
 use protocol::{media, Line};
 use runner::{chat, ChatOptions};
 use runner::{infer, EngineChoice, Event, InferOptions};
@@ -112,30 +113,8 @@ struct Args {
     /// sums of an --rpc run, whose workers never repack.
     #[arg(long)]
     no_repack: bool,
-    /// Layers to offload to a GPU (GPU builds): -1 or at least the model's
-    /// layer count runs the whole model on the GPU; fewer runs on llama.cpp's
-    /// engine, which splits layers between CPU and GPU.
-    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
-    gpu_layers: i32,
-    /// Split the model's layers across ggml RPC workers (`infer-worker` on
-    /// other machines) and the local CPU, on llama.cpp's engine; in
-    /// proportion to free memory unless --tensor-split. The protocol has no
-    /// authentication: reach workers over a private network or an SSH tunnel.
-    #[arg(long, value_name = "HOST:PORT[,HOST:PORT…]", value_delimiter = ',')]
-    rpc: Vec<String>,
-    /// With --rpc: each worker's share of the layers, in --rpc order, then
-    /// optionally the local CPU's (absent: everything on the workers),
-    /// e.g. 1,1,1.
-    #[arg(
-        long,
-        value_name = "W1,W2…[,LOCAL]",
-        value_delimiter = ',',
-        requires = "rpc"
-    )]
-    tensor_split: Vec<f32>,
-    /// Engine: native (ours) or llama.cpp [default: native where supported].
-    #[arg(long, value_parser = ["native", "llama.cpp"])]
-    engine: Option<String>,
+    #[command(flatten)]
+    place: cli::placement::Placement,
     /// Print JSON Lines events and a final record instead of plain text.
     #[arg(long)]
     json: bool,
@@ -201,20 +180,16 @@ fn main() -> std::process::ExitCode {
         if !a.stop.is_empty() {
             o.stop = a.stop.clone();
         }
-        (o.raw, o.kv_type, o.flash_attn, o.no_mmap, o.gpu_layers) = (
-            a.raw,
-            a.kv_type,
-            a.flash_attn == "on",
-            a.no_mmap,
-            a.gpu_layers,
-        );
-        (o.rpc, o.tensor_split) = (a.rpc.clone(), a.tensor_split.clone());
-        o.no_repack = a.no_repack;
-        o.engine = match a.engine.as_deref() {
-            Some("native") => EngineChoice::Native,
-            Some(_) => EngineChoice::LlamaCpp,
+        (o.raw, o.kv_type, o.flash_attn, o.no_mmap) =
+            (a.raw, a.kv_type, a.flash_attn == "on", a.no_mmap);
+        o.gpu_layers = a.place.gpu_layers;
+        (o.rpc, o.tensor_split) = (a.place.rpc.clone(), a.place.tensor_split.clone());
+        o.engine = match a.place.engine {
+            Some(Engine::Native) => EngineChoice::Native,
+            Some(Engine::LlamaCpp) => EngineChoice::LlamaCpp,
             None => EngineChoice::Auto,
         };
+        o.no_repack = a.no_repack;
         if o.n_ctx == 0 || o.n_threads == 0 {
             bail!("--ctx and --threads must be at least 1");
         }

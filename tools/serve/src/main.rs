@@ -2,6 +2,7 @@
 
 use anyhow::{bail, Context};
 use clap::Parser;
+use cli::placement::Engine;
 use runner::EngineChoice;
 
 /// Serve the store's models over Ollama's HTTP API and OpenAI's, for the
@@ -54,26 +55,8 @@ struct Args {
     /// CPU threads per model [default: physical cores].
     #[arg(long)]
     threads: Option<usize>,
-    /// Layers to offload to a GPU (GPU builds), as in `infer`.
-    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
-    gpu_layers: i32,
-    /// Engine: native (ours) or llama.cpp [default: native where supported].
-    #[arg(long, value_parser = ["native", "llama.cpp"])]
-    engine: Option<String>,
-    /// Split every model's layers across these ggml RPC workers
-    /// (`infer-worker`) and the local CPU, on llama.cpp's engine, as in
-    /// `infer`. A worker that dies ends the server (exit 2).
-    #[arg(long, value_name = "HOST:PORT[,HOST:PORT…]", value_delimiter = ',')]
-    rpc: Vec<String>,
-    /// With --rpc: each worker's share of the layers, then optionally the
-    /// local CPU's, as in `infer`.
-    #[arg(
-        long,
-        value_name = "W1,W2…[,LOCAL]",
-        value_delimiter = ',',
-        requires = "rpc"
-    )]
-    tensor_split: Vec<f32>,
+    #[command(flatten)]
+    place: cli::placement::Placement,
 }
 
 fn env(name: &str) -> Option<String> {
@@ -108,11 +91,12 @@ fn main() -> std::process::ExitCode {
         if o.load.n_ctx < 4 || o.load.n_threads == 0 {
             bail!("--ctx must be at least 4 and --threads at least 1");
         }
-        o.load.gpu_layers = a.gpu_layers;
-        (o.load.rpc, o.load.tensor_split) = (a.rpc.clone(), a.tensor_split.clone());
-        o.load.engine = match a.engine.as_deref() {
-            Some("native") => EngineChoice::Native,
-            Some(_) => EngineChoice::LlamaCpp,
+        let p = a.place;
+        (o.load.gpu_layers, o.load.rpc, o.load.tensor_split) =
+            (p.gpu_layers, p.rpc, p.tensor_split);
+        o.load.engine = match p.engine {
+            Some(Engine::Native) => EngineChoice::Native,
+            Some(Engine::LlamaCpp) => EngineChoice::LlamaCpp,
             None => EngineChoice::Auto,
         };
         if let Some(k) = env("OLLAMA_KEEP_ALIVE") {

@@ -1187,9 +1187,55 @@ fn create_from_an_uploaded_gguf_and_from_a_model() {
     assert_eq!(names.len(), 2, "{names:?}");
 }
 
+/// A TCP proxy on 127.0.0.1 in front of `upstream` that passes answers on
+/// at about 1.6 MB/s (16 KiB every 10 ms) and counts the bytes it passed.
+struct SlowProxy {
+    port: u16,
+    passed: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+fn slow_proxy(upstream: u16) -> SlowProxy {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let passed = std::sync::Arc::new(AtomicU64::new(0));
+    let p = passed.clone();
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            let Ok(mut c) = c else { continue };
+            let Ok(mut u) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                continue;
+            };
+            let (mut c_in, mut u_out) = (c.try_clone().unwrap(), u.try_clone().unwrap());
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut c_in, &mut u_out);
+                let _ = u_out.shutdown(std::net::Shutdown::Write);
+            });
+            let p = p.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 16 << 10];
+                while let Ok(n @ 1..) = u.read(&mut buf) {
+                    if c.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                    p.fetch_add(n as u64, Ordering::SeqCst);
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                let _ = c.shutdown(std::net::Shutdown::Both);
+                let _ = u.shutdown(std::net::Shutdown::Both);
+            });
+        }
+    });
+    SlowProxy { port, passed }
+}
+
+/// A client that goes away mid-pull cancels it: the registry is read no
+/// further, the partial blob is removed and no manifest is written (the
+/// blobs already complete may stay, as orphans).
 #[test]
-fn a_client_gone_mid_pull_leaves_no_manifest_without_its_blobs() {
-    let test = "a_client_gone_mid_pull_leaves_no_manifest_without_its_blobs";
+fn a_client_gone_mid_pull_stops_it_and_leaves_nothing_half_done() {
+    use std::sync::atomic::Ordering;
+    let test = "a_client_gone_mid_pull_stops_it_and_leaves_nothing_half_done";
     let Some(model) = smol_path(test) else {
         return;
     };
@@ -1207,44 +1253,82 @@ fn a_client_gone_mid_pull_leaves_no_manifest_without_its_blobs() {
     assert_eq!(code, 0, "{err}");
     let (code, _, err) = out3(&store.run(bin("model-push"), &[&name, "--insecure"], b""));
     assert_eq!(code, 0, "{err}");
+    let size = std::fs::metadata(&model).unwrap().len();
+    let proxy = slow_proxy(reg.port);
+    let name = format!("127.0.0.1:{}/library/smol:gone", proxy.port);
 
-    let b = start_on(TestStore::new(), &[]);
-    let body = json!({"model": name, "insecure": true}).to_string();
-    let mut c = TcpStream::connect(("127.0.0.1", b.port)).unwrap();
-    write!(
-        c,
-        "POST /api/pull HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut r = BufReader::new(c);
-    let mut l = String::new();
-    while !l.contains("pulling manifest") {
-        l.clear();
-        assert!(r.read_line(&mut l).unwrap() > 0, "no status line");
-    }
-    drop(r);
-    // from now on, whenever the manifest is there, so is every blob it names
-    let st = store::Store::open(b.store.root());
-    let n = store::Name::parse(&name).unwrap();
-    let t0 = Instant::now();
-    let bytes = loop {
-        if let Ok((_, _, bytes)) = st.read_manifest(&n) {
-            break bytes;
+    for stream in [true, false] {
+        let b = start_on(TestStore::new(), &[]);
+        let body = json!({"model": name, "insecure": true, "stream": stream}).to_string();
+        let mut c = TcpStream::connect(("127.0.0.1", b.port)).unwrap();
+        write!(
+            c,
+            "POST /api/pull HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let before = proxy.passed.load(Ordering::SeqCst);
+        if stream {
+            // wait for bytes of the weights to arrive
+            let mut r = BufReader::new(c);
+            let mut l = String::new();
+            loop {
+                l.clear();
+                assert!(r.read_line(&mut l).unwrap() > 0, "no status line");
+                // headers and chunk sizes besides the NDJSON lines
+                let Ok(v) = serde_json::from_str::<Value>(&l) else {
+                    continue;
+                };
+                if v["total"] == size && v["completed"].as_u64() > Some(0) {
+                    break;
+                }
+            }
+        } else {
+            std::thread::sleep(Duration::from_secs(2));
+            drop(c);
+        }
+        // the registry is read no further: the bytes passed stop growing
+        let t0 = Instant::now();
+        let mut last = proxy.passed.load(Ordering::SeqCst);
+        loop {
+            std::thread::sleep(Duration::from_millis(500));
+            let now = proxy.passed.load(Ordering::SeqCst);
+            if now == last {
+                break;
+            }
+            last = now;
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "stream {stream}: the pull goes on: {} bytes",
+                now - before
+            );
         }
         assert!(
-            t0.elapsed() < Duration::from_secs(120),
-            "the pull never ended"
+            last - before < size / 2,
+            "{} of {size} bytes",
+            last - before
         );
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let m = store::Manifest::parse(&bytes, "pulled").unwrap();
-    for d in m.blobs() {
-        let len = std::fs::metadata(st.blob_path(&d.digest)).map(|m| m.len());
-        assert_eq!(len.ok(), Some(d.size), "{} missing", d.digest);
+        std::thread::sleep(Duration::from_millis(500));
+        let st = store::Store::open(b.store.root());
+        let n = store::Name::parse(&name).unwrap();
+        assert!(
+            st.read_manifest(&n).is_err(),
+            "stream {stream}: manifest written"
+        );
+        let v = store::verify_all(&st, &store::VerifyOptions::default()).unwrap();
+        let bad: Vec<_> = v
+            .findings
+            .iter()
+            .filter(|f| f.kind != store::FindingKind::Orphan)
+            .collect();
+        assert!(bad.is_empty(), "stream {stream}: {bad:?}");
+        let left: Vec<_> = std::fs::read_dir(st.blobs_dir())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|f| !f.starts_with("sha256-") || f.ends_with("-partial"))
+            .collect();
+        assert!(left.is_empty(), "stream {stream}: {left:?}");
     }
-    let v = store::verify_all(&st, &store::VerifyOptions::default()).unwrap();
-    assert!(v.findings.is_empty(), "{:?}", v.findings);
 }
 
 /// The server's memory stays bounded over 1,000 requests (4 clients at
@@ -1812,4 +1896,49 @@ fn create_with_quantize() {
         let name = e.unwrap().file_name().into_string().unwrap();
         assert!(name.starts_with("sha256-"), "{name} left in blobs/");
     }
+}
+
+/// `think` as a level (native) and `reasoning_effort` (OpenAI, clamped to
+/// Ollama's levels) reach the template's `.ThinkLevel`; plain `true` is
+/// "medium". Each request unloads the model, so no prompt cache hides a
+/// difference in the prompt's length.
+#[test]
+fn think_levels_reach_the_template() {
+    let Some(model) = smol_path("think_levels_reach_the_template") else {
+        return;
+    };
+    let s = start(&model, &[]);
+    let template = "{{ if eq .ThinkLevel \"high\" }}Think hard, very hard, about every word of \
+        this question before you answer it. {{ end }}{{ range .Messages }}{{ if .Thinking }}<think>\
+        {{ .Thinking }}</think>{{ end }}{{ .Content }}{{ end }}";
+    let (code, v) = s.post(
+        "/api/create",
+        json!({"model": "levels:v1", "from": "smollm2:135m", "template": template, "stream": false}),
+    );
+    assert_eq!(code, 200, "{v}");
+    let native = |think: Value| {
+        let (code, v) = s.post(
+            "/api/chat",
+            json!({"model": "levels:v1", "stream": false, "think": think, "keep_alive": 0,
+                   "messages": [{"role": "user", "content": "Why is the sky blue?"}],
+                   "options": {"num_predict": 1}}),
+        );
+        assert_eq!(code, 200, "{v}");
+        v["prompt_eval_count"].as_u64().unwrap()
+    };
+    let openai = |effort: &str| {
+        let (code, v) = s.post(
+            "/v1/chat/completions",
+            json!({"model": "levels:v1", "reasoning_effort": effort, "keep_alive": 0,
+                   "max_tokens": 1,
+                   "messages": [{"role": "user", "content": "Why is the sky blue?"}]}),
+        );
+        assert_eq!(code, 200, "{v}");
+        v["usage"]["prompt_tokens"].as_u64().unwrap()
+    };
+    let (high, low) = (native(json!("high")), native(json!("low")));
+    assert!(high > low + 10, "high {high}, low {low}");
+    assert_eq!(native(json!(true)), low, "true is medium");
+    assert_eq!(openai("high"), high);
+    assert_eq!(openai("xhigh"), low, "xhigh is max");
 }

@@ -48,7 +48,12 @@ pub(crate) fn render(src: &str, req: &Request) -> Result<Rendered> {
     let mut ex = Exec::new(&req.limits, req.now());
     let think = |m: &mut Vec<(String, Val)>| {
         m.push(("Think".into(), Val::Bool(req.think.unwrap_or(false))));
-        m.push(("ThinkLevel".into(), Val::str("", true)));
+        let level = match (&req.think_level, req.think) {
+            (Some(l), _) => l.as_str(),
+            (None, Some(true)) => "medium",
+            (None, _) => "",
+        };
+        m.push(("ThinkLevel".into(), Val::str(level, false)));
         m.push(("IsThinkSet".into(), Val::Bool(req.think.is_some())));
     };
     let s = |x: &str| Val::str(x, false);
