@@ -1041,6 +1041,56 @@ mod tests {
         assert_eq!(out[..4], [506, 5279, 529, 506]);
     }
 
+    /// Each of `prompts` greedy for `n` tokens alone, and all together in a
+    /// context of as many sequences, one token of each per step (the rows
+    /// in reverse order with `reverse`): the context, then the tokens
+    /// together and alone.
+    #[allow(clippy::type_complexity)]
+    fn steps_and_alone<'m>(
+        m: &'m LlamaModel,
+        prompts: &[Vec<i32>],
+        n: usize,
+        reverse: bool,
+    ) -> (LlamaContext<'m>, Vec<Vec<i32>>, Vec<Vec<i32>>) {
+        let one = ContextOptions {
+            n_ctx: 256,
+            n_threads: 2,
+            ..Default::default()
+        };
+        let mut alone = LlamaContext::new(m, &one).unwrap();
+        let want: Vec<Vec<i32>> = prompts
+            .iter()
+            .map(|p| alone.greedy(p, n).unwrap())
+            .collect();
+        let k = prompts.len();
+        let mut ctx = LlamaContext::new(
+            m,
+            &ContextOptions {
+                n_seq: k as u32,
+                ..one
+            },
+        )
+        .unwrap();
+        let mut got: Vec<Vec<i32>> = vec![vec![]; k];
+        for (s, p) in prompts.iter().enumerate() {
+            ctx.decode_seq(s, p, 0).unwrap();
+            got[s].push(argmax(ctx.logits_last().unwrap()));
+        }
+        for _ in 1..n {
+            let mut steps: Vec<(usize, usize, i32)> = (0..k)
+                .map(|s| (s, ctx.n_past_of(s), *got[s].last().unwrap()))
+                .collect();
+            if reverse {
+                steps.reverse();
+            }
+            ctx.step(&steps).unwrap();
+            for (i, &(s, _, _)) in steps.iter().enumerate() {
+                got[s].push(argmax(ctx.logits_ith(i).unwrap()));
+            }
+        }
+        (ctx, got, want)
+    }
+
     /// Several sequences in one context, one token of each per decode:
     /// every sequence's greedy tokens equal its run alone, and cutting one
     /// back leaves the others be.
@@ -1059,33 +1109,9 @@ mod tests {
         .iter()
         .map(|p| m.tokenize(p, true, false).unwrap())
         .collect();
-        let one = ContextOptions {
-            n_ctx: 256,
-            n_threads: 2,
-            ..Default::default()
-        };
-        let mut alone = LlamaContext::new(&m, &one).unwrap();
-        let want: Vec<Vec<i32>> = prompts
-            .iter()
-            .map(|p| alone.greedy(p, 8).unwrap())
-            .collect();
-        let mut ctx = LlamaContext::new(&m, &ContextOptions { n_seq: 3, ..one }).unwrap();
+        // rows in the reverse of the sequences' order: they follow the order given
+        let (mut ctx, got, want) = steps_and_alone(&m, &prompts, 8, true);
         assert_eq!((ctx.n_seq(), ctx.n_ctx()), (3, 256));
-        let mut got: Vec<Vec<i32>> = vec![vec![]; 3];
-        for (s, p) in prompts.iter().enumerate() {
-            ctx.decode_seq(s, p, 0).unwrap();
-            got[s].push(argmax(ctx.logits_last().unwrap()));
-        }
-        for _ in 1..8 {
-            let steps: Vec<(usize, usize, i32)> = (0..3)
-                .rev() // rows follow the order given, not the sequences'
-                .map(|s| (s, ctx.n_past_of(s), *got[s].last().unwrap()))
-                .collect();
-            ctx.step(&steps).unwrap();
-            for (i, &(s, _, _)) in steps.iter().enumerate() {
-                got[s].push(argmax(ctx.logits_ith(i).unwrap()));
-            }
-        }
         assert_eq!(got, want);
         // sequence 1 cut back to its prompt and run again; 0 and 2 untouched
         let n1 = prompts[1].len();
@@ -1125,31 +1151,7 @@ mod tests {
                 m.tokenize(&text, true, false).unwrap()
             })
             .collect();
-        let one = ContextOptions {
-            n_ctx: 256,
-            n_threads: 2,
-            ..Default::default()
-        };
-        let mut alone = LlamaContext::new(&m, &one).unwrap();
-        let want: Vec<Vec<i32>> = prompts
-            .iter()
-            .map(|p| alone.greedy(p, 12).unwrap())
-            .collect();
-        let mut ctx = LlamaContext::new(&m, &ContextOptions { n_seq: 4, ..one }).unwrap();
-        let mut got: Vec<Vec<i32>> = vec![vec![]; 4];
-        for (s, p) in prompts.iter().enumerate() {
-            ctx.decode_seq(s, p, 0).unwrap();
-            got[s].push(argmax(ctx.logits_last().unwrap()));
-        }
-        for _ in 1..12 {
-            let steps: Vec<(usize, usize, i32)> = (0..4)
-                .map(|s| (s, ctx.n_past_of(s), *got[s].last().unwrap()))
-                .collect();
-            ctx.step(&steps).unwrap();
-            for (i, &(s, _, _)) in steps.iter().enumerate() {
-                got[s].push(argmax(ctx.logits_ith(i).unwrap()));
-            }
-        }
+        let (_, got, want) = steps_and_alone(&m, &prompts, 12, false);
         assert_eq!(got, want);
     }
 
