@@ -281,38 +281,43 @@ typedef struct {
     int32_t corr[8];
 } col_block;
 
-// Row group: values a' (32 bytes) of TILE_M rows per block, a pair of rows
-// in 64 bytes, and their scales as floats, 8 copies of each (a pair's 16
-// lanes).
-static void pack_rows(const void *w, size_t w_stride, int64_t r, int rm, int nb, int q5,
-                      uint8_t *ap, float *ad) {
+// Row group: the values (32 bytes) of TILE_M rows per block, a pair of rows
+// in 64 bytes, as the tiles take them (kind 0 Q4_1: its nibbles; 1 Q8_0:
+// value + 128; 2 Q5_0: the five raw bits), their scales d as floats, 8
+// copies of each (a pair's 16 lanes), and for Q4_1 the rows' minimums m
+// (`am`, 8 floats per block). Rows past rm are zeros.
+static void pack_rows(const void *w, size_t w_stride, int64_t r, int rm, int nb, int kind,
+                      uint8_t *ap, float *ad, float *am) {
     for (int l = 0; l < nb; l++)
         for (int i = 0; i < TILE_M; i++) {
             uint8_t *dst = ap + ((size_t)l * TILE_M + i) * 32;
             float *d = ad + ((size_t)l * TILE_M + i) * 8;
-            if (i >= rm) {
-                memset(dst, 0, 32);
-                _mm256_storeu_ps(d, _mm256_setzero_ps());
-                continue;
-            }
-            const char *row = (const char *)w + (r + i) * w_stride;
-            __m256i v;
-            uint16_t h16;
-            if (q5) {
+            __m256i v = _mm256_setzero_si256();
+            float scale = 0, m = 0;
+            const char *row = i < rm ? (const char *)w + (r + i) * w_stride : NULL;
+            if (!row) {
+            } else if (kind == 2) {
                 const block_q5_0 *b = &((const block_q5_0 *)row)[l];
                 uint32_t h;
                 memcpy(&h, b->qh, 4);
                 v = _mm256_or_si256(nibbles(b->qs),
                                     _mm256_maskz_mov_epi8((__mmask32)h, _mm256_set1_epi8(16)));
-                h16 = b->d;
-            } else {
+                scale = f16(b->d);
+            } else if (kind == 1) {
                 const block_q8_0 *b = &((const block_q8_0 *)row)[l];
                 v = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)b->qs),
                                      _mm256_set1_epi8((char)0x80));
-                h16 = b->d;
+                scale = f16(b->d);
+            } else {
+                const block_q4_1 *b = &((const block_q4_1 *)row)[l];
+                v = nibbles(b->qs);
+                const __m128 dm = dm_of(b);
+                scale = _mm_cvtss_f32(dm);
+                m = _mm_cvtss_f32(_mm_movehdup_ps(dm));
             }
             _mm256_storeu_si256((__m256i *)dst, v);
-            _mm256_storeu_ps(d, _mm256_set1_ps(f16(h16)));
+            _mm256_storeu_ps(d, _mm256_set1_ps(scale));
+            if (am) am[l * TILE_M + i] = m;
         }
 }
 
@@ -405,7 +410,7 @@ static void i8_gemm(const void *w, size_t w_stride, int64_t r0, int64_t r1, int 
     }
     for (int64_t r = r0; r < r1; r += TILE_M) {
         const int rm = r1 - r < TILE_M ? (int)(r1 - r) : TILE_M;
-        pack_rows(w, w_stride, r, rm, nb, q5, ap, ad);
+        pack_rows(w, w_stride, r, rm, nb, q5 ? 2 : 1, ap, ad, NULL);
         for (int c = 0; c < n_cols; c += TILE_N) {
             const int rn = n_cols - c < TILE_N ? n_cols - c : TILE_N;
             switch ((rm + 1) / 2 * 8 + rn) {
@@ -422,28 +427,6 @@ static void i8_gemm(const void *w, size_t w_stride, int64_t r0, int64_t r1, int 
 // the summs of a column's 8 rows in one 256-bit register. 4 columns a
 // tile: the summs take the registers a fifth and sixth column would.
 #define Q41_TILE_N 4
-
-// Row group: nibbles (32 bytes) per row and block, a pair in 64 bytes; d
-// as 8 floats per row (a pair's 16 lanes); m of the 8 rows as 8 floats.
-static void pack_rows_q4_1(const void *w, size_t w_stride, int64_t r, int rm, int nb,
-                           uint8_t *ap, float *ad, float *am) {
-    for (int l = 0; l < nb; l++)
-        for (int i = 0; i < TILE_M; i++) {
-            uint8_t *dst = ap + ((size_t)l * TILE_M + i) * 32;
-            float *d = ad + ((size_t)l * TILE_M + i) * 8;
-            if (i >= rm) {
-                memset(dst, 0, 32);
-                _mm256_storeu_ps(d, _mm256_setzero_ps());
-                am[l * TILE_M + i] = 0;
-                continue;
-            }
-            const block_q4_1 *b = &((const block_q4_1 *)((const char *)w + (r + i) * w_stride))[l];
-            _mm256_storeu_si256((__m256i *)dst, nibbles(b->qs));
-            const __m128 dm = dm_of(b);
-            _mm256_storeu_ps(d, _mm256_set1_ps(_mm_cvtss_f32(dm)));
-            am[l * TILE_M + i] = _mm_cvtss_f32(_mm_movehdup_ps(dm));
-        }
-}
 
 static inline __attribute__((always_inline)) void q4_1_tile(
     const uint8_t *ap, const float *ad, const float *am, const void *y, size_t y_stride,
@@ -512,7 +495,7 @@ static void q4_1_gemm(const void *w, size_t w_stride, int64_t r0, int64_t r1, in
     float *am = (float *)p;
     for (int64_t r = r0; r < r1; r += TILE_M) {
         const int rm = r1 - r < TILE_M ? (int)(r1 - r) : TILE_M;
-        pack_rows_q4_1(w, w_stride, r, rm, nb, ap, ad, am);
+        pack_rows(w, w_stride, r, rm, nb, 0, ap, ad, am);
         for (int c = 0; c < n_cols; c += Q41_TILE_N) {
             const int rn = n_cols - c < Q41_TILE_N ? n_cols - c : Q41_TILE_N;
             switch ((rm + 1) / 2 * 8 + rn) {
