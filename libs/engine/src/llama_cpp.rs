@@ -571,6 +571,12 @@ impl<'m> LlamaContext<'m> {
         self.n_past.len()
     }
 
+    /// Tokens per `llama_decode` while reading a prompt
+    /// ([`LlamaContext::decode`] splits longer ones at these boundaries).
+    pub fn n_batch(&self) -> usize {
+        self.n_batch as usize
+    }
+
     /// Positions filled so far (sequence 0).
     pub fn n_past(&self) -> usize {
         self.n_past[0]

@@ -271,6 +271,12 @@ impl<'m> Session<'m> {
         self.seqs.len()
     }
 
+    /// Tokens per forward pass while reading a prompt
+    /// ([`Session::decode_seq`] splits longer ones at these boundaries).
+    pub fn n_batch(&self) -> usize {
+        self.n_batch
+    }
+
     /// How many graphs [`Session::decode`] has built so far (the others ran
     /// again a graph built before).
     pub fn graphs_built(&self) -> usize {

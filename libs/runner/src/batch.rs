@@ -1,14 +1,25 @@
 //! Continuous batching: several runs on one held model at once.
 //!
 //! [`Held::run_batched`] takes jobs from a queue while fewer than the
-//! cache's sequences are running. A job joining decodes its prompt on its
-//! own (in the slot whose cached tokens share the longest prefix with it,
-//! so a chat's next turn reuses its cells); then every step runs one token
-//! of each running job in a single forward pass ([`engine::session::Session::step`],
-//! or one `llama_decode`: [`engine::llama_cpp::LlamaContext::step`]),
-//! samples each job's next token with its own sampler, and streams it.
+//! cache's sequences are running or joining. A job joining gets the slot
+//! whose cached tokens share the longest prefix with it (a chat's next
+//! turn reuses its cells) and decodes the rest of its prompt one pass at a
+//! time, `n_batch` tokens counted from that prefix: the very passes a lone
+//! run makes, so its logits are a lone run's. Between two such passes
+//! every running job advances: one step runs one token of each in a single
+//! forward pass ([`engine::session::Session::step`], or one
+//! `llama_decode`: [`engine::llama_cpp::LlamaContext::step`]), samples
+//! each job's next token with its own sampler, and streams it. So a long
+//! prompt joining holds the running streams up for one pass at a time,
+//! not for the whole prompt. (llama-server puts a prompt chunk and the
+//! steps into the same pass; the native engine's prompt kernels add in
+//! other orders for other batch sizes, so a chunk cut to fit beside the
+//! steps would no longer give a lone run's bits.) Joining jobs go in one
+//! after another, first come first fed.
+//!
 //! A job that ends (end token, `num_predict`, a stop string, its client
-//! gone) frees its slot for the next one at once. Each job's tokens are the
+//! gone; while joining, between two passes of its prompt) frees its slot
+//! for the next one at once. Each job's tokens are the
 //! ones it would get alone: a step's logits equal a one-sequence run's bit
 //! for bit (tested in `models/tests/batched.rs`). llama.cpp's context keeps
 //! a cache per sequence, and its rows equal lone runs' too, except where
@@ -193,24 +204,45 @@ impl Held<'_> {
             return;
         }
         let mut running: Vec<Seq> = vec![];
+        // jobs whose prompts are going in, first come first fed
+        let mut joining: Vec<Seq> = vec![];
         loop {
             let n_seq = self.n_seq();
-            while running.len() < n_seq {
-                let Some(task) = next(running.is_empty()) else {
+            while running.len() + joining.len() < n_seq {
+                let idle = running.is_empty() && joining.is_empty();
+                let Some(task) = next(idle) else {
                     break;
                 };
+                let busy: Vec<usize> = running.iter().chain(&joining).map(|s| s.slot).collect();
                 match task {
-                    Task::Generate(job) => running.extend(self.start(*job, &running)),
+                    Task::Generate(job) => joining.extend(self.start(*job, &busy)),
                     Task::Embed(e) => {
-                        let free = (0..n_seq)
-                            .find(|s| running.iter().all(|r| r.slot != *s))
-                            .expect("a free slot");
+                        let free = (0..n_seq).find(|s| !busy.contains(s)).expect("a free slot");
                         (e.on_done)(self.embed(&e.inputs, e.truncate, free));
                     }
                 }
             }
-            if running.is_empty() {
+            if running.is_empty() && joining.is_empty() {
                 return;
+            }
+            // one pass of the first joining prompt, between two steps
+            if !joining.is_empty() {
+                match self.feed(&mut joining[0]) {
+                    Ok(false) => {}
+                    Ok(true) => {
+                        let seq = joining.remove(0);
+                        if seq.canceled {
+                            self.finish(seq, Ok(()));
+                        } else {
+                            running.push(seq);
+                        }
+                    }
+                    Err(e) => {
+                        let seq = joining.remove(0);
+                        self.multi().truncate_seq(seq.slot, 0);
+                        self.finish(seq, Err(e));
+                    }
+                }
             }
             // sample and stream each one's next token; end those done
             let mut i = 0;
@@ -238,10 +270,10 @@ impl Held<'_> {
         self.dec.multi().expect("a decoder of several sequences")
     }
 
-    /// Tokenizes `job`'s prompt, picks a free slot (the longest cached
-    /// prefix), decodes what it lacks; `None` when that failed (reported
-    /// to the job).
-    fn start(&mut self, job: BatchJob, running: &[Seq]) -> Option<Seq> {
+    /// Tokenizes `job`'s prompt and picks a slot not in `busy` (the
+    /// longest cached prefix); `None` when that failed (reported to the
+    /// job). The prompt goes in later, pass by pass ([`Held::feed`]).
+    fn start(&mut self, job: BatchJob, busy: &[usize]) -> Option<Seq> {
         let t0 = Instant::now();
         let fail = |job: BatchJob, e: String| {
             (job.on_done)(Err(e));
@@ -262,18 +294,11 @@ impl Held<'_> {
         };
         let m = self.multi();
         let (slot, cached) = (0..m.n_seq())
-            .filter(|s| running.iter().all(|r| r.slot != *s))
+            .filter(|s| !busy.contains(s))
             .map(|s| (s, common_prefix(m.history_of(s), &ids).min(ids.len() - 1)))
             .max_by_key(|&(s, n)| (n, std::cmp::Reverse(s)))
             .expect("a free slot");
         m.truncate_seq(slot, cached);
-        let logits = match m.decode_seq(slot, &ids[cached..]) {
-            Ok(l) => l.to_vec(),
-            Err(e) => {
-                m.truncate_seq(slot, 0);
-                return fail(job, e.to_string());
-            }
-        };
         let stats = Stats {
             prompt_eval_count: ids.len() - cached,
             prompt_eval_duration: t0.elapsed(),
@@ -287,12 +312,38 @@ impl Held<'_> {
             utf8: StreamDecoder::new(),
             tokens: ids,
             cached,
-            logits,
+            logits: vec![],
             stats,
             t0,
             t_gen: Instant::now(),
             canceled: false,
         })
+    }
+
+    /// Decodes the next pass of `seq`'s prompt: the engine's `n_batch`
+    /// tokens counted from its cached prefix, the very passes a lone run
+    /// makes ([`MultiDecode::decode_seq`] of the whole prompt splits it
+    /// there), so its logits are a lone run's. Whether the prompt is all
+    /// in (its logits then in `seq.logits`), or the job canceled.
+    fn feed(&mut self, seq: &mut Seq) -> Result<bool, String> {
+        if (seq.job.cancel)() {
+            seq.canceled = true;
+            return Ok(true);
+        }
+        let t = Instant::now();
+        let m = self.multi();
+        let have = m.history_of(seq.slot).len();
+        let end = (have + m.n_batch().max(1)).min(seq.tokens.len());
+        let logits = m
+            .decode_seq(seq.slot, &seq.tokens[have..end])
+            .map_err(|e| e.to_string())?;
+        let done = end == seq.tokens.len();
+        if done {
+            seq.logits = logits.to_vec();
+            seq.t_gen = Instant::now();
+        }
+        seq.stats.prompt_eval_duration += t.elapsed();
+        Ok(done)
     }
 
     /// Samples `seq`'s next token, streams it and appends it to its

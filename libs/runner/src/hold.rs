@@ -113,6 +113,9 @@ impl CacheDecode for Session<'_> {
 pub(crate) trait MultiDecode {
     fn n_seq(&self) -> usize;
     fn n_ctx(&self) -> usize;
+    /// Tokens per pass while reading a prompt: `decode_seq` splits a
+    /// longer one at these boundaries.
+    fn n_batch(&self) -> usize;
     fn history_of(&self, seq: usize) -> &[i32];
     fn truncate_seq(&mut self, seq: usize, n: usize);
     fn decode_seq(&mut self, seq: usize, tokens: &[i32]) -> engine::Result<&[f32]>;
@@ -127,6 +130,9 @@ impl MultiDecode for Session<'_> {
     }
     fn n_ctx(&self) -> usize {
         Session::n_ctx(self)
+    }
+    fn n_batch(&self) -> usize {
+        Session::n_batch(self)
     }
     fn history_of(&self, seq: usize) -> &[i32] {
         Session::history_of(self, seq)
@@ -165,6 +171,9 @@ impl MultiDecode for LlamaDecode<'_> {
     }
     fn n_ctx(&self) -> usize {
         Decode::n_ctx(self)
+    }
+    fn n_batch(&self) -> usize {
+        self.ctx.n_batch()
     }
     fn history_of(&self, seq: usize) -> &[i32] {
         LlamaDecode::history_of(self, seq)

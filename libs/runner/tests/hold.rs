@@ -2,7 +2,8 @@
 //! reuses the cache and still answers as a fresh one-shot run; a canceled
 //! run stops between tokens; the context carries on.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
 
 use runner::{hold, infer, Event, InferOptions, Job, Message};
 
@@ -115,8 +116,24 @@ fn batched(
     h: &mut runner::Held,
     jobs: Vec<(InferOptions, bool)>,
 ) -> Vec<(String, runner::RunResult)> {
-    use std::cell::RefCell;
-    use std::rc::Rc;
+    batched_log(h, jobs).0
+}
+
+/// What a job sent, in the order all jobs sent it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Sent {
+    /// Job `i` joined (its rendered prompt's end).
+    Joined(usize),
+    /// A token of job `i`.
+    Token(usize),
+}
+
+/// [`batched`], with the order in which the jobs' events came.
+fn batched_log(
+    h: &mut runner::Held,
+    jobs: Vec<(InferOptions, bool)>,
+) -> (Vec<(String, runner::RunResult)>, Vec<Sent>) {
+    let log: Rc<RefCell<Vec<Sent>>> = Rc::default();
     /// A job's text so far, and its result once it ends.
     type Slot = Rc<RefCell<(String, Option<runner::RunResult>)>>;
     let out: Vec<Slot> = jobs
@@ -126,14 +143,20 @@ fn batched(
     let mut tasks: std::collections::VecDeque<runner::Task> = jobs
         .into_iter()
         .zip(&out)
-        .map(|((opts, chat), o)| {
-            let (text, done) = (o.clone(), o.clone());
+        .enumerate()
+        .map(|(i, ((opts, chat), o))| {
+            let (text, done, log) = (o.clone(), o.clone(), log.clone());
             runner::Task::Generate(Box::new(runner::BatchJob {
                 opts,
                 chat,
                 context: vec![],
                 cancel: Box::new(|| false),
                 on_event: Box::new(move |ev| {
+                    match ev {
+                        Event::PromptEnd(_) => log.borrow_mut().push(Sent::Joined(i)),
+                        Event::Token { .. } => log.borrow_mut().push(Sent::Token(i)),
+                        _ => {}
+                    }
                     if let Event::Token { text: t, .. } | Event::Text(t) = ev {
                         text.borrow_mut().0.push_str(t);
                     }
@@ -144,12 +167,15 @@ fn batched(
         })
         .collect();
     h.run_batched(&mut |_| tasks.pop_front());
-    out.into_iter()
+    let r = out
+        .into_iter()
         .map(|o| {
             let (t, r) = o.take();
             (t, r.expect("the job ended"))
         })
-        .collect()
+        .collect();
+    let log = log.take();
+    (r, log)
 }
 
 /// llama.cpp's engine batching two sequences: a chat's next turn goes to
@@ -283,4 +309,81 @@ fn llama_cpp_batched_runs_shift_their_own_context() {
         Ok(())
     })
     .unwrap();
+}
+
+/// A long prompt joins a running job in passes of `n_batch`, a step of
+/// the running job between two: the running job keeps getting tokens
+/// while the prompt goes in, and both answers equal lone runs' (the
+/// joining prompt is split into the passes a lone run makes).
+fn joining_prompt_goes_in_between_steps(engine: runner::EngineChoice) {
+    let o = InferOptions {
+        engine,
+        batch_invariant: false,
+        n_batch: 16,
+        raw: true,
+        ..options()
+    };
+    let running = InferOptions {
+        prompt: "Once upon a time".into(),
+        num_predict: Some(40),
+        ..o.clone()
+    };
+    let long: Vec<String> = (1..=60).map(|i| i.to_string()).collect();
+    let joining = InferOptions {
+        prompt: long.join(" "),
+        ..o.clone()
+    };
+    let never = || false;
+    let mut want = vec![];
+    hold(&o, &mut |h| {
+        for opts in [&running, &joining] {
+            let mut t = String::new();
+            h.run(&Job::new(opts, &never), &mut |ev| {
+                if let Event::Token { text, .. } | Event::Text(text) = ev {
+                    t.push_str(text);
+                }
+                Ok(())
+            })?;
+            want.push(t);
+        }
+        Ok(())
+    })
+    .unwrap();
+    hold(
+        &InferOptions {
+            n_seq: 2,
+            ..o.clone()
+        },
+        &mut |h| {
+            let (r, log) = batched_log(h, vec![(running.clone(), false), (joining.clone(), false)]);
+            assert_eq!(r[0].0, want[0]);
+            assert_eq!(r[1].0, want[1]);
+            let stats = &r[1].1.summary.stats;
+            let passes = stats.prompt_eval_count.div_ceil(16);
+            assert!(passes >= 6, "{} prompt tokens", stats.prompt_eval_count);
+            // the running job's tokens from the second's join to its first token
+            let joined = log.iter().position(|&e| e == Sent::Joined(1)).unwrap();
+            let first = log.iter().position(|&e| e == Sent::Token(1)).unwrap();
+            let between = log[joined..first]
+                .iter()
+                .filter(|&&e| e == Sent::Token(0))
+                .count();
+            assert!(
+                between >= passes,
+                "{between} tokens in {passes} passes: {log:?}"
+            );
+            Ok(())
+        },
+    )
+    .unwrap();
+}
+
+#[test]
+fn joining_prompt_goes_in_between_steps_native() {
+    joining_prompt_goes_in_between_steps(runner::EngineChoice::Native);
+}
+
+#[test]
+fn llama_cpp_joining_prompt_goes_in_between_steps() {
+    joining_prompt_goes_in_between_steps(runner::EngineChoice::LlamaCpp);
 }
