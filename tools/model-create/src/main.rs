@@ -11,10 +11,8 @@ use store::{CreateOptions, Modelfile, Store};
 /// The source is a Modelfile (-f) whose FROM names a GGUF file or an existing
 /// model, or a GGUF file given with --gguf. TEMPLATE, SYSTEM, PARAMETER,
 /// LICENSE and MESSAGE each become their own layer; the config blob is filled
-/// from the GGUF header (family, parameter count, file type). --quantize
-/// quantizes an F16, BF16 or F32 model's weights on the way in (llama.cpp's
-/// quantizer, as `ollama create --quantize`). Prints the new model's
-/// pipeline document.
+/// from the GGUF header (family, parameter count, file type). Prints the new
+/// model's pipeline document.
 #[derive(Parser, Debug)]
 #[command(
     name = "model-create",
@@ -30,13 +28,6 @@ struct Args {
     /// GGUF file to create the model from (same as a Modelfile with only FROM).
     #[arg(long, value_name = "FILE", conflicts_with = "file")]
     gguf: Option<std::path::PathBuf>,
-    /// Quantize the weights of an F16, BF16 or F32 model to TYPE (q4_K_M,
-    /// q4_K_S, q8_0, q4_0, q5_K_M, q6_K, …; any case).
-    #[arg(short = 'q', long, value_name = "TYPE")]
-    quantize: Option<String>,
-    /// Threads for --quantize [default: all].
-    #[arg(long, value_name = "N", default_value_t = 0)]
-    threads: usize,
 }
 
 fn main() -> std::process::ExitCode {
@@ -54,29 +45,17 @@ fn main() -> std::process::ExitCode {
             (None, Some(g)) => (Modelfile::from_source(&g.to_string_lossy()), None),
             _ => bail!("give a Modelfile (-f FILE) or a GGUF file (--gguf FILE)"),
         };
-        let quantize = match args.quantize.as_deref() {
-            None => None,
-            Some(q) => {
-                let to = engine::quantize::QuantType::parse(q).map_err(anyhow::Error::msg)?;
-                let threads = args.threads;
-                Some(store::Quantize {
-                    to: to.name().into(),
-                    run: std::sync::Arc::new(move |src, dst, from| {
-                        eprintln!("model-create: quantizing {from} model to {}", to.name());
-                        let opts = engine::quantize::QuantizeOptions {
-                            to,
-                            threads,
-                            allow_requantize: false,
-                        };
-                        engine::quantize::quantize(src, dst, &opts)
-                    }),
-                })
-            }
-        };
         let store = Store::from_env()?;
-        let opts = CreateOptions { base_dir, quantize };
-        let doc = store::create(&store, &name, &modelfile, &opts)
-            .with_context(|| format!("creating {}", name.short()))?;
+        let doc = store::create(
+            &store,
+            &name,
+            &modelfile,
+            &CreateOptions {
+                base_dir,
+                ..Default::default()
+            },
+        )
+        .with_context(|| format!("creating {}", name.short()))?;
         eprintln!(
             "model-create: created {} ({})",
             doc.name, doc.manifest_digest

@@ -500,7 +500,6 @@ fn parallel_streams_equal_runs_alone() {
     let Some(model) = smol_path("parallel_streams_equal_runs_alone") else {
         return;
     };
-    const N: usize = 12;
     let subjects = [
         "Paris",
         "Water",
@@ -519,71 +518,7 @@ fn parallel_streams_equal_runs_alone() {
         "Bees",
         "Gold",
     ];
-    let prompts: Vec<String> = subjects
-        .iter()
-        .map(|s| format!("{s} is one of the most interesting topics because"))
-        .collect();
-    let alone: Vec<String> = {
-        let s = start(&model, &[]);
-        prompts.iter().map(|p| stream_raw(s.port, p, N).0).collect()
-    };
-    let s = std::sync::Arc::new(start(&model, &[("OLLAMA_NUM_PARALLEL", "4")]));
-    assert_eq!(s.post("/api/generate", greedy("Hi", 1)).0, 200, "load");
-    // a client that streams without end and goes away after a few chunks
-    let port = s.port;
-    let killed = std::thread::spawn(move || {
-        let body = json!({"model": "smollm2:135m", "prompt": "1 1 1 1 1 1 1 1", "raw": true,
-            "options": {"temperature": 0, "num_predict": 100000}})
-        .to_string();
-        let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        write!(
-            c,
-            "POST /api/generate HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        )
-        .unwrap();
-        let mut r = BufReader::new(c.try_clone().unwrap());
-        let mut chunks = 0;
-        while chunks < 20 {
-            let mut line = String::new();
-            assert!(r.read_line(&mut line).unwrap() > 0, "endless stream ended");
-            chunks += line.contains("\"done\":false") as usize;
-        }
-        c.shutdown(std::net::Shutdown::Both).unwrap();
-    });
-    let clients: Vec<_> = prompts
-        .iter()
-        .cloned()
-        .map(|p| std::thread::spawn(move || stream_raw(port, &p, N)))
-        .collect();
-    let got: Vec<(String, Instant, Instant)> =
-        clients.into_iter().map(|t| t.join().unwrap()).collect();
-    killed.join().unwrap();
-    for (i, (text, _, _)) in got.iter().enumerate() {
-        assert_eq!(text, &alone[i], "prompt {:?}", prompts[i]);
-    }
-    // streams overlapped: one began before another ended
-    let overlapped = got.iter().enumerate().any(|(i, a)| {
-        got.iter()
-            .enumerate()
-            .any(|(j, b)| i != j && a.1 < b.2 && b.1 < a.2)
-    });
-    assert!(overlapped, "no two streams ran at the same time");
-    // every slot is free again: four at once complete promptly
-    let t0 = Instant::now();
-    let again: Vec<_> = prompts[..4]
-        .iter()
-        .cloned()
-        .map(|p| std::thread::spawn(move || stream_raw(port, &p, N).0))
-        .collect();
-    for (i, t) in again.into_iter().enumerate() {
-        assert_eq!(t.join().unwrap(), alone[i]);
-    }
-    assert!(
-        t0.elapsed() < Duration::from_secs(60),
-        "took {:?}",
-        t0.elapsed()
-    );
+    common::parallel_streams_equal_runs_alone(&model, &[], &subjects);
 }
 
 /// `/api/embed`, `/api/embeddings` and `/v1/embeddings`: unit vectors,

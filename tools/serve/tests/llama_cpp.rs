@@ -2,36 +2,12 @@
 //! over a context of several sequences, a client gone freeing its slot,
 //! and embeddings that match the native engine's.
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpStream;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
 mod common;
-use common::{smol_path, start_with as start, stream_raw};
-
-/// A client that streams without end and goes away after `chunks` chunks.
-fn endless_then_gone(port: u16, chunks: usize) {
-    let body = json!({"model": "smollm2:135m", "prompt": "1 1 1 1 1 1 1 1", "raw": true,
-        "options": {"temperature": 0, "num_predict": 100000}})
-    .to_string();
-    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(
-        c,
-        "POST /api/generate HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut r = BufReader::new(c.try_clone().unwrap());
-    let mut seen = 0;
-    while seen < chunks {
-        let mut line = String::new();
-        assert!(r.read_line(&mut line).unwrap() > 0, "endless stream ended");
-        seen += line.contains("\"done\":false") as usize;
-    }
-    c.shutdown(std::net::Shutdown::Both).unwrap();
-}
+use common::{parallel_streams_equal_runs_alone, smol_path, start_with as start, stream_raw};
 
 /// Continuous batching on llama.cpp's engine: 8 streaming clients on
 /// `OLLAMA_NUM_PARALLEL=4` plus one that goes away mid-stream. Every answer
@@ -49,7 +25,6 @@ fn llama_cpp_parallel_streams_equal_runs_one_at_a_time() {
     let Some(model) = smol_path("llama_cpp_parallel_streams_equal_runs_one_at_a_time") else {
         return;
     };
-    const N: usize = 12;
     let subjects = [
         "Paris",
         "Water",
@@ -60,56 +35,7 @@ fn llama_cpp_parallel_streams_equal_runs_one_at_a_time() {
         "Python",
         "Mountains",
     ];
-    let prompts: Vec<String> = subjects
-        .iter()
-        .map(|s| format!("{s} is one of the most interesting topics because"))
-        .collect();
-    let engine = ["--engine", "llama.cpp"];
-    let alone: Vec<String> = {
-        let s = start(&model, &engine, &[]);
-        prompts.iter().map(|p| stream_raw(s.port, p, N).0).collect()
-    };
-    let s = start(&model, &engine, &[("OLLAMA_NUM_PARALLEL", "4")]);
-    let (code, v) = s.post(
-        "/api/generate",
-        json!({"model": "smollm2:135m", "prompt": "Hi", "options": {"num_predict": 1}}),
-    );
-    assert_eq!(code, 200, "load: {v}");
-    let port = s.port;
-    let gone = std::thread::spawn(move || endless_then_gone(port, 20));
-    let clients: Vec<_> = prompts
-        .iter()
-        .cloned()
-        .map(|p| std::thread::spawn(move || stream_raw(port, &p, N)))
-        .collect();
-    let got: Vec<(String, Instant, Instant)> =
-        clients.into_iter().map(|t| t.join().unwrap()).collect();
-    gone.join().unwrap();
-    for (i, (text, _, _)) in got.iter().enumerate() {
-        assert_eq!(text, &alone[i], "prompt {:?}", prompts[i]);
-    }
-    let overlapped = got.iter().enumerate().any(|(i, a)| {
-        got.iter()
-            .enumerate()
-            .any(|(j, b)| i != j && a.1 < b.2 && b.1 < a.2)
-    });
-    assert!(overlapped, "no two streams ran at the same time");
-    // every slot is free again (the gone client's too): four at once
-    // complete promptly, with the same answers
-    let t0 = Instant::now();
-    let again: Vec<_> = prompts[..4]
-        .iter()
-        .cloned()
-        .map(|p| std::thread::spawn(move || stream_raw(port, &p, N).0))
-        .collect();
-    for (i, t) in again.into_iter().enumerate() {
-        assert_eq!(t.join().unwrap(), alone[i]);
-    }
-    assert!(
-        t0.elapsed() < Duration::from_secs(60),
-        "took {:?}",
-        t0.elapsed()
-    );
+    parallel_streams_equal_runs_alone(&model, &["--engine", "llama.cpp"], &subjects);
 }
 
 /// Cosine similarity of two unit vectors given as JSON arrays.

@@ -177,3 +177,84 @@ pub fn stream_raw(port: u16, prompt: &str, n: usize) -> (String, Instant, Instan
         }
     }
 }
+
+/// A client that streams without end and goes away after `chunks` chunks.
+pub fn endless_then_gone(port: u16, chunks: usize) {
+    let body = json!({"model": "smollm2:135m", "prompt": "1 1 1 1 1 1 1 1", "raw": true,
+        "options": {"temperature": 0, "num_predict": 100000}})
+    .to_string();
+    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        c,
+        "POST /api/generate HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut r = BufReader::new(c.try_clone().unwrap());
+    let mut seen = 0;
+    while seen < chunks {
+        let mut line = String::new();
+        assert!(r.read_line(&mut line).unwrap() > 0, "endless stream ended");
+        seen += line.contains("\"done\":false") as usize;
+    }
+    c.shutdown(std::net::Shutdown::Both).unwrap();
+}
+
+/// Continuous batching as clients see it: `"<subject> is one of the most
+/// interesting topics because"` for each subject, streamed greedy (12
+/// tokens) all at once to `serve ARGS` with `OLLAMA_NUM_PARALLEL=4` while
+/// one more client streams without end and goes away. Every answer equals
+/// the one the same prompt gets on a one-sequence server, the streams
+/// overlap, and then four at once complete promptly (every slot free
+/// again, the gone client's too) with the same answers.
+pub fn parallel_streams_equal_runs_alone(model: &Path, args: &[&str], subjects: &[&str]) {
+    const N: usize = 12;
+    let prompts: Vec<String> = subjects
+        .iter()
+        .map(|s| format!("{s} is one of the most interesting topics because"))
+        .collect();
+    let alone: Vec<String> = {
+        let s = start_with(model, args, &[]);
+        prompts.iter().map(|p| stream_raw(s.port, p, N).0).collect()
+    };
+    let s = start_with(model, args, &[("OLLAMA_NUM_PARALLEL", "4")]);
+    let (code, v) = s.post(
+        "/api/generate",
+        json!({"model": "smollm2:135m", "prompt": "Hi", "options": {"num_predict": 1}}),
+    );
+    assert_eq!(code, 200, "load: {v}");
+    let port = s.port;
+    let gone = std::thread::spawn(move || endless_then_gone(port, 20));
+    let clients: Vec<_> = prompts
+        .iter()
+        .cloned()
+        .map(|p| std::thread::spawn(move || stream_raw(port, &p, N)))
+        .collect();
+    let got: Vec<(String, Instant, Instant)> =
+        clients.into_iter().map(|t| t.join().unwrap()).collect();
+    gone.join().unwrap();
+    for (i, (text, _, _)) in got.iter().enumerate() {
+        assert_eq!(text, &alone[i], "prompt {:?}", prompts[i]);
+    }
+    // one stream began before another ended
+    let overlapped = got.iter().enumerate().any(|(i, a)| {
+        got.iter()
+            .enumerate()
+            .any(|(j, b)| i != j && a.1 < b.2 && b.1 < a.2)
+    });
+    assert!(overlapped, "no two streams ran at the same time");
+    let t0 = Instant::now();
+    let again: Vec<_> = prompts[..4]
+        .iter()
+        .cloned()
+        .map(|p| std::thread::spawn(move || stream_raw(port, &p, N).0))
+        .collect();
+    for (i, t) in again.into_iter().enumerate() {
+        assert_eq!(t.join().unwrap(), alone[i]);
+    }
+    assert!(
+        t0.elapsed() < Duration::from_secs(60),
+        "took {:?}",
+        t0.elapsed()
+    );
+}
